@@ -1,0 +1,3 @@
+from skor_bridge.cli import main
+
+main()

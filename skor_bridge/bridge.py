@@ -1,0 +1,191 @@
+"""Lifecycle: startup -> (standby ->) active -> drain -> shutdown.
+
+Shutdown order, and why:
+1. stop capture, so no new work arrives;
+2. let each output finish the batch in flight (a graceful stop waits up to
+   `GRACEFUL_TIMEOUT`; events still in backoff are handed back, not waited on);
+3. commit each output's progress, so a restart resumes exactly after what was delivered;
+4. close the sinks;
+5. close PostgreSQL last, since steps 2 and 3 still write to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from skor_bridge.capture.schema import ensure_schema
+from skor_bridge.db import connect
+from skor_bridge.dispatch.delivery import OutputWorker
+from skor_bridge.errors import DatabaseError, StartupError
+from skor_bridge.leader import Leadership
+from skor_bridge.metrics import Metrics
+from skor_bridge.sinks import load_sink
+
+if TYPE_CHECKING:
+    from skor_bridge.capture.base import Source
+    from skor_bridge.config import Config
+
+log = logging.getLogger("skor_bridge.bridge")
+
+#: Seconds a graceful stop waits for in-flight deliveries before handing them back.
+GRACEFUL_TIMEOUT = 30.0
+
+#: Seconds between heartbeats of the active instance.
+HEARTBEAT = 1.0
+
+
+class Bridge:
+    def __init__(self, config: Config, instance: str | None = None) -> None:
+        self.config = config
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.metrics = Metrics()
+        self.stop_requested = threading.Event()
+        self.force_exit = threading.Event()
+        self.workers: list[OutputWorker] = []
+        self.source: Source | None = None
+        self.active = False
+        self.fatal: BaseException | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (exit 0) or an unrecoverable error (exit 1)."""
+        restore = self._install_signal_handlers()
+        try:
+            self.startup()
+            leadership = Leadership(
+                self.config.source.dsn, self.instance, self.config.failover_timeout
+            )
+            while not self.stop_requested.is_set():
+                if not leadership.acquire(self.stop_requested):
+                    break
+                self.metrics.role.set(1)
+                try:
+                    self._run_active(leadership)
+                finally:
+                    self.metrics.role.set(0)
+                    leadership.release()
+                if self.fatal is not None:
+                    return 1
+            return 0
+        finally:
+            restore()
+
+    def request_stop(self) -> None:
+        if self.stop_requested.is_set():
+            self.force_exit.set()
+        self.stop_requested.set()
+
+    def startup(self) -> None:
+        """Fail fast on a database we cannot reach; create our schema if it is missing."""
+        try:
+            conn = connect(self.config.source.dsn, "startup", autocommit=False)
+        except DatabaseError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            with conn.cursor() as cur:
+                ensure_schema(cur)
+            conn.commit()
+        finally:
+            conn.close()
+        outputs = ", ".join(f"{o.name} ({o.kind})" for o in self.config.outputs)
+        log.info("skor-bridge %s starting: %s capture on %s; outputs: %s", self.instance,
+                 self.config.source.mode, self.config.source.safe_dsn, outputs)
+
+    # -- active term ------------------------------------------------------------------------
+
+    def _make_source(self, stopping: threading.Event) -> Source:
+        if self.config.source.mode == "notify":
+            from skor_bridge.capture.notify import NotifySource
+
+            return NotifySource(self.config, stopping)
+        from skor_bridge.capture.outbox import DurableSource
+
+        return DurableSource(self.config, stopping)
+
+    def _run_active(self, leadership: Leadership) -> None:
+        stopping = threading.Event()
+        source = self.source = self._make_source(stopping)
+        self.workers = [
+            OutputWorker(
+                output,
+                load_sink(output.kind, output.name, output.settings),
+                source.feed(output.name, output.kind),
+                self.metrics,
+                stopping,
+                self.config.max_in_flight,
+                self.config.source.batch_size,
+            )
+            for output in self.config.outputs
+        ]
+        # Feeds exist before capture starts, so notify mode misses nothing in between.
+        source.start()
+        for worker in self.workers:
+            worker.start()
+        self.active = True
+        lost = False
+        try:
+            while not self.stop_requested.is_set() and not stopping.is_set():
+                if not leadership.heartbeat():
+                    lost = True
+                    break
+                self._update_gauges()
+                self.stop_requested.wait(HEARTBEAT)
+        finally:
+            self.active = False
+            self._shutdown_term(source, stopping, graceful=not lost)
+        for worker in self.workers:
+            if worker.failed is not None:
+                self.fatal = worker.failed
+        if lost:
+            log.warning("leadership lost; standing by again")
+
+    def _shutdown_term(self, source: Source, stopping: threading.Event, graceful: bool) -> None:
+        source.stop_capture()
+        for worker in self.workers:
+            worker.draining.set()
+        if not graceful:
+            stopping.set()
+        deadline = GRACEFUL_TIMEOUT
+        for worker in self.workers:
+            worker.thread.join(timeout=deadline)
+            if worker.thread.is_alive():
+                log.warning("output %s still busy after %.0fs; handing its events back",
+                            worker.name, deadline)
+                stopping.set()
+                worker.thread.join(timeout=10)
+            deadline = 1.0
+        stopping.set()
+        source.close()
+        log.info("stopped; progress saved for %d output(s)", len(self.workers))
+
+    def _update_gauges(self) -> None:
+        for worker in self.workers:
+            self.metrics.pending.labels(worker.name).set(worker.pending_count())
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handle(signum: int, frame: object) -> None:
+            # Only set flags here: the main loop does the work outside the signal handler.
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self.request_stop()
+
+        for sig in previous:
+            signal.signal(sig, handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore

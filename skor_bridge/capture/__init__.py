@@ -1,0 +1,1 @@
+"""Capture: turn committed row changes into ChangeEvents (triggers, outbox, notify)."""

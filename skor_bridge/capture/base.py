@@ -1,0 +1,46 @@
+"""The capture contract: what delivery needs from a source, per output."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from skor_bridge.event import ChangeEvent
+
+
+class OutputFeed(Protocol):
+    """One output's view of the captured events.
+
+    Events come in position order. `commit(p)` records that every event at or before `p`
+    was delivered or dead-lettered; after a restart the feed resumes after the last commit,
+    so an event is lost only if it was committed, and it is committed only when its fate is
+    written down.
+    """
+
+    def start_position(self) -> int: ...
+
+    def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
+        """Events with position > `after`; waits up to `wait` seconds when there are none."""
+        ...
+
+    def commit(self, position: int) -> None: ...
+
+    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """A capture method (durable outbox or Skor's NOTIFY) feeding every output."""
+
+    def start(self) -> None: ...
+
+    def feed(self, output: str, kind: str) -> OutputFeed: ...
+
+    def stop_capture(self) -> None:
+        """Take no new events; feeds keep serving what was already captured."""
+        ...
+
+    def close(self) -> None: ...
+
+    def healthy(self) -> bool: ...

@@ -1,0 +1,248 @@
+"""Durable capture: the sequencer moves committed outbox rows into the log, and each
+output reads the log from its own position. See `capture.schema` for why this never
+skips a late commit and keeps per-row order."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+from skor_bridge.db import Reconnecting, Stopped
+from skor_bridge.event import ChangeEvent
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+
+    from skor_bridge.config import Config
+
+log = logging.getLogger("skor_bridge.capture")
+
+_MOVE = """
+WITH moved AS (
+    DELETE FROM skor.outbox
+    WHERE id IN (SELECT id FROM skor.outbox ORDER BY id LIMIT %(limit)s)
+    RETURNING *
+), numbered AS (
+    SELECT %(base)s - 1 + row_number() OVER (ORDER BY id) AS pos, * FROM moved
+), ins AS (
+    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data)
+    SELECT pos, event_id, captured_at, schema_name, table_name, op, row_key, data FROM numbered
+    RETURNING pos
+)
+UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
+"""
+
+_SELECT_EVENTS = """
+SELECT pos, event_id::text, extract(epoch FROM captured_at)::float8, schema_name, table_name,
+       op, row_key, data
+FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
+"""
+
+_BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
+
+
+def event_from_row(row: tuple[Any, ...]) -> ChangeEvent:
+    pos, event_id, captured_at, schema, table, op, key, data = row
+    return ChangeEvent(
+        id=event_id, position=pos, schema=schema, table=table, op=op, data=data, key=key,
+        captured_at=captured_at,
+    )
+
+
+class DurableSource:
+    """Capture through the outbox the triggers write in the user's transaction.
+
+    Guarantee: every committed change gets exactly one log position, in an order that keeps
+    each row's changes in commit order; nothing is lost while the bridge is down, and
+    rolled-back changes never appear (they never commit to the outbox).
+    """
+
+    def __init__(self, config: Config, stop: threading.Event) -> None:
+        self.config = config
+        self.stopping = stop
+        self._capture_stopped = threading.Event()
+        self._db = Reconnecting(config.source.dsn, "sequencer", stop)
+        self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
+        self._head = 0
+        self._moved = threading.Condition()
+        self._covered_until = 0
+        #: Events moved so far by this process; fed to metrics.
+        self.captured = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._head = self._db.run(
+            lambda cur: _fetch_one(cur, "SELECT next_pos - 1 FROM skor.sequencer")
+        )
+        self._thread.start()
+
+    def stop_capture(self) -> None:
+        """Stop moving new events; outputs keep draining what is already in the log."""
+        self._capture_stopped.set()
+        with self._moved:
+            self._moved.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def close(self) -> None:
+        self.stop_capture()
+        self._db.close()
+
+    def healthy(self) -> bool:
+        return self._db.healthy
+
+    def feed(self, output: str, kind: str) -> LogFeed:
+        return LogFeed(self, output, kind)
+
+    # -- sequencer -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        limit = self.config.source.batch_size
+        try:
+            while not self.stopping.is_set() and not self._capture_stopped.is_set():
+                moved, head = self._db.run(lambda cur: self._move(cur, limit))
+                if moved:
+                    self.captured += moved
+                    with self._moved:
+                        self._head = head
+                        self._moved.notify_all()
+                if moved < limit:
+                    self._capture_stopped.wait(self.config.source.poll_interval)
+        except Stopped:
+            pass
+        except Exception:
+            log.exception("sequencer failed")
+            self.stopping.set()
+
+    def _move(self, cur: cursor, limit: int) -> tuple[int, int]:
+        cur.execute("BEGIN")
+        try:
+            # Holding the counter row serialises sequencers: if two instances ever overlap
+            # during a failover, the second numbers only what the first did not move.
+            cur.execute("SELECT next_pos FROM skor.sequencer FOR UPDATE")
+            base = _first(cur)
+            if base + limit > self._covered_until:
+                self._ensure_partitions(cur, base + limit)
+            cur.execute(_MOVE, {"limit": limit, "base": base})
+            next_pos = _first(cur)
+            cur.execute("COMMIT")
+        except BaseException:
+            if not cur.connection.closed:
+                cur.execute("ROLLBACK")
+            raise
+        return next_pos - base, next_pos - 1
+
+    def _ensure_partitions(self, cur: cursor, until: int) -> None:
+        cur.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'skor.log'::regclass"
+        )
+        upper = 1
+        for (bound,) in cur.fetchall():
+            match = _BOUND.search(bound or "")
+            if match:
+                upper = max(upper, int(match[2]))
+        size = self.config.partition_size
+        while upper < until:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS skor.log_{upper:019d} PARTITION OF skor.log"
+                f" FOR VALUES FROM ({upper}) TO ({upper + size})"
+            )
+            upper += size
+        self._covered_until = upper
+
+    # -- waiting for new events -----------------------------------------------------------
+
+    def wait_beyond(self, position: int, timeout: float) -> bool:
+        with self._moved:
+            return self._moved.wait_for(
+                lambda: self._head > position or self.stopping.is_set(), timeout
+            )
+
+
+class LogFeed:
+    """One output's cursor over the log. Used from that output's worker thread only."""
+
+    def __init__(self, source: DurableSource, output: str, kind: str) -> None:
+        self.source = source
+        self.output = output
+        self.kind = kind
+        self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
+
+    def start_position(self) -> int:
+        return self._db.run(self._start_position)
+
+    def _start_position(self, cur: cursor) -> int:
+        cur.execute("SELECT position FROM skor.outputs WHERE name = %s", (self.output,))
+        row = cur.fetchone()
+        if row is not None:
+            return int(row[0])
+        if self.source.config.start_from == "latest":
+            cur.execute("SELECT next_pos - 1 FROM skor.sequencer")
+        else:
+            cur.execute(
+                "SELECT coalesce((SELECT min(pos) - 1 FROM skor.log),"
+                " (SELECT next_pos - 1 FROM skor.sequencer))"
+            )
+        position = _first(cur)
+        cur.execute(
+            "INSERT INTO skor.outputs (name, kind, position) VALUES (%s, %s, %s)"
+            " ON CONFLICT (name) DO NOTHING",
+            (self.output, self.kind, position),
+        )
+        log.info("output %s is new; starting after position %d", self.output, position)
+        return position
+
+    def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
+        events = self._db.run(lambda cur: self._select(cur, after, limit))
+        if not events and wait > 0 and self.source.wait_beyond(after, wait):
+            events = self._db.run(lambda cur: self._select(cur, after, limit))
+        return events
+
+    @staticmethod
+    def _select(cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
+        cur.execute(_SELECT_EVENTS, (after, limit))
+        return [event_from_row(row) for row in cur.fetchall()]
+
+    def commit(self, position: int) -> None:
+        def update(cur: cursor) -> None:
+            # greatest(): an instance that lost leadership must never move progress back.
+            cur.execute(
+                "UPDATE skor.outputs SET position = greatest(position, %s), updated_at = now()"
+                " WHERE name = %s",
+                (position, self.output),
+            )
+
+        self._db.run(update)
+
+    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
+        def insert(cur: cursor) -> None:
+            cur.execute(
+                "INSERT INTO skor.dead_letters (output, pos, event_id, captured_at, schema_name,"
+                " table_name, op, row_key, data, attempts, last_error)"
+                " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (output, event_id) DO UPDATE SET attempts = excluded.attempts,"
+                " last_error = excluded.last_error, status = 'dead', dead_at = now()",
+                (self.output, event.position, event.id, event.captured_at, event.schema,
+                 event.table, event.op, event.key, event.data, attempts, error),
+            )
+
+        self._db.run(insert)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _first(cur: cursor) -> int:
+    row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _fetch_one(cur: cursor, sql: str) -> int:
+    cur.execute(sql)
+    return _first(cur)
+

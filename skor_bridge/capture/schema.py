@@ -1,0 +1,127 @@
+"""The bridge's own schema, `skor`, created idempotently by `triggers install` and `run`.
+
+    user's transaction                     bridge (active instance only)
+    ------------------                     -----------------------------
+    trigger -> INSERT skor.outbox   ==>    sequencer: DELETE outbox rows it can see,
+                                           INSERT them into skor.log with a new `pos`
+                                           outputs read skor.log WHERE pos > their position
+
+Why this is correct with many concurrent writers (the outbox trap): an outbox `id` is
+drawn before its transaction commits, so ids become visible out of order and a reader
+that trusts `id > last_seen` skips late commits. Nothing here trusts outbox ids as a
+cursor. The sequencer moves whatever committed rows it can see, in one transaction, and
+numbers them from a counter row it holds locked; a row that commits late is simply moved
+by a later round and gets a later `pos`. So `pos` is assigned in visibility order, each
+sequencer round commits before the next begins, and `pos > position` never skips.
+
+Per-row order: two changes to the same row come from transactions that serialise on the
+row lock (or on the unique index for a re-inserted key), so the second trigger fires only
+after the first transaction committed. The first change is therefore visible no later
+than the second, and within one round rows are numbered by outbox id, which for one row
+follows that order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+
+SCHEMA = "skor"
+
+#: Bumped when the layout below changes incompatibly.
+SCHEMA_VERSION = "1"
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS skor;
+
+CREATE TABLE IF NOT EXISTS skor.meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+INSERT INTO skor.meta (key, value) VALUES
+    ('schema_version', '1'),
+    ('install_id', gen_random_uuid()::text)
+ON CONFLICT (key) DO NOTHING;
+
+-- Written by the capture triggers inside the user's transaction; insert-only for them.
+CREATE TABLE IF NOT EXISTS skor.outbox (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id    uuid        NOT NULL DEFAULT gen_random_uuid(),
+    captured_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    schema_name text        NOT NULL,
+    table_name  text        NOT NULL,
+    op          text        NOT NULL,
+    row_key     text,
+    data        text        NOT NULL
+);
+
+-- The single counter row from which the sequencer numbers log positions.
+CREATE TABLE IF NOT EXISTS skor.sequencer (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    next_pos  bigint  NOT NULL DEFAULT 1
+);
+INSERT INTO skor.sequencer DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Committed events in commit-visibility order. Partitioned by position so that retention
+-- drops whole partitions instead of running large DELETEs.
+CREATE TABLE IF NOT EXISTS skor.log (
+    pos         bigint      NOT NULL,
+    event_id    uuid        NOT NULL,
+    captured_at timestamptz NOT NULL,
+    logged_at   timestamptz NOT NULL DEFAULT now(),
+    schema_name text        NOT NULL,
+    table_name  text        NOT NULL,
+    op          text        NOT NULL,
+    row_key     text,
+    data        text        NOT NULL,
+    PRIMARY KEY (pos)
+) PARTITION BY RANGE (pos);
+
+-- Delivery progress per output: every event with pos <= position is delivered or dead.
+CREATE TABLE IF NOT EXISTS skor.outputs (
+    name       text PRIMARY KEY,
+    kind       text NOT NULL,
+    position   bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Events an output gave up on. They keep a copy of the event, so retention never loses
+-- them; `status` goes dead -> retry (operator asked) -> delivered.
+CREATE TABLE IF NOT EXISTS skor.dead_letters (
+    output      text        NOT NULL,
+    pos         bigint,
+    event_id    uuid        NOT NULL,
+    captured_at timestamptz NOT NULL,
+    schema_name text        NOT NULL,
+    table_name  text        NOT NULL,
+    op          text        NOT NULL,
+    row_key     text,
+    data        text        NOT NULL,
+    attempts    integer     NOT NULL,
+    last_error  text,
+    status      text        NOT NULL DEFAULT 'dead',
+    dead_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (output, event_id)
+);
+
+-- Which instance is active. The active one holds an advisory lock and refreshes
+-- `heartbeat`; a standby that finds the heartbeat stale terminates the holder's backend,
+-- which frees the lock even when the active host vanished without closing its socket.
+CREATE TABLE IF NOT EXISTS skor.leader (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    instance    text        NOT NULL,
+    backend_pid integer     NOT NULL,
+    heartbeat   timestamptz NOT NULL
+);
+"""
+
+#: Serialises schema creation when several instances start at once.
+_DDL_LOCK = 0x736B6F72  # "skor"
+
+
+def ensure_schema(cur: cursor) -> None:
+    """Create or complete the skor schema, idempotently, in the caller's transaction."""
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+    cur.execute(DDL)

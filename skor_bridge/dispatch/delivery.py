@@ -1,0 +1,262 @@
+"""Delivery to one output: ordering per row, retries with backoff, dead letters, progress.
+
+Each output has its own worker thread, feed position and retry state, so a webhook that
+answers 503 for an hour does not hold up RabbitMQ or Kafka; it catches up, in order,
+when it recovers.
+
+Ordering: events are grouped into lanes by ordering key (the row's primary key, or the
+table when it has none). Only the head of a lane is ever in flight, and a batch holds at
+most one event per lane, so a row's changes are delivered one after the other, in log
+order, even while retries happen. A failing event holds back only its own lane.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from skor_bridge.db import Stopped
+from skor_bridge.dispatch.backoff import backoff_delay
+from skor_bridge.errors import SinkError
+from skor_bridge.sinks.base import Outcome, Result
+
+if TYPE_CHECKING:
+    from skor_bridge.capture.base import OutputFeed
+    from skor_bridge.config import OutputConfig
+    from skor_bridge.event import ChangeEvent
+    from skor_bridge.metrics import Metrics
+    from skor_bridge.sinks.base import Sink
+
+log = logging.getLogger("skor_bridge.delivery")
+
+#: Longest an idle worker sleeps before looking at the feed again.
+IDLE_WAIT = 0.5
+
+
+@dataclass(slots=True)
+class Pending:
+    event: ChangeEvent
+    attempts: int = 0
+    first_try: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class Window:
+    """Events fetched but not yet finished, and the contiguous finished prefix."""
+
+    order: deque[int] = field(default_factory=deque)
+    finished: set[int] = field(default_factory=set)
+
+    def add(self, position: int) -> None:
+        self.order.append(position)
+
+    def finish(self, position: int) -> None:
+        self.finished.add(position)
+
+    def advance(self) -> int | None:
+        """Drop the finished prefix; return the last position dropped, if any."""
+        last = None
+        while self.order and self.order[0] in self.finished:
+            last = self.order.popleft()
+            self.finished.discard(last)
+        return last
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class OutputWorker:
+    """Delivers every event of one feed to one sink, at least once, in order per row."""
+
+    def __init__(
+        self,
+        output: OutputConfig,
+        sink: Sink,
+        feed: OutputFeed,
+        metrics: Metrics,
+        stopping: threading.Event,
+        max_in_flight: int,
+        fetch_size: int,
+    ) -> None:
+        self.output = output
+        self.sink = sink
+        self.feed = feed
+        self.metrics = metrics
+        self.stopping = stopping
+        self.max_in_flight = max_in_flight
+        self.fetch_size = fetch_size
+        self.lanes: dict[str, deque[Pending]] = {}
+        self.ready: deque[str] = deque()
+        self.delayed: list[tuple[float, int, str]] = []
+        self._tiebreak = itertools.count()
+        self.window = Window()
+        self.read_position = 0
+        self.committed = 0
+        self.last_error: str | None = None
+        #: Set when the worker should finish what is in flight and exit (graceful stop).
+        self.draining = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=f"output-{output.name}", daemon=True)
+        self.failed: BaseException | None = None
+
+    @property
+    def name(self) -> str:
+        return self.output.name
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self) -> None:
+        try:
+            self._open_sink()
+            self.committed = self.read_position = self.feed.start_position()
+            while not self.stopping.is_set():
+                if self.draining.is_set() and not self.lanes:
+                    break
+                self._fill()
+                self._deliver_ready()
+                self._commit()
+                if self.draining.is_set() and not self.ready:
+                    # Graceful stop: in-flight lanes in backoff are handed back, not waited on;
+                    # they stay after the committed position and are delivered next time.
+                    break
+        except Stopped:
+            pass
+        except SinkError as exc:
+            self.failed = exc
+            log.error("output %s: %s", self.name, exc)
+            self.stopping.set()
+        except Exception as exc:
+            self.failed = exc
+            log.exception("output %s failed", self.name)
+            self.stopping.set()
+        finally:
+            try:
+                self._commit()
+            except Stopped:
+                pass
+            self.sink.close()
+            self.feed.close()
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _open_sink(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.sink.open()
+                return
+            except SinkError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, 0.5, 10.0)
+                log.warning("output %s: cannot open (%s); retrying in %.1fs",
+                            self.name, str(exc).splitlines()[0] if str(exc) else exc, delay)
+                if self.stopping.wait(delay):
+                    raise Stopped from None
+
+    def _fill(self) -> None:
+        room = self.max_in_flight - len(self.window)
+        if room <= 0 or self.draining.is_set():
+            if not self.ready:
+                self._sleep_until_due()
+            return
+        wait = 0.0 if self.ready else self._idle_wait()
+        events = self.feed.fetch(self.read_position, min(room, self.fetch_size), wait)
+        now = time.monotonic()
+        for event in events:
+            self.window.add(event.position)
+            key = event.ordering_key
+            lane = self.lanes.get(key)
+            pending = Pending(event, first_try=now)
+            if lane is None:
+                self.lanes[key] = deque([pending])
+                self.ready.append(key)
+            else:
+                lane.append(pending)
+        if events:
+            self.read_position = events[-1].position
+
+    def _idle_wait(self) -> float:
+        if not self.delayed:
+            return IDLE_WAIT
+        return max(0.0, min(IDLE_WAIT, self.delayed[0][0] - time.monotonic()))
+
+    def _sleep_until_due(self) -> None:
+        if self.delayed:
+            self.stopping.wait(max(0.0, self.delayed[0][0] - time.monotonic()))
+        else:
+            self.stopping.wait(0.05)
+
+    def _deliver_ready(self) -> None:
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, key = heapq.heappop(self.delayed)
+            self.ready.append(key)
+        if not self.ready:
+            return
+        keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
+        batch = [self.lanes[key][0] for key in keys]
+        started = time.monotonic()
+        results = self.sink.send([p.event for p in batch])
+        elapsed = time.monotonic() - started
+        if len(results) != len(batch):
+            raise RuntimeError(f"sink {self.sink.kind} returned {len(results)} results "
+                               f"for {len(batch)} events")
+        for key, pending, result in zip(keys, batch, results, strict=True):
+            self._settle(key, pending, result, elapsed)
+
+    def _settle(self, key: str, pending: Pending, result: Result, elapsed: float) -> None:
+        pending.attempts += 1
+        event = pending.event
+        if result.outcome is Outcome.DELIVERED:
+            self.metrics.delivered(self.name, event, elapsed)
+            self._finish(key)
+            return
+        error = result.error or result.outcome.value
+        pending.last_error = self.last_error = error
+        limit = self.output.retry.max_attempts
+        if result.outcome is Outcome.REJECTED or (limit is not None and pending.attempts >= limit):
+            self.feed.dead_letter(event, pending.attempts, error)
+            self.metrics.dead_lettered(self.name, event)
+            log.error("output %s: event %s (%s %s) dead-lettered after %d attempt(s): %s",
+                      self.name, event.id, event.op, event.qualified_table, pending.attempts,
+                      error)
+            self._finish(key)
+            return
+        self.metrics.retried(self.name, event)
+        delay = backoff_delay(pending.attempts, self.output.retry.initial_backoff,
+                              self.output.retry.max_backoff)
+        if pending.attempts == 1 or pending.attempts % 10 == 0:
+            log.warning("output %s: event %s attempt %d failed (%s); retrying in %.1fs",
+                        self.name, event.id, pending.attempts, error, delay)
+        heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._tiebreak), key))
+
+    def _finish(self, key: str) -> None:
+        lane = self.lanes[key]
+        done = lane.popleft()
+        self.window.finish(done.event.position)
+        if lane:
+            self.ready.append(key)
+        else:
+            del self.lanes[key]
+
+    def _commit(self) -> None:
+        position = self.window.advance()
+        if position is not None and position > self.committed:
+            self.feed.commit(position)
+            self.committed = position
+        elif not self.window and self.read_position > self.committed:
+            # Nothing in flight: everything read is finished.
+            self.feed.commit(self.read_position)
+            self.committed = self.read_position
+
+    def pending_count(self) -> int:
+        return len(self.window)

@@ -1,0 +1,61 @@
+"""The change event: what capture produces and every sink consumes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+OPS = ("INSERT", "UPDATE", "DELETE")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One committed row change.
+
+    `data` is the row exactly as PostgreSQL's `row_to_json` rendered it, kept as text so
+    that numerics, 64-bit integers and key order reach the outputs unchanged.
+    `position` orders events of one log; `key` is the row's primary key as compact JSON
+    (`{"id":42}`), or None for a table without one.
+    """
+
+    id: str
+    position: int
+    schema: str
+    table: str
+    op: str
+    data: str
+    key: str | None = None
+    captured_at: float = 0.0
+    #: Skor's notify payload, passed through byte for byte in notify mode.
+    raw_body: bytes | None = field(default=None, compare=False)
+
+    @property
+    def ordering_key(self) -> str:
+        """Events with the same ordering key are delivered one after the other, in order.
+
+        Without a primary key the whole table is one ordering key, as promised in the README.
+        """
+        if self.key is not None:
+            return f"{self.schema}.{self.table}:{self.key}"
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    def body(self) -> bytes:
+        """Skor's webhook body: {"data": ..., "table": ..., "schema": ..., "op": ...}."""
+        if self.raw_body is not None:
+            return self.raw_body
+        # Spliced rather than json.dumps'ed so `data` keeps PostgreSQL's exact rendering.
+        return (
+            '{"data": '
+            + self.data
+            + ', "table": '
+            + json.dumps(self.table, ensure_ascii=False)
+            + ', "schema": '
+            + json.dumps(self.schema, ensure_ascii=False)
+            + ', "op": "'
+            + self.op
+            + '"}'
+        ).encode("utf-8")

@@ -1,0 +1,106 @@
+"""Active/standby: one instance delivers, the others wait to take over.
+
+The active instance holds a session advisory lock on a dedicated connection. When its
+process dies, PostgreSQL drops the connection and the lock at once, and a standby polling
+every `POLL` seconds takes over. When its host vanishes without closing the socket, the
+lock would outlive it, so the active instance also refreshes a heartbeat row, and a
+standby that finds the heartbeat older than the failover timeout terminates the stale
+backend, which frees the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg2
+import psycopg2.extensions
+
+from skor_bridge.db import CONNECTION_ERRORS, connect, describe
+from skor_bridge.errors import DatabaseError
+
+log = logging.getLogger("skor_bridge.leader")
+
+#: pg_advisory_lock key of the active instance ("skor" in ASCII, plus one).
+LEADER_LOCK = 0x736B6F73
+
+#: How often a standby tries to become active.
+POLL = 0.5
+
+
+class Leadership:
+    def __init__(self, dsn: str, instance: str, failover_timeout: float) -> None:
+        self.dsn = dsn
+        self.instance = instance
+        self.failover_timeout = failover_timeout
+        self._conn: psycopg2.extensions.connection | None = None
+        self._announced_standby = False
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Block until this instance is active (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            try:
+                if self._try_acquire():
+                    return True
+            except (DatabaseError, *CONNECTION_ERRORS) as exc:
+                log.warning("leader election: database unavailable (%s)", describe(exc))
+                self.release()
+            stop.wait(POLL)
+        return False
+
+    def _try_acquire(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, f"leader {self.instance}")
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+            row = cur.fetchone()
+            if row is not None and row[0]:
+                cur.execute(
+                    "INSERT INTO skor.leader (instance, backend_pid, heartbeat)"
+                    " VALUES (%s, pg_backend_pid(), now()) ON CONFLICT (singleton) DO UPDATE"
+                    " SET instance = excluded.instance, backend_pid = excluded.backend_pid,"
+                    " heartbeat = excluded.heartbeat",
+                    (self.instance,),
+                )
+                log.info("instance %s is now active", self.instance)
+                self._announced_standby = False
+                return True
+            cur.execute(
+                "SELECT instance, backend_pid, extract(epoch FROM now() - heartbeat)"
+                " FROM skor.leader"
+            )
+            holder = cur.fetchone()
+        if not self._announced_standby:
+            log.info("instance %s is standing by (active: %s)", self.instance,
+                     holder[0] if holder else "unknown")
+            self._announced_standby = True
+        if holder is not None and holder[2] > self.failover_timeout:
+            log.warning("active instance %s missed heartbeats for %.0fs; taking over",
+                        holder[0], holder[2])
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s)", (holder[1],))
+        return False
+
+    def heartbeat(self) -> bool:
+        """Refresh the heartbeat; False means leadership is lost and work must stop."""
+        if self._conn is None or self._conn.closed:
+            return False
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE skor.leader SET heartbeat = now()"
+                    " WHERE backend_pid = pg_backend_pid()"
+                )
+                return cur.rowcount == 1
+        except (psycopg2.Error, *CONNECTION_ERRORS) as exc:
+            log.warning("lost leadership: %s", describe(exc))
+            return False
+
+    def release(self) -> None:
+        """Closing the connection frees the lock, so a standby takes over at once."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg2.Error:
+                pass
+            self._conn = None

@@ -1,0 +1,60 @@
+"""Counters and gauges, fed by delivery and capture, served in Prometheus text format.
+
+One registry per bridge (no process globals), so tests can run several bridges at once.
+Sinks never touch metrics; delivery records what they reported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from skor_bridge.event import ChangeEvent
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.captured_total = Counter(
+            "skor_events_captured", "Events moved from the outbox into the log.", registry=r)
+        self.delivered_total = Counter(
+            "skor_events_delivered", "Events an output confirmed.", ["output"], registry=r)
+        self.retried_total = Counter(
+            "skor_events_retried", "Failed attempts that will be retried.", ["output"], registry=r)
+        self.dead_total = Counter(
+            "skor_events_dead_lettered", "Events an output gave up on.", ["output"], registry=r)
+        self.pending = Gauge(
+            "skor_events_pending", "Events captured but not yet delivered.", ["output"],
+            registry=r)
+        self.lag = Gauge(
+            "skor_lag_seconds", "Age of the oldest undelivered event.", ["output"], registry=r)
+        self.latency = Histogram(
+            "skor_delivery_latency_seconds", "From capture (trigger) to confirmed delivery.",
+            ["output"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.role = Gauge(
+            "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def _count(self, output: str, what: str) -> None:
+        key = (output, what)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def delivered(self, output: str, event: ChangeEvent, send_seconds: float) -> None:
+        self.delivered_total.labels(output).inc()
+        self._count(output, "delivered")
+        if event.captured_at:
+            self.latency.labels(output).observe(max(0.0, time.time() - event.captured_at))
+
+    def retried(self, output: str, event: ChangeEvent) -> None:
+        self.retried_total.labels(output).inc()
+        self._count(output, "retried")
+
+    def dead_lettered(self, output: str, event: ChangeEvent) -> None:
+        self.dead_total.labels(output).inc()
+        self._count(output, "dead")
