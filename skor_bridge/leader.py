@@ -52,6 +52,7 @@ class Leadership:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn, f"leader {self.instance}")
         with self._conn.cursor() as cur:
+            self._register(cur, "standby")
             cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
             row = cur.fetchone()
             if row is not None and row[0]:
@@ -62,6 +63,7 @@ class Leadership:
                     " heartbeat = excluded.heartbeat",
                     (self.instance,),
                 )
+                self._register(cur, "active")
                 log.info("instance %s is now active", self.instance)
                 self._announced_standby = False
                 return True
@@ -91,10 +93,23 @@ class Leadership:
                     "UPDATE skor.leader SET heartbeat = now()"
                     " WHERE backend_pid = pg_backend_pid()"
                 )
-                return cur.rowcount == 1
+                if cur.rowcount != 1:
+                    return False
+                self._register(cur, "active")
+                return True
         except (psycopg2.Error, *CONNECTION_ERRORS) as exc:
             log.warning("lost leadership: %s", describe(exc))
             return False
+
+    def _register(self, cur: psycopg2.extensions.cursor, role: str) -> None:
+        """Keep this instance visible to `skor-bridge status`; rows of instances silent for
+        a day are removed so the table does not collect every pod that ever ran."""
+        cur.execute(
+            "INSERT INTO skor.instances (instance, role) VALUES (%s, %s)"
+            " ON CONFLICT (instance) DO UPDATE SET role = excluded.role, heartbeat = now()",
+            (self.instance, role),
+        )
+        cur.execute("DELETE FROM skor.instances WHERE heartbeat < now() - interval '1 day'")
 
     def release(self) -> None:
         """Closing the connection frees the lock, so a standby takes over at once."""

@@ -8,10 +8,11 @@ bridge's connection pool is exercised as it would be against a real service.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +24,29 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.open_sockets: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        for sock in list(self.open_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class Receiver:
@@ -42,8 +66,7 @@ class Receiver:
         self.keep = keep
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -59,8 +82,10 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut kept-alive connections, as a crashed receiver would."""
         self._server.shutdown()
         self._server.server_close()
+        self._server.cut_connections()
 
     def __enter__(self) -> Receiver:
         return self.start()
@@ -104,7 +129,14 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                try:
+                    body = self.rfile.read(length)
+                except OSError:
+                    body = b""
+                if len(body) < length:
+                    # The sender died mid-request: nothing was delivered, nothing to answer.
+                    self.close_connection = True
+                    return
                 request = Received(
                     at=time.time(),
                     path=self.path,

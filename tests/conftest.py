@@ -27,8 +27,10 @@ def _admin():
 def dsn():
     """A fresh, empty database for one test; dropped afterwards."""
     name = f"skor_test_{uuid.uuid4().hex[:12]}"
-    with _admin() as conn, conn.cursor() as cur:
+    conn = _admin()
+    with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
     base = psycopg2.extensions.parse_dsn(ADMIN_DSN)
     base["dbname"] = name
     yield " ".join(f"{k}={v}" for k, v in base.items())

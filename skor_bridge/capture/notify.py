@@ -16,14 +16,13 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING
 
-from skor_bridge.db import CONNECTION_ERRORS, Reconnecting, Stopped, connect, describe
+from skor_bridge.capture import progress
+from skor_bridge.db import CONNECTION_ERRORS, Reconnecting, connect, describe
 from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import cursor
-
     from skor_bridge.config import Config
 
 log = logging.getLogger("skor_bridge.capture")
@@ -51,7 +50,7 @@ class NotifySource:
         self._listening.wait(timeout=15)
 
     def feed(self, output: str, kind: str) -> MemoryFeed:
-        feed = MemoryFeed(self, output)
+        feed = MemoryFeed(self, output, kind)
         self._feeds.append(feed)
         return feed
 
@@ -118,8 +117,9 @@ class NotifySource:
 class MemoryFeed:
     """An output's queue of notifications; progress is not persisted (nothing to resume)."""
 
-    def __init__(self, source: NotifySource, output: str) -> None:
+    def __init__(self, source: NotifySource, output: str, kind: str) -> None:
         self.output = output
+        self.kind = kind
         self._queue: deque[ChangeEvent] = deque()
         self._arrived = threading.Condition()
         self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
@@ -138,6 +138,10 @@ class MemoryFeed:
             self._arrived.notify()
 
     def start_position(self) -> int:
+        # Registered so that status and metrics know the output; the position is unused.
+        self._db.run(lambda cur: cur.execute(
+            "INSERT INTO skor.outputs (name, kind, position) VALUES (%s, %s, 0)"
+            " ON CONFLICT (name) DO NOTHING", (self.output, self.kind)))
         return 0
 
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
@@ -147,24 +151,24 @@ class MemoryFeed:
             count = min(limit, len(self._queue))
             return [self._queue.popleft() for _ in range(count)]
 
-    def commit(self, position: int) -> None:
-        pass
+    def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
+        self.record(delivered, error)
+
+    def record(self, delivered: int, error: str | None) -> None:
+        if delivered or error:
+            self._db.run(lambda cur: progress.record_delivered(cur, self.output, delivered, error))
 
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
-        def insert(cur: cursor) -> None:
-            cur.execute(
-                "INSERT INTO skor.dead_letters (output, event_id, captured_at, schema_name,"
-                " table_name, op, data, attempts, last_error)"
-                " VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (output, event_id) DO NOTHING",
-                (self.output, event.id, event.captured_at, event.schema, event.table, event.op,
-                 event.data, attempts, error),
-            )
+        # Notify mode has no log to fall back on: the dead-letter table is the only copy.
+        self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
 
-        try:
-            self._db.run(insert)
-        except Stopped:
-            log.error("output %s: could not record dead letter %s", self.output, event.id)
+    def fetch_redeliveries(self, after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+        return self._db.run(
+            lambda cur: progress.fetch_redeliveries(cur, self.output, after_id, limit))
+
+    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
+        self._db.run(lambda cur: progress.finish_redelivery(
+            cur, self.output, redelivery_id, event, delivered))
 
     def close(self) -> None:
         self._db.close()

@@ -7,15 +7,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from skor_bridge.capture import progress
+from skor_bridge.capture.outbox_rows import EVENT_COLUMNS, event_from_row
 from skor_bridge.db import Reconnecting, Stopped
-from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
 
     from skor_bridge.config import Config
+    from skor_bridge.event import ChangeEvent
 
 log = logging.getLogger("skor_bridge.capture")
 
@@ -34,21 +36,9 @@ WITH moved AS (
 UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
 """
 
-_SELECT_EVENTS = """
-SELECT pos, event_id::text, extract(epoch FROM captured_at)::float8, schema_name, table_name,
-       op, row_key, data
-FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
-"""
+_SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s"
 
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
-
-
-def event_from_row(row: tuple[Any, ...]) -> ChangeEvent:
-    pos, event_id, captured_at, schema, table, op, key, data = row
-    return ChangeEvent(
-        id=event_id, position=pos, schema=schema, table=table, op=op, data=data, key=key,
-        captured_at=captured_at,
-    )
 
 
 class DurableSource:
@@ -207,30 +197,30 @@ class LogFeed:
         cur.execute(_SELECT_EVENTS, (after, limit))
         return [event_from_row(row) for row in cur.fetchall()]
 
-    def commit(self, position: int) -> None:
+    def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
         def update(cur: cursor) -> None:
             # greatest(): an instance that lost leadership must never move progress back.
             cur.execute(
-                "UPDATE skor.outputs SET position = greatest(position, %s), updated_at = now()"
-                " WHERE name = %s",
+                "UPDATE skor.outputs SET position = greatest(position, %s) WHERE name = %s",
                 (position, self.output),
             )
+            progress.record_delivered(cur, self.output, delivered, error)
 
         self._db.run(update)
 
-    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
-        def insert(cur: cursor) -> None:
-            cur.execute(
-                "INSERT INTO skor.dead_letters (output, pos, event_id, captured_at, schema_name,"
-                " table_name, op, row_key, data, attempts, last_error)"
-                " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (output, event_id) DO UPDATE SET attempts = excluded.attempts,"
-                " last_error = excluded.last_error, status = 'dead', dead_at = now()",
-                (self.output, event.position, event.id, event.captured_at, event.schema,
-                 event.table, event.op, event.key, event.data, attempts, error),
-            )
+    def record(self, delivered: int, error: str | None) -> None:
+        self._db.run(lambda cur: progress.record_delivered(cur, self.output, delivered, error))
 
-        self._db.run(insert)
+    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
+        self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
+
+    def fetch_redeliveries(self, after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+        return self._db.run(
+            lambda cur: progress.fetch_redeliveries(cur, self.output, after_id, limit))
+
+    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
+        self._db.run(lambda cur: progress.finish_redelivery(
+            cur, self.output, redelivery_id, event, delivered))
 
     def close(self) -> None:
         self._db.close()

@@ -81,10 +81,48 @@ CREATE TABLE IF NOT EXISTS skor.log (
 
 -- Delivery progress per output: every event with pos <= position is delivered or dead.
 CREATE TABLE IF NOT EXISTS skor.outputs (
-    name       text PRIMARY KEY,
-    kind       text NOT NULL,
-    position   bigint NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    name            text PRIMARY KEY,
+    kind            text NOT NULL,
+    position        bigint NOT NULL,
+    delivered_total bigint NOT NULL DEFAULT 0,
+    last_error      text,
+    last_error_at   timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Deliveries per output and second, for "delivered in the last minute"; pruned hourly.
+CREATE TABLE IF NOT EXISTS skor.delivery_stats (
+    output    text        NOT NULL,
+    second    timestamptz NOT NULL,
+    delivered integer     NOT NULL,
+    PRIMARY KEY (output, second)
+);
+
+-- Events an operator asked to deliver again: dead letters to retry, or a replay of
+-- already-delivered events. A copy of the event, so it survives the log's retention.
+-- The output's worker deletes a row once the event is delivered or dead again.
+CREATE TABLE IF NOT EXISTS skor.redeliveries (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    output       text        NOT NULL,
+    reason       text        NOT NULL CHECK (reason IN ('retry', 'replay')),
+    pos          bigint,
+    event_id     uuid        NOT NULL,
+    captured_at  timestamptz NOT NULL,
+    schema_name  text        NOT NULL,
+    table_name   text        NOT NULL,
+    op           text        NOT NULL,
+    row_key      text,
+    data         text        NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS redeliveries_output ON skor.redeliveries (output, id);
+
+-- Every running instance, active or standing by, refreshed by its heartbeat.
+CREATE TABLE IF NOT EXISTS skor.instances (
+    instance  text PRIMARY KEY,
+    role      text        NOT NULL,
+    started   timestamptz NOT NULL DEFAULT now(),
+    heartbeat timestamptz NOT NULL DEFAULT now()
 );
 
 -- Events an output gave up on. They keep a copy of the event, so retention never loses

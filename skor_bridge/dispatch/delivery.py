@@ -38,6 +38,9 @@ log = logging.getLogger("skor_bridge.delivery")
 #: Longest an idle worker sleeps before looking at the feed again.
 IDLE_WAIT = 0.5
 
+#: How often a worker looks for events an operator asked to redeliver.
+REDELIVERY_POLL = 1.0
+
 
 @dataclass(slots=True)
 class Pending:
@@ -45,6 +48,8 @@ class Pending:
     attempts: int = 0
     first_try: float = 0.0
     last_error: str | None = None
+    #: Set for an operator's retry or replay; such events are outside the position window.
+    redelivery_id: int | None = None
 
 
 @dataclass
@@ -100,6 +105,10 @@ class OutputWorker:
         self.read_position = 0
         self.committed = 0
         self.last_error: str | None = None
+        self._new_error: str | None = None
+        self._delivered_since_commit = 0
+        self._redelivery_seen = 0
+        self._redelivery_checked = 0.0
         #: Set when the worker should finish what is in flight and exit (graceful stop).
         self.draining = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"output-{output.name}", daemon=True)
@@ -157,7 +166,7 @@ class OutputWorker:
             except Exception as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning("output %s: cannot open (%s); retrying in %.1fs",
+                log.warning("output %s: cannot open (%s); retrying in %.2fs",
                             self.name, str(exc).splitlines()[0] if str(exc) else exc, delay)
                 if self.stopping.wait(delay):
                     raise Stopped from None
@@ -173,16 +182,23 @@ class OutputWorker:
         now = time.monotonic()
         for event in events:
             self.window.add(event.position)
-            key = event.ordering_key
-            lane = self.lanes.get(key)
-            pending = Pending(event, first_try=now)
-            if lane is None:
-                self.lanes[key] = deque([pending])
-                self.ready.append(key)
-            else:
-                lane.append(pending)
+            self._enqueue(Pending(event, first_try=now))
         if events:
             self.read_position = events[-1].position
+        if now - self._redelivery_checked >= REDELIVERY_POLL:
+            self._redelivery_checked = now
+            for redelivery_id, event in self.feed.fetch_redeliveries(self._redelivery_seen, 1000):
+                self._redelivery_seen = redelivery_id
+                self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id))
+
+    def _enqueue(self, pending: Pending) -> None:
+        key = pending.event.ordering_key
+        lane = self.lanes.get(key)
+        if lane is None:
+            self.lanes[key] = deque([pending])
+            self.ready.append(key)
+        else:
+            lane.append(pending)
 
     def _idle_wait(self) -> float:
         if not self.delayed:
@@ -218,10 +234,11 @@ class OutputWorker:
         event = pending.event
         if result.outcome is Outcome.DELIVERED:
             self.metrics.delivered(self.name, event, elapsed)
-            self._finish(key)
+            self._delivered_since_commit += 1
+            self._finish(key, delivered=True)
             return
         error = result.error or result.outcome.value
-        pending.last_error = self.last_error = error
+        pending.last_error = self.last_error = self._new_error = error
         limit = self.output.retry.max_attempts
         if result.outcome is Outcome.REJECTED or (limit is not None and pending.attempts >= limit):
             self.feed.dead_letter(event, pending.attempts, error)
@@ -229,20 +246,23 @@ class OutputWorker:
             log.error("output %s: event %s (%s %s) dead-lettered after %d attempt(s): %s",
                       self.name, event.id, event.op, event.qualified_table, pending.attempts,
                       error)
-            self._finish(key)
+            self._finish(key, delivered=False)
             return
         self.metrics.retried(self.name, event)
         delay = backoff_delay(pending.attempts, self.output.retry.initial_backoff,
                               self.output.retry.max_backoff)
         if pending.attempts == 1 or pending.attempts % 10 == 0:
-            log.warning("output %s: event %s attempt %d failed (%s); retrying in %.1fs",
+            log.warning("output %s: event %s attempt %d failed (%s); retrying in %.2fs",
                         self.name, event.id, pending.attempts, error, delay)
         heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._tiebreak), key))
 
-    def _finish(self, key: str) -> None:
+    def _finish(self, key: str, delivered: bool) -> None:
         lane = self.lanes[key]
         done = lane.popleft()
-        self.window.finish(done.event.position)
+        if done.redelivery_id is None:
+            self.window.finish(done.event.position)
+        else:
+            self.feed.finish_redelivery(done.redelivery_id, done.event, delivered)
         if lane:
             self.ready.append(key)
         else:
@@ -250,13 +270,15 @@ class OutputWorker:
 
     def _commit(self) -> None:
         position = self.window.advance()
+        delivered, error = self._delivered_since_commit, self._new_error
         if position is not None and position > self.committed:
-            self.feed.commit(position)
+            self.feed.commit(position, delivered, error)
             self.committed = position
-        elif not self.window and self.read_position > self.committed:
-            # Nothing in flight: everything read is finished.
-            self.feed.commit(self.read_position)
-            self.committed = self.read_position
+        elif delivered or error:
+            self.feed.record(delivered, error)
+        else:
+            return
+        self._delivered_since_commit, self._new_error = 0, None
 
     def pending_count(self) -> int:
         return len(self.window)

@@ -1,0 +1,36 @@
+# Every target installs into .venv first, so a fresh clone needs nothing but python3.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast lint typecheck bench image clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo,test]'
+	touch $@
+
+demo: install
+	$(BIN)/skor-bridge demo
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check skor_bridge tests
+	$(BIN)/mypy skor_bridge
+
+bench: install
+	$(BIN)/skor-bridge bench
+
+image:
+	docker build -t skor-bridge .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

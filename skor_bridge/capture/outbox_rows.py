@@ -1,0 +1,21 @@
+"""The column list every event-shaped table shares (log, dead letters, redeliveries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from skor_bridge.event import ChangeEvent
+
+#: Selected in this order and turned into a ChangeEvent by `event_from_row`.
+EVENT_COLUMNS = (
+    "coalesce(pos, 0), event_id::text, extract(epoch FROM captured_at)::float8,"
+    " schema_name, table_name, op, row_key, data"
+)
+
+
+def event_from_row(row: tuple[Any, ...]) -> ChangeEvent:
+    pos, event_id, captured_at, schema, table, op, key, data = row
+    return ChangeEvent(
+        id=event_id, position=pos, schema=schema, table=table, op=op, data=data, key=key,
+        captured_at=captured_at,
+    )

@@ -1,0 +1,67 @@
+"""What every feed records about an output: progress counters, dead letters, redeliveries.
+
+Shared by the durable and the notify feeds; all statements are single autocommit writes,
+so a crash between two of them loses no event, at worst it repeats one delivery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from skor_bridge.capture.outbox_rows import EVENT_COLUMNS, event_from_row
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+
+    from skor_bridge.event import ChangeEvent
+
+
+def record_delivered(cur: cursor, output: str, delivered: int, error: str | None) -> None:
+    if delivered:
+        cur.execute(
+            "INSERT INTO skor.delivery_stats (output, second, delivered)"
+            " VALUES (%s, date_trunc('second', now()), %s)"
+            " ON CONFLICT (output, second) DO UPDATE"
+            " SET delivered = skor.delivery_stats.delivered + excluded.delivered",
+            (output, delivered),
+        )
+    cur.execute(
+        "UPDATE skor.outputs SET delivered_total = delivered_total + %s,"
+        " last_error = coalesce(%s, last_error),"
+        " last_error_at = CASE WHEN %s IS NULL THEN last_error_at ELSE now() END,"
+        " updated_at = now() WHERE name = %s",
+        (delivered, error, error, output),
+    )
+
+
+def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, error: str) -> None:
+    cur.execute(
+        "INSERT INTO skor.dead_letters (output, pos, event_id, captured_at, schema_name,"
+        " table_name, op, row_key, data, attempts, last_error)"
+        " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (output, event_id) DO UPDATE SET attempts = excluded.attempts,"
+        " last_error = excluded.last_error, status = 'dead', dead_at = now()",
+        (output, event.position or None, event.id, event.captured_at, event.schema, event.table,
+         event.op, event.key, event.data, attempts, error),
+    )
+
+
+def fetch_redeliveries(cur: cursor, output: str, after_id: int, limit: int
+                       ) -> list[tuple[int, ChangeEvent]]:
+    cur.execute(
+        f"SELECT id, {EVENT_COLUMNS} FROM skor.redeliveries"
+        " WHERE output = %s AND id > %s ORDER BY id LIMIT %s",
+        (output, after_id, limit),
+    )
+    return [(row[0], event_from_row(row[1:])) for row in cur.fetchall()]
+
+
+def finish_redelivery(cur: cursor, output: str, redelivery_id: int, event: ChangeEvent,
+                      delivered: bool) -> None:
+    cur.execute("DELETE FROM skor.redeliveries WHERE id = %s", (redelivery_id,))
+    if delivered:
+        cur.execute(
+            "UPDATE skor.dead_letters SET status = 'delivered'"
+            " WHERE output = %s AND event_id = %s AND status = 'retry'",
+            (output, event.id),
+        )
