@@ -1,0 +1,192 @@
+"""The `skor-bridge` command. Commands only build a Config and call into the package."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from skor_bridge import __version__
+from skor_bridge.errors import ConfigError, SkorError
+from skor_bridge.settings import Options, build_config
+
+app = typer.Typer(
+    name="skor-bridge",
+    help="Capture PostgreSQL row changes and deliver them to webhooks, RabbitMQ and Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(exc: SkorError) -> typer.Exit:
+    """Expected errors end in one line on stderr: exit 2 for bad input, 1 otherwise."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"skor-bridge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """skor-bridge: Skor's triggers and payloads, delivered durably and in order."""
+
+
+Opt = typer.Option
+WEBHOOK_PANEL = "Webhook output"
+AMQP_PANEL = "RabbitMQ output"
+KAFKA_PANEL = "Kafka output"
+TUNING_PANEL = "Tuning and operations"
+
+
+@app.command()
+def run(
+    dsn_arg: Annotated[Optional[str], typer.Argument(
+        metavar="[DSN]", help="Skor's positional form: DSN then webhook URL.")] = None,
+    url_arg: Annotated[Optional[str], typer.Argument(metavar="[URL]", show_default=False)] = None,
+    dsn: Annotated[Optional[str], Opt(
+        envvar="SKOR_DSN", help="libpq DSN or postgresql:// URI. Without it, Skor's DBNAME, "
+        "PGUSER, PGPASS, PGHOST and PGPORT variables are used.")] = None,
+    config: Annotated[Optional[Path], Opt(
+        envvar="SKOR_CONFIG", help="TOML file describing outputs and settings.")] = None,
+    mode: Annotated[Optional[str], Opt(
+        envvar="SKOR_MODE", help="durable (outbox, nothing lost) or notify (Skor's pg_notify, "
+        "lossy). [default: durable]")] = None,
+    webhook: Annotated[Optional[list[str]], Opt(
+        envvar="SKOR_WEBHOOK", help="Webhook URL; repeat for several. Skor's WEBHOOKURL also "
+        "works.", rich_help_panel=WEBHOOK_PANEL)] = None,
+    webhook_secret: Annotated[Optional[str], Opt(
+        envvar="SKOR_WEBHOOK_SECRET", help="whsec_<base64 key>: sign as Standard Webhooks do.",
+        rich_help_panel=WEBHOOK_PANEL)] = None,
+    header: Annotated[Optional[list[str]], Opt(
+        help="Extra request header NAME:VALUE; repeatable.", rich_help_panel=WEBHOOK_PANEL)] = None,
+    webhook_timeout: Annotated[Optional[float], Opt(
+        envvar="SKOR_WEBHOOK_TIMEOUT", help="Seconds per request. [default: 10]",
+        rich_help_panel=WEBHOOK_PANEL)] = None,
+    webhook_concurrency: Annotated[Optional[int], Opt(
+        envvar="SKOR_WEBHOOK_CONCURRENCY", help="Requests in flight (different rows). "
+        "[default: 16]", rich_help_panel=WEBHOOK_PANEL)] = None,
+    amqp: Annotated[Optional[str], Opt(
+        envvar="SKOR_AMQP", help="amqp:// or amqps:// URL of RabbitMQ.",
+        rich_help_panel=AMQP_PANEL)] = None,
+    amqp_exchange: Annotated[Optional[str], Opt(
+        envvar="SKOR_AMQP_EXCHANGE", help="Durable topic exchange. [default: skor]",
+        rich_help_panel=AMQP_PANEL)] = None,
+    amqp_routing_key: Annotated[Optional[str], Opt(
+        envvar="SKOR_AMQP_ROUTING_KEY", help="Template with {schema} {table} {op}. "
+        "[default: {schema}.{table}.{op}]", rich_help_panel=AMQP_PANEL)] = None,
+    amqp_mandatory: Annotated[Optional[bool], Opt(
+        "--amqp-mandatory", envvar="SKOR_AMQP_MANDATORY", help="Retry messages no queue "
+        "receives, instead of counting them.", rich_help_panel=AMQP_PANEL)] = None,
+    kafka: Annotated[Optional[str], Opt(
+        envvar="SKOR_KAFKA", help="Kafka bootstrap servers host:port[,host:port].",
+        rich_help_panel=KAFKA_PANEL)] = None,
+    kafka_topic: Annotated[Optional[str], Opt(
+        envvar="SKOR_KAFKA_TOPIC", help="Template with {schema} {table} {op}. "
+        "[default: skor.{schema}.{table}]", rich_help_panel=KAFKA_PANEL)] = None,
+    kafka_option: Annotated[Optional[list[str]], Opt(
+        help="librdkafka setting key=value, passed through; repeatable.",
+        rich_help_panel=KAFKA_PANEL)] = None,
+    kafka_create_topics: Annotated[Optional[bool], Opt(
+        "--kafka-create-topics/--no-kafka-create-topics", envvar="SKOR_KAFKA_CREATE_TOPICS",
+        help="Create missing topics. [default: create]", rich_help_panel=KAFKA_PANEL)] = None,
+    kafka_partitions: Annotated[Optional[int], Opt(
+        envvar="SKOR_KAFKA_PARTITIONS", help="Partitions of created topics. [default: broker's]",
+        rich_help_panel=KAFKA_PANEL)] = None,
+    kafka_replication_factor: Annotated[Optional[int], Opt(
+        envvar="SKOR_KAFKA_REPLICATION_FACTOR", help="Replication of created topics. "
+        "[default: broker's]", rich_help_panel=KAFKA_PANEL)] = None,
+    max_attempts: Annotated[Optional[int], Opt(
+        envvar="SKOR_MAX_ATTEMPTS", help="Dead-letter an event after N failed attempts. "
+        "[default: retry forever]", rich_help_panel=TUNING_PANEL)] = None,
+    poll_interval: Annotated[Optional[float], Opt(
+        envvar="SKOR_POLL_INTERVAL", help="Seconds between looks at an idle outbox. "
+        "[default: 0.005]", rich_help_panel=TUNING_PANEL)] = None,
+    batch_size: Annotated[Optional[int], Opt(
+        envvar="SKOR_BATCH_SIZE", help="Events moved or read per round trip. [default: 2000]",
+        rich_help_panel=TUNING_PANEL)] = None,
+    max_in_flight: Annotated[Optional[int], Opt(
+        envvar="SKOR_MAX_IN_FLIGHT", help="Events held in memory per output. [default: 20000]",
+        rich_help_panel=TUNING_PANEL)] = None,
+    failover_timeout: Annotated[Optional[float], Opt(
+        envvar="SKOR_FAILOVER_TIMEOUT", help="Seconds of missed heartbeats before a standby "
+        "takes over. [default: 10]", rich_help_panel=TUNING_PANEL)] = None,
+    retention: Annotated[Optional[str], Opt(
+        envvar="SKOR_RETENTION", help="Keep delivered events this long for replay (7d, 12h). "
+        "[default: 7d]", rich_help_panel=TUNING_PANEL)] = None,
+    start_from: Annotated[Optional[str], Opt(
+        envvar="SKOR_START_FROM", help="Where a new output starts: earliest or latest. "
+        "[default: earliest]", rich_help_panel=TUNING_PANEL)] = None,
+    metrics_port: Annotated[Optional[int], Opt(
+        envvar="SKOR_METRICS_PORT", help="Serve /metrics, /healthz and /readyz on this port.",
+        rich_help_panel=TUNING_PANEL)] = None,
+    log_level: Annotated[Optional[str], Opt(
+        envvar="SKOR_LOG_LEVEL", help="debug, info, warning or error. [default: info]",
+        rich_help_panel=TUNING_PANEL)] = None,
+    log_format: Annotated[Optional[str], Opt(
+        envvar="SKOR_LOG_FORMAT", help="text or json. [default: text]",
+        rich_help_panel=TUNING_PANEL)] = None,
+) -> None:
+    """Deliver every captured change to the configured outputs until stopped."""
+    from skor_bridge import logs
+    from skor_bridge.bridge import Bridge
+
+    options = Options(
+        dsn=dsn or dsn_arg, webhooks=list(webhook or []) + ([url_arg] if url_arg else []),
+        webhook_secret=webhook_secret, headers=list(header or []),
+        webhook_timeout=webhook_timeout, webhook_concurrency=webhook_concurrency,
+        max_attempts=max_attempts, mode=mode, amqp=amqp, amqp_exchange=amqp_exchange,
+        amqp_routing_key=amqp_routing_key, amqp_mandatory=amqp_mandatory, kafka=kafka,
+        kafka_topic=kafka_topic, kafka_options=list(kafka_option or []),
+        kafka_create_topics=kafka_create_topics, kafka_partitions=kafka_partitions,
+        kafka_replication_factor=kafka_replication_factor, poll_interval=poll_interval,
+        batch_size=batch_size, max_in_flight=max_in_flight, failover_timeout=failover_timeout,
+        retention=retention, start_from=start_from, metrics_port=metrics_port,
+        log_level=log_level, log_format=log_format,
+    )
+    try:
+        cfg = build_config(options, config, os.environ)
+        logs.configure(cfg.log_level, cfg.log_format)
+        code = Bridge(cfg).run()
+    except SkorError as exc:
+        raise fail(exc) from None
+    raise typer.Exit(code)
+
+
+#: Modules that add their commands to `app` through `register(app)`; kept apart so that
+#: each command family stays small and imports its heavy dependencies only when used.
+COMMAND_MODULES = ("skor_bridge.cli_ops", "skor_bridge.cli_demo", "skor_bridge.cli_bench")
+
+
+def _mount_subcommands() -> None:
+    import importlib
+
+    from skor_bridge.cli_triggers import triggers_app
+
+    app.add_typer(triggers_app, name="triggers")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(app)
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    logging.captureWarnings(True)
+    app(prog_name="skor-bridge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""`skor-bridge triggers`: generate, install and remove the capture triggers.
+
+Commands only read triggers.json and call `skor_bridge.capture.triggers`.
+"""
+
+from __future__ import annotations
+
+import enum
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from skor_bridge.capture import triggers
+from skor_bridge.errors import ConfigError, SkorError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+triggers_app = typer.Typer(
+    name="triggers",
+    help="Generate, install or remove the triggers that capture row changes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class ModeChoice(enum.StrEnum):
+    durable = "durable"
+    notify = "notify"
+
+
+ConfigArg = Annotated[Path, typer.Argument(
+    metavar="CONFIG", help="Skor's triggers.json: tables, and the columns to capture.",
+    show_default=False)]
+ModeOpt = Annotated[ModeChoice, typer.Option(
+    "--mode", envvar="SKOR_MODE", case_sensitive=False,
+    help="durable: triggers write skor.outbox, nothing is lost. notify: Skor's pg_notify "
+    "triggers (rows over 8000 bytes fail the write).")]
+DsnOpt = Annotated[str, typer.Option(
+    "--dsn", envvar="SKOR_DSN", show_default=False,
+    help="libpq DSN or postgresql:// URI of the database.")]
+
+
+@contextmanager
+def _expected_errors() -> Iterator[None]:
+    """Expected errors end in one line on stderr: exit 2 for bad input, 1 otherwise."""
+    try:
+        yield
+    except SkorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+
+
+@triggers_app.command()
+def generate(config: ConfigArg, mode: ModeOpt = ModeChoice.durable) -> None:
+    """Print the installation as SQL, for psql --single-transaction. Needs no database."""
+    with _expected_errors():
+        specs = triggers.load_config(config)
+        sql = triggers.generate_sql(specs, mode.value)
+    typer.echo(sql, nl=False)
+
+
+@triggers_app.command()
+def install(config: ConfigArg, dsn: DsnOpt, mode: ModeOpt = ModeChoice.durable) -> None:
+    """Install the triggers in one transaction, replacing those installed before."""
+    with _expected_errors():
+        specs = triggers.load_config(config)
+        triggers.install(dsn, specs, mode.value)
+    for spec in specs:
+        typer.echo(triggers.describe_spec(spec))
+    typer.echo(f"installed {mode.value} capture on {len(specs)} table(s)", err=True)
+
+
+@triggers_app.command()
+def uninstall(
+    dsn: DsnOpt,
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also drop schema skor: the outbox, the log and dead letters.")] = False,
+) -> None:
+    """Remove every capture trigger and function, Skor's notify_skor_* ones included."""
+    with _expected_errors():
+        dropped = triggers.uninstall(dsn, purge=purge)
+    typer.echo(f"removed {dropped} trigger function(s)" + (" and schema skor" if purge else ""))
