@@ -19,10 +19,12 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
+from skor_bridge.health import HealthServer, output_state, source_head
 from skor_bridge.leader import Leadership
 from skor_bridge.metrics import Metrics
 from skor_bridge.sinks import load_sink
@@ -51,13 +53,19 @@ class Bridge:
         self.source: Source | None = None
         self.active = False
         self.fatal: BaseException | None = None
+        # The source whose `captured` count was last fed to metrics, and that count.
+        self._counted: tuple[Source | None, int] = (None, 0)
 
     # -- public -----------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or an unrecoverable error (exit 1)."""
         restore = self._install_signal_handlers()
+        health: HealthServer | None = None
         try:
+            # Before leader election, so that a standby answers probes too.
+            if self.config.metrics_port is not None:
+                health = HealthServer(self, self.config.metrics_port).start()
             self.startup()
             leadership = Leadership(
                 self.config.source.dsn, self.instance, self.config.failover_timeout
@@ -75,6 +83,8 @@ class Bridge:
                     return 1
             return 0
         finally:
+            if health is not None:
+                health.stop()
             restore()
 
     def request_stop(self) -> None:
@@ -126,6 +136,7 @@ class Bridge:
         ]
         # Feeds exist before capture starts, so notify mode misses nothing in between.
         source.start()
+        pruner = Pruner(self.config).start()
         for worker in self.workers:
             worker.start()
         self.active = True
@@ -139,6 +150,7 @@ class Bridge:
                 self.stop_requested.wait(HEARTBEAT)
         finally:
             self.active = False
+            pruner.stop()
             self._shutdown_term(source, stopping, graceful=not lost)
         for worker in self.workers:
             if worker.failed is not None:
@@ -166,8 +178,19 @@ class Bridge:
         log.info("stopped; progress saved for %d output(s)", len(self.workers))
 
     def _update_gauges(self) -> None:
+        source = self.source
+        captured = getattr(source, "captured", 0)
+        counted_source, counted = self._counted
+        if source is not counted_source:
+            counted = 0  # a new active term starts a new source, counting from zero
+        if captured > counted:
+            self.metrics.captured_total.inc(captured - counted)
+        self._counted = (source, captured)
+        head = source_head(source)
         for worker in self.workers:
-            self.metrics.pending.labels(worker.name).set(worker.pending_count())
+            state = output_state(worker, head)
+            self.metrics.pending.labels(worker.name).set(state.pending)
+            self.metrics.lag.labels(worker.name).set(state.lag_seconds)
 
     # -- signals ----------------------------------------------------------------------------
 

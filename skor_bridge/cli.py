@@ -126,6 +126,9 @@ def run(
     retention: Annotated[Optional[str], Opt(
         envvar="SKOR_RETENTION", help="Keep delivered events this long for replay (7d, 12h). "
         "[default: 7d]", rich_help_panel=TUNING_PANEL)] = None,
+    retention_interval: Annotated[Optional[float], Opt(
+        envvar="SKOR_RETENTION_INTERVAL", hidden=True,
+        help="Seconds between retention passes. [default: 60]")] = None,
     start_from: Annotated[Optional[str], Opt(
         envvar="SKOR_START_FROM", help="Where a new output starts: earliest or latest. "
         "[default: earliest]", rich_help_panel=TUNING_PANEL)] = None,
@@ -154,7 +157,7 @@ def run(
         kafka_replication_factor=kafka_replication_factor, poll_interval=poll_interval,
         batch_size=batch_size, max_in_flight=max_in_flight, failover_timeout=failover_timeout,
         retention=retention, start_from=start_from, metrics_port=metrics_port,
-        log_level=log_level, log_format=log_format,
+        log_level=log_level, log_format=log_format, retention_interval=retention_interval,
     )
     try:
         cfg = build_config(options, config, os.environ)

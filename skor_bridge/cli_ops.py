@@ -10,7 +10,7 @@ import enum
 import json
 import sys
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,7 +18,6 @@ from skor_bridge.errors import ConfigError, SkorError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
     from datetime import datetime
 
     from psycopg2.extensions import connection
@@ -45,11 +44,11 @@ class StatusChoice(enum.StrEnum):
     delivered = "delivered"
 
 
-DsnOpt = Annotated[Optional[str], typer.Option(
+DsnOpt = Annotated[str | None, typer.Option(
     "--dsn", envvar="SKOR_DSN", show_default=False,
     help="libpq DSN or postgresql:// URI of the database the bridge uses.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-TableOpt = Annotated[Optional[str], typer.Option(
+TableOpt = Annotated[str | None, typer.Option(
     "--table", metavar="[SCHEMA.]TABLE", help="Only events of this table.", show_default=False)]
 
 
@@ -139,13 +138,13 @@ def _last_error(error: str | None, at: datetime | None, now: datetime) -> str:
 @events_app.command("list")
 def list_events(
     dsn: DsnOpt = None,
-    output: Annotated[Optional[str], typer.Option(
+    output: Annotated[str | None, typer.Option(
         help="Only this output's events. [default: every output]", show_default=False)] = None,
-    status_: Annotated[Optional[StatusChoice], typer.Option(
+    status_: Annotated[StatusChoice | None, typer.Option(
         "--status", case_sensitive=False, show_default=False,
         help="dead, retry, pending or delivered. [default: all]")] = None,
     table_: TableOpt = None,
-    since: Annotated[Optional[str], typer.Option(
+    since: Annotated[str | None, typer.Option(
         metavar="TIME", show_default=False,
         help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show the newest N events.")] = 100,
@@ -191,10 +190,10 @@ def render_events(rows: Sequence[EventRow]) -> str:
 @events_app.command()
 def retry(
     dsn: DsnOpt = None,
-    output: Annotated[Optional[str], typer.Option(
+    output: Annotated[str | None, typer.Option(
         help="Only this output's dead letters. [default: every output]",
         show_default=False)] = None,
-    ids: Annotated[Optional[list[str]], typer.Option(
+    ids: Annotated[list[str] | None, typer.Option(
         "--id", metavar="ID", show_default=False,
         help="Event id of a dead letter; repeat for several.")] = None,
     all_dead: Annotated[bool, typer.Option(
@@ -224,7 +223,7 @@ def replay(
         metavar="TIME", show_default=False,
         help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).")],
     dsn: DsnOpt = None,
-    until: Annotated[Optional[str], typer.Option(
+    until: Annotated[str | None, typer.Option(
         metavar="TIME", show_default=False, help="Captured before TIME. [default: now]")] = None,
     table_: TableOpt = None,
 ) -> None:
@@ -296,9 +295,9 @@ def size(count: int) -> str:
     """Bytes in binary units: 512 B, 8.0 kB, 1.2 MB."""
     if count < 1024:
         return f"{count} B"
-    value = count / 1024
-    for unit in ("kB", "MB", "GB"):
+    value, unit = count / 1024, "kB"
+    for bigger in ("MB", "GB"):
         if value < 1024:
             break
-        value /= 1024
+        value, unit = value / 1024, bigger
     return f"{value:.1f} {unit}"

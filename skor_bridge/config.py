@@ -172,6 +172,8 @@ class Config:
     retention_seconds: float = 7 * 24 * 3600.0
     #: Positions per log partition; retention drops whole partitions.
     partition_size: int = 100_000
+    #: Seconds between the active instance's retention passes (shorter in tests).
+    retention_interval: float = 60.0
     metrics_port: int | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

@@ -58,6 +58,7 @@ class Options:
     max_in_flight: int | None = None
     failover_timeout: float | None = None
     retention: str | None = None
+    retention_interval: float | None = None
     start_from: str | None = None
     metrics_port: int | None = None
     log_level: str | None = None
@@ -67,7 +68,7 @@ class Options:
 _TOP_KEYS = {
     "dsn", "mode", "poll_interval", "batch_size", "max_in_flight", "failover_timeout",
     "retention", "start_from", "metrics_port", "log_level", "log_format", "retry", "outputs",
-    "partition_size",
+    "partition_size", "retention_interval",
 }
 _RETRY_KEYS = {"max_attempts", "initial_backoff", "max_backoff"}
 
@@ -170,7 +171,7 @@ def build_config(options: Options, config_file: Path | None, environ: Mapping[st
 
     extra: dict[str, Any] = {}
     for key in ("max_in_flight", "failover_timeout", "start_from", "metrics_port",
-                "log_level", "log_format"):
+                "log_level", "log_format", "retention_interval"):
         if pick(key) is not None:
             extra[key] = pick(key)
     if pick("retention") is not None:

@@ -30,7 +30,9 @@ WITH moved AS (
     SELECT %(base)s - 1 + row_number() OVER (ORDER BY id) AS pos, * FROM moved
 ), ins AS (
     INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data)
-    SELECT pos, event_id, captured_at, schema_name, table_name, op, row_key, data FROM numbered
+    SELECT pos, md5(%(install_id)s || '.' || id)::uuid, captured_at, schema_name, table_name,
+           op, row_key, data
+    FROM numbered
     RETURNING pos
 )
 UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
@@ -56,6 +58,7 @@ class DurableSource:
         self._db = Reconnecting(config.source.dsn, "sequencer", stop)
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._head = 0
+        self._install_id = ""
         self._moved = threading.Condition()
         self._covered_until = 0
         #: Events moved so far by this process; fed to metrics.
@@ -64,9 +67,14 @@ class DurableSource:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._head = self._db.run(
-            lambda cur: _fetch_one(cur, "SELECT next_pos - 1 FROM skor.sequencer")
-        )
+        def read_state(cur: cursor) -> tuple[int, str]:
+            cur.execute("SELECT next_pos - 1, (SELECT value FROM skor.meta"
+                        " WHERE key = 'install_id') FROM skor.sequencer")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0]), str(row[1])
+
+        self._head, self._install_id = self._db.run(read_state)
         self._thread.start()
 
     def stop_capture(self) -> None:
@@ -116,7 +124,7 @@ class DurableSource:
             base = _first(cur)
             if base + limit > self._covered_until:
                 self._ensure_partitions(cur, base + limit)
-            cur.execute(_MOVE, {"limit": limit, "base": base})
+            cur.execute(_MOVE, {"limit": limit, "base": base, "install_id": self._install_id})
             next_pos = _first(cur)
             cur.execute("COMMIT")
         except BaseException:
@@ -230,9 +238,4 @@ def _first(cur: cursor) -> int:
     row = cur.fetchone()
     assert row is not None
     return int(row[0])
-
-
-def _fetch_one(cur: cursor, sql: str) -> int:
-    cur.execute(sql)
-    return _first(cur)
 

@@ -46,9 +46,10 @@ INSERT INTO skor.meta (key, value) VALUES
 ON CONFLICT (key) DO NOTHING;
 
 -- Written by the capture triggers inside the user's transaction; insert-only for them.
+-- Kept as lean as possible because writers pay for every column: the event id is derived
+-- later by the sequencer from install_id and id, which are unique together.
 CREATE TABLE IF NOT EXISTS skor.outbox (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id    uuid        NOT NULL DEFAULT gen_random_uuid(),
     captured_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     schema_name text        NOT NULL,
     table_name  text        NOT NULL,
