@@ -46,3 +46,5 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # pika logs every failed connection attempt at ERROR; our own one-line warning says it.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

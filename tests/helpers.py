@@ -49,3 +49,21 @@ def short_retry_config(tmp_path, max_backoff=0.5, extra=""):
     path = tmp_path / "skor.toml"
     path.write_text(f"[retry]\ninitial_backoff = 0.05\nmax_backoff = {max_backoff}\n{extra}")
     return str(path)
+
+
+def delivered_total(dsn, output):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT coalesce(sum(delivered_total), 0) FROM skor.outputs"
+                        " WHERE name = %s", (output,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def wait_delivered(dsn, output, count, timeout=60.0):
+    """Wait until the bridge recorded `count` deliveries to `output` (progress is saved after
+    each batch, so this also means the output's messages exist)."""
+    wait_until(lambda: delivered_total(dsn, output) >= count, timeout=timeout,
+               message=f"{count} deliveries to {output}")

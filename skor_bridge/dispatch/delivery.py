@@ -41,6 +41,10 @@ IDLE_WAIT = 0.5
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
 
+#: An idle worker calls `send([])` this often, so sinks can keep connections alive
+#: (AMQP heartbeats are serviced only while pika runs).
+KEEPALIVE = 10.0
+
 
 @dataclass(slots=True)
 class Pending:
@@ -109,6 +113,7 @@ class OutputWorker:
         self._delivered_since_commit = 0
         self._redelivery_seen = 0
         self._redelivery_checked = 0.0
+        self._last_send = time.monotonic()
         #: Set when the worker should finish what is in flight and exit (graceful stop).
         self.draining = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"output-{output.name}", daemon=True)
@@ -217,7 +222,11 @@ class OutputWorker:
             _, _, key = heapq.heappop(self.delayed)
             self.ready.append(key)
         if not self.ready:
+            if now - self._last_send > KEEPALIVE:
+                self.sink.send([])
+                self._last_send = now
             return
+        self._last_send = now
         keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
         batch = [self.lanes[key][0] for key in keys]
         started = time.monotonic()
