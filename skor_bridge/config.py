@@ -22,7 +22,8 @@ Mode = Literal["durable", "notify"]
 MODES: tuple[Mode, ...] = ("durable", "notify")
 
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
 _URL_QUERY_SECRET = re.compile(r"([?&](?:password|sasl\.password|secret)=)[^&]*", re.I)
 
 

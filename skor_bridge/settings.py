@@ -98,7 +98,8 @@ def parse_duration(text: str | float | int) -> float:
             return float(value[:-1]) * units[value[-1]]
         return float(value)
     except ValueError:
-        raise ConfigError(f"duration: expected e.g. 7d, 12h, 30m or seconds, got {text!r}") from None
+        raise ConfigError(
+            f"duration: expected e.g. 7d, 12h, 30m or seconds, got {text!r}") from None
 
 
 def _retry(data: Mapping[str, Any], base: RetryPolicy, where: str) -> RetryPolicy:

@@ -14,7 +14,8 @@ from skor_bridge.receiver import Receiver
 pytest_plugins = ["tests.fixtures_amqp", "tests.fixtures_kafka", "tests.fixtures_bridge"]
 
 #: The server every test database is created on; override for another PostgreSQL.
-ADMIN_DSN = os.environ.get("SKOR_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+ADMIN_DSN = os.environ.get(
+    "SKOR_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
 def _admin():

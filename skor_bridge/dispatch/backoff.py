@@ -10,8 +10,8 @@ def backoff_delay(
 ) -> float:
     """Seconds to wait before retry number `attempt` (1 = first retry).
 
-    Jitter (between half and all of the delay) spreads retries of many rows that failed together, so a receiver
-    coming back is not hit by a synchronised wave.
+    Jitter (between half and all of the delay) spreads retries of many rows that failed
+    together, so a receiver coming back is not hit by a synchronised wave.
     """
     ceiling = min(cap, initial * (2 ** max(0, attempt - 1)))
     return (rng or random).uniform(ceiling / 2, ceiling)
