@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -229,6 +230,23 @@ def test_a_300_kb_row_is_delivered_whole(dsn, capture_table, bridge, receiver):
     execute(dsn, "INSERT INTO docs VALUES (1, %s)", params=(big,))
     assert receiver.wait_for(1)
     assert json.loads(receiver.delivered()[0].body)["data"]["body"] == big
+
+
+def test_many_huge_rows_arrive_while_the_bridge_memory_stays_bounded(
+    dsn, capture_table, bridge, receiver
+):
+    # Given 80 rows of 2 MB each written while the bridge is down (160 MB of events)
+    capture_table("CREATE TABLE docs (id int PRIMARY KEY, body text)", "docs")
+    execute(dsn, "INSERT INTO docs SELECT g, repeat(md5(g::text), 65536)"
+                 " FROM generate_series(1, 80) g")
+    # When the bridge delivers them
+    process = bridge("--dsn", dsn, "--webhook", receiver.url)
+    assert receiver.wait_for(80, timeout=120)
+    # Then all arrived whole, and the bridge never held them all in memory at once
+    assert all(len(r.body) > 2_000_000 for r in receiver.delivered())
+    status = Path(f"/proc/{process.proc.pid}/status").read_text()
+    peak_kb = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kb < 150 * 1024, f"peak memory {peak_kb} kB"
 
 
 def test_max_attempts_dead_letters_and_later_changes_of_the_row_still_flow(

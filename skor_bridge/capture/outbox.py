@@ -38,7 +38,17 @@ WITH moved AS (
 UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
 """
 
-_SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s"
+#: Bytes of row data one fetch returns at most (always at least one event), so a run of
+#: huge rows cannot balloon the bridge's memory.
+FETCH_BYTES = 8 * 1024 * 1024
+
+# The running sum streams under the LIMIT, so the scan still stops after `limit` rows.
+_SELECT_EVENTS = f"""
+SELECT {EVENT_COLUMNS} FROM (
+    SELECT *, sum(octet_length(data)) OVER (ORDER BY pos) AS running
+    FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
+) fetched WHERE running - octet_length(data) < %s ORDER BY pos
+"""
 
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
@@ -202,7 +212,7 @@ class LogFeed:
 
     @staticmethod
     def _select(cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
-        cur.execute(_SELECT_EVENTS, (after, limit))
+        cur.execute(_SELECT_EVENTS, (after, limit, FETCH_BYTES))
         return [event_from_row(row) for row in cur.fetchall()]
 
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from skor_bridge.config import redact
 from skor_bridge.db import Stopped
 from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.errors import SinkError
@@ -37,6 +38,9 @@ log = logging.getLogger("skor_bridge.delivery")
 
 #: Longest an idle worker sleeps before looking at the feed again.
 IDLE_WAIT = 0.5
+
+#: Bytes of event data an output holds in memory before it stops reading ahead.
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
@@ -106,6 +110,7 @@ class OutputWorker:
         self.delayed: list[tuple[float, int, str]] = []
         self._tiebreak = itertools.count()
         self.window = Window()
+        self.window_bytes = 0
         self.read_position = 0
         self.committed = 0
         self.last_error: str | None = None
@@ -178,7 +183,7 @@ class OutputWorker:
 
     def _fill(self) -> None:
         room = self.max_in_flight - len(self.window)
-        if room <= 0 or self.draining.is_set():
+        if room <= 0 or self.window_bytes >= MAX_IN_FLIGHT_BYTES or self.draining.is_set():
             if not self.ready:
                 self._sleep_until_due()
             return
@@ -187,6 +192,7 @@ class OutputWorker:
         now = time.monotonic()
         for event in events:
             self.window.add(event.position)
+            self.window_bytes += len(event.data)
             self._enqueue(Pending(event, first_try=now))
         if events:
             self.read_position = events[-1].position
@@ -230,13 +236,25 @@ class OutputWorker:
         keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
         batch = [self.lanes[key][0] for key in keys]
         started = time.monotonic()
-        results = self.sink.send([p.event for p in batch])
+        results = self._send([p.event for p in batch])
         elapsed = time.monotonic() - started
         if len(results) != len(batch):
             raise RuntimeError(f"sink {self.sink.kind} returned {len(results)} results "
                                f"for {len(batch)} events")
         for key, pending, result in zip(keys, batch, results, strict=True):
             self._settle(key, pending, result, elapsed)
+
+    def _send(self, events: list[ChangeEvent]) -> list[Result]:
+        """A sink that raises (a bug, or a library surprise) fails the batch, not the bridge."""
+        try:
+            return self.sink.send(events)
+        except SinkError:
+            raise
+        except Exception as exc:
+            log.exception("output %s: sink raised; retrying the batch", self.name)
+            self.sink.close()
+            error = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return [Result(Outcome.RETRY, error)] * len(events)
 
     def _settle(self, key: str, pending: Pending, result: Result, elapsed: float) -> None:
         pending.attempts += 1
@@ -270,6 +288,7 @@ class OutputWorker:
         done = lane.popleft()
         if done.redelivery_id is None:
             self.window.finish(done.event.position)
+            self.window_bytes -= len(done.event.data)
         else:
             self.feed.finish_redelivery(done.redelivery_id, done.event, delivered)
         if lane:
