@@ -376,3 +376,76 @@ def test_notify_mode_delivers_skor_payloads_while_listening(
     assert bodies(receiver)[0] == {"table": "items", "schema": "public", "op": "INSERT",
                                    "data": data}
     assert [e["op"] for e in bodies(receiver)] == ["INSERT", "UPDATE", "DELETE"]
+
+
+def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
+    dsn, capture_table, bridge, tmp_path, db
+):
+    # Given a receiver that answers 503 for row 1 until told otherwise, and a small window
+    stuck = threading.Event()
+    stuck.set()
+
+    def respond(request):
+        event = json.loads(request.body)
+        return 503 if stuck.is_set() and event["data"]["id"] == 1 else 200
+
+    capture_table(TABLE, "items")
+    with Receiver(respond=respond) as receiver:
+        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "50",
+                         "--config", short_retry_config(tmp_path, max_backoff=0.2))
+        # When row 1 fails and 500 other rows (and more changes of row 1) are written
+        execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'first')")
+        wait_until(lambda: receiver.count >= 2, message="row 1 tried twice")
+        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 501) g",
+                "UPDATE items SET qty = 1 WHERE id = 1", "UPDATE items SET qty = 2 WHERE id = 1")
+        # Then all other rows arrive although the window holds only 50 events
+        assert receiver.wait_for(500, timeout=30), process.log
+        assert "parked" in process.log
+        # And the output's position moved past the stuck row
+        with db.cursor() as cur:
+            cur.execute("SELECT position FROM skor.outputs WHERE name = 'webhook'")
+            assert cur.fetchone()[0] >= 500
+        # When row 1 recovers, its three changes arrive in order
+        stuck.clear()
+        assert receiver.wait_for(503, timeout=30)
+        row1 = [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
+                if json.loads(r.body)["data"]["id"] == 1]
+        assert row1 == [0, 1, 2]
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM skor.redeliveries")
+            assert cur.fetchone()[0] == 0
+
+
+def test_parked_events_survive_a_restart_and_keep_their_order(
+    dsn, capture_table, bridge, tmp_path
+):
+    # Given row 1 parked behind a failing receiver
+    stuck = threading.Event()
+    stuck.set()
+
+    def respond(request):
+        event = json.loads(request.body)
+        return 503 if stuck.is_set() and event["data"]["id"] == 1 else 200
+
+    capture_table(TABLE, "items")
+    with Receiver(respond=respond) as receiver:
+        args = ("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "20",
+                "--config", short_retry_config(tmp_path, max_backoff=0.2))
+        first = bridge(*args)
+        execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'first')",
+                "UPDATE items SET qty = 1 WHERE id = 1")
+        wait_until(lambda: receiver.count >= 2, message="row 1 tried")
+        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 100) g",
+                "UPDATE items SET qty = 2 WHERE id = 1")
+        assert receiver.wait_for(99, timeout=30)
+        first.wait_for_log("parked")
+        # When the bridge restarts and the receiver recovers
+        assert first.stop() == 0
+        stuck.clear()
+        bridge(*args)
+        # Then row 1's changes arrive in commit order, once each
+        assert receiver.wait_for(102, timeout=30)
+        time.sleep(0.5)
+        row1 = [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
+                if json.loads(r.body)["data"]["id"] == 1]
+        assert row1 == [0, 1, 2]

@@ -33,8 +33,13 @@ class OutputFeed(Protocol):
 
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None: ...
 
-    def fetch_redeliveries(self, after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
-        """Events an operator asked to deliver again, oldest request first."""
+    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
+                           ) -> list[tuple[int, ChangeEvent, bool]]:
+        """Events to deliver outside position order, oldest first: (id, event, parked)."""
+        ...
+
+    def park(self, events: list[ChangeEvent]) -> list[int]:
+        """Persist a stuck row's events outside the position window; their new ids."""
         ...
 
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:

@@ -23,6 +23,8 @@ from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
+    from psycopg2.extensions import cursor
+
     from skor_bridge.config import Config
 
 log = logging.getLogger("skor_bridge.capture")
@@ -162,9 +164,19 @@ class MemoryFeed:
         # Notify mode has no log to fall back on: the dead-letter table is the only copy.
         self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
 
-    def fetch_redeliveries(self, after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
-        return self._db.run(
-            lambda cur: progress.fetch_redeliveries(cur, self.output, after_id, limit))
+    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
+                           ) -> list[tuple[int, ChangeEvent, bool]]:
+        return self._db.run(lambda cur: progress.fetch_redeliveries(
+            cur, self.output, after_id, limit, include_parked))
+
+    def park(self, events: list[ChangeEvent]) -> list[int]:
+        def insert(cur: cursor) -> list[int]:
+            cur.execute("BEGIN")
+            ids = progress.park(cur, self.output, events)
+            cur.execute("COMMIT")
+            return ids
+
+        return self._db.run(insert)
 
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         self._db.run(lambda cur: progress.finish_redelivery(

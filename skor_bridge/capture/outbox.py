@@ -232,9 +232,19 @@ class LogFeed:
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
         self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
 
-    def fetch_redeliveries(self, after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
-        return self._db.run(
-            lambda cur: progress.fetch_redeliveries(cur, self.output, after_id, limit))
+    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
+                           ) -> list[tuple[int, ChangeEvent, bool]]:
+        return self._db.run(lambda cur: progress.fetch_redeliveries(
+            cur, self.output, after_id, limit, include_parked))
+
+    def park(self, events: list[ChangeEvent]) -> list[int]:
+        def insert(cur: cursor) -> list[int]:
+            cur.execute("BEGIN")
+            ids = progress.park(cur, self.output, events)
+            cur.execute("COMMIT")
+            return ids
+
+        return self._db.run(insert)
 
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         self._db.run(lambda cur: progress.finish_redelivery(

@@ -46,14 +46,33 @@ def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, err
     )
 
 
-def fetch_redeliveries(cur: cursor, output: str, after_id: int, limit: int
-                       ) -> list[tuple[int, ChangeEvent]]:
+def fetch_redeliveries(cur: cursor, output: str, after_id: int, limit: int,
+                       include_parked: bool) -> list[tuple[int, ChangeEvent, bool]]:
+    """Redeliveries after `after_id`: (id, event, parked). A running worker already holds
+    the events it parked itself, so only start-up asks for those."""
     cur.execute(
-        f"SELECT id, {EVENT_COLUMNS} FROM skor.redeliveries"
-        " WHERE output = %s AND id > %s ORDER BY id LIMIT %s",
-        (output, after_id, limit),
+        f"SELECT id, reason = 'parked', {EVENT_COLUMNS} FROM skor.redeliveries"
+        " WHERE output = %s AND id > %s AND (%s OR reason <> 'parked') ORDER BY id LIMIT %s",
+        (output, after_id, include_parked, limit),
     )
-    return [(row[0], event_from_row(row[1:])) for row in cur.fetchall()]
+    return [(row[0], event_from_row(row[2:]), row[1]) for row in cur.fetchall()]
+
+
+def park(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
+    """Copy a stuck row's events into skor.redeliveries, in order; returns their ids."""
+    ids = []
+    for event in events:
+        cur.execute(
+            "INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at,"
+            " schema_name, table_name, op, row_key, data)"
+            " VALUES (%s, 'parked', %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s) RETURNING id",
+            (output, event.position, event.id, event.captured_at, event.schema, event.table,
+             event.op, event.key, event.data),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        ids.append(int(row[0]))
+    return ids
 
 
 def finish_redelivery(cur: cursor, output: str, redelivery_id: int, event: ChangeEvent,

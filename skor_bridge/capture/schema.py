@@ -99,13 +99,14 @@ CREATE TABLE IF NOT EXISTS skor.delivery_stats (
     PRIMARY KEY (output, second)
 );
 
--- Events an operator asked to deliver again: dead letters to retry, or a replay of
--- already-delivered events. A copy of the event, so it survives the log's retention.
+-- Events to deliver outside the position order: dead letters an operator retries, a
+-- replay of delivered events, or the events of a row that keeps failing, parked here so
+-- the output's position can move past them. A copy of the event survives retention.
 -- The output's worker deletes a row once the event is delivered or dead again.
 CREATE TABLE IF NOT EXISTS skor.redeliveries (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     output       text        NOT NULL,
-    reason       text        NOT NULL CHECK (reason IN ('retry', 'replay')),
+    reason       text        NOT NULL CHECK (reason IN ('retry', 'replay', 'parked')),
     pos          bigint,
     event_id     uuid        NOT NULL,
     captured_at  timestamptz NOT NULL,

@@ -56,7 +56,8 @@ class Pending:
     attempts: int = 0
     first_try: float = 0.0
     last_error: str | None = None
-    #: Set for an operator's retry or replay; such events are outside the position window.
+    #: Set for an operator's retry or replay, or for a parked event; such events are
+    #: outside the position window and are finished by deleting their redelivery row.
     redelivery_id: int | None = None
 
 
@@ -64,11 +65,14 @@ class Pending:
 class Window:
     """Events fetched but not yet finished, and the contiguous finished prefix."""
 
-    order: deque[int] = field(default_factory=deque)
+    order: deque[tuple[int, str]] = field(default_factory=deque)
     finished: set[int] = field(default_factory=set)
 
-    def add(self, position: int) -> None:
-        self.order.append(position)
+    def add(self, position: int, key: str) -> None:
+        self.order.append((position, key))
+
+    def oldest(self) -> tuple[int, str] | None:
+        return self.order[0] if self.order else None
 
     def finish(self, position: int) -> None:
         self.finished.add(position)
@@ -76,8 +80,8 @@ class Window:
     def advance(self) -> int | None:
         """Drop the finished prefix; return the last position dropped, if any."""
         last = None
-        while self.order and self.order[0] in self.finished:
-            last = self.order.popleft()
+        while self.order and self.order[0][0] in self.finished:
+            last = self.order.popleft()[0]
             self.finished.discard(last)
         return last
 
@@ -117,7 +121,10 @@ class OutputWorker:
         self._new_error: str | None = None
         self._delivered_since_commit = 0
         self._redelivery_seen = 0
-        self._redelivery_checked = 0.0
+        self._redelivery_checked = -REDELIVERY_POLL
+        #: Positions of parked events loaded at start-up; the log copy is then skipped.
+        self._parked_positions: set[int] = set()
+        self._started = False
         self._last_send = time.monotonic()
         #: Set when the worker should finish what is in flight and exit (graceful stop).
         self.draining = threading.Event()
@@ -182,25 +189,70 @@ class OutputWorker:
                     raise Stopped from None
 
     def _fill(self) -> None:
-        room = self.max_in_flight - len(self.window)
-        if room <= 0 or self.window_bytes >= MAX_IN_FLIGHT_BYTES or self.draining.is_set():
+        now = time.monotonic()
+        if not self._started:
+            # Parked events are older than anything after the committed position, so they
+            # go into their lanes first.
+            self._started = True
+            self._load_redeliveries(now, include_parked=True)
+        elif now - self._redelivery_checked >= REDELIVERY_POLL:
+            self._load_redeliveries(now, include_parked=False)
+        full = (len(self.window) >= self.max_in_flight
+                or self.window_bytes >= MAX_IN_FLIGHT_BYTES)
+        if full and not self.draining.is_set():
+            full = not self._park_stuck_lane()
+        if full or self.draining.is_set():
             if not self.ready:
                 self._sleep_until_due()
             return
+        room = self.max_in_flight - len(self.window)
         wait = 0.0 if self.ready else self._idle_wait()
         events = self.feed.fetch(self.read_position, min(room, self.fetch_size), wait)
         now = time.monotonic()
         for event in events:
-            self.window.add(event.position)
+            self.window.add(event.position, event.ordering_key)
+            if event.position in self._parked_positions:
+                self._parked_positions.discard(event.position)
+                self.window.finish(event.position)
+                continue
             self.window_bytes += len(event.data)
             self._enqueue(Pending(event, first_try=now))
         if events:
             self.read_position = events[-1].position
-        if now - self._redelivery_checked >= REDELIVERY_POLL:
-            self._redelivery_checked = now
-            for redelivery_id, event in self.feed.fetch_redeliveries(self._redelivery_seen, 1000):
-                self._redelivery_seen = redelivery_id
-                self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id))
+
+    def _load_redeliveries(self, now: float, include_parked: bool) -> None:
+        self._redelivery_checked = now
+        found = self.feed.fetch_redeliveries(self._redelivery_seen, 1000, include_parked)
+        for redelivery_id, event, parked in found:
+            self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
+            if parked:
+                self._parked_positions.add(event.position)
+            self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id))
+
+    def _park_stuck_lane(self) -> bool:
+        """Move the lane holding the oldest unfinished event out of the window.
+
+        The window is full because that event keeps failing. Its lane's events are written
+        to skor.redeliveries (so they survive a restart and keep their order) and count as
+        finished for the position, so every other row keeps flowing; the lane itself stays
+        in memory and goes on retrying in order.
+        """
+        oldest = self.window.oldest()
+        if oldest is None:
+            return False
+        lane = self.lanes.get(oldest[1])
+        if not lane or lane[0].attempts == 0:
+            return False
+        movable = [p for p in lane if p.redelivery_id is None]
+        ids = self.feed.park([p.event for p in movable])
+        for pending, redelivery_id in zip(movable, ids, strict=True):
+            pending.redelivery_id = redelivery_id
+            self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
+            self.window.finish(pending.event.position)
+            self.window_bytes -= len(pending.event.data)
+        log.warning("output %s: row %s keeps failing (%s); parked %d of its events so other "
+                    "rows keep flowing", self.name, oldest[1], lane[0].last_error, len(movable))
+        return True
 
     def _enqueue(self, pending: Pending) -> None:
         key = pending.event.ordering_key
