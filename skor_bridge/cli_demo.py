@@ -37,10 +37,11 @@ def demo(
 ) -> None:
     """Run the whole pipeline in one process and print every change as it arrives.
 
-    Without --dsn: an embedded PostgreSQL in a temporary directory, a sample table with
-    capture triggers, the bridge delivering to a built-in webhook receiver, and a few
-    changes. Then it waits for yours (it prints a psql command) until Ctrl-C, which removes
-    everything.
+    Without --dsn it starts an embedded PostgreSQL in a temporary directory.
+
+    It makes a few changes, then prints a psql command and shows your changes too.
+
+    Ctrl-C stops the bridge and removes everything the demo created.
     """
     from skor_bridge.demo import DemoOptions, run
 
