@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -64,11 +64,18 @@ def generate(config: ConfigArg, mode: ModeOpt = ModeChoice.durable) -> None:
 
 
 @triggers_app.command()
-def install(config: ConfigArg, dsn: DsnOpt, mode: ModeOpt = ModeChoice.durable) -> None:
+def install(
+    config: ConfigArg,
+    dsn: DsnOpt,
+    mode: ModeOpt = ModeChoice.durable,
+    grant: Annotated[Optional[list[str]], typer.Option(
+        help="Let this role's writes be captured (USAGE on schema skor, INSERT on "
+        "skor.outbox); repeatable. Needed for roles other than the installer.")] = None,
+) -> None:
     """Install the triggers in one transaction, replacing those installed before."""
     with _expected_errors():
         specs = triggers.load_config(config)
-        triggers.install(dsn, specs, mode.value)
+        triggers.install(dsn, specs, mode.value, grant_to=tuple(grant or ()))
     for spec in specs:
         typer.echo(triggers.describe_spec(spec))
     typer.echo(f"installed {mode.value} capture on {len(specs)} table(s)", err=True)

@@ -6,6 +6,7 @@ import json
 import select
 import subprocess
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -703,3 +704,33 @@ def test_generate_rejects_an_unknown_mode(tmp_path):
     assert result.exit_code == 2
     with pytest.raises(ConfigError, match="mode: must be one of durable, notify"):
         generate_sql([TableSpec(table="a")], "lossy")  # type: ignore[arg-type]
+
+
+def test_install_with_grant_lets_another_role_write_to_captured_tables(dsn, db, tmp_path):
+    # Given a table written by a role that does not own schema skor
+    role = f"writer_{uuid.uuid4().hex[:8]}"
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE items (id int PRIMARY KEY)")
+        cur.execute(f'CREATE ROLE "{role}" LOGIN')
+        cur.execute(f'GRANT INSERT ON items TO "{role}"')
+    try:
+        # When the triggers are installed with --grant for that role
+        config = write_config(tmp_path, [{"table": "items"}])
+        result = runner.invoke(triggers_app, ["install", str(config), "--dsn", dsn,
+                                              "--grant", role])
+        assert result.exit_code == 0, result.output
+        conn = psycopg2.connect(dsn + f" user={role}")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO items VALUES (1)")
+        conn.close()
+        # Then its write was captured
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM skor.outbox")
+            assert cur.fetchone()[0] == 1
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TABLE items CASCADE")
+            cur.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA skor FROM "{role}"')
+            cur.execute(f'REVOKE ALL ON SCHEMA skor FROM "{role}"')
+            cur.execute(f'DROP ROLE "{role}"')

@@ -320,8 +320,13 @@ def _failure(exc: psycopg2.Error, spec: TableSpec | None) -> DatabaseError | Tri
     return TriggerError(message)
 
 
-def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable") -> None:
+def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable",
+            grant_to: Sequence[str] = ()) -> None:
     """Replace the installed capture triggers with `specs`, in one transaction.
+
+    `grant_to` names roles that write to the captured tables without owning schema skor:
+    the capture functions run with the writer's privileges (as Skor's did), so those roles
+    need to insert into the outbox, and nothing more.
 
     Raises TriggerError when a table or column is missing or PostgreSQL rejects a `when`
     condition, StartupError when the database cannot be reached. On any error nothing
@@ -341,6 +346,12 @@ def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable") -> Non
                     cur.execute(sql)
                 except psycopg2.Error as exc:
                     raise _failure(exc, spec) from None
+            for role in grant_to:
+                try:
+                    cur.execute(f"GRANT USAGE ON SCHEMA skor TO {quote_ident(role)};"
+                                f" GRANT INSERT ON skor.outbox TO {quote_ident(role)}")
+                except psycopg2.Error as exc:
+                    raise _failure(exc, None) from None
         conn.commit()
     finally:
         conn.close()  # without a commit, PostgreSQL rolls everything back
