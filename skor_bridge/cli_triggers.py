@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -68,7 +68,7 @@ def install(
     config: ConfigArg,
     dsn: DsnOpt,
     mode: ModeOpt = ModeChoice.durable,
-    grant: Annotated[Optional[list[str]], typer.Option(
+    grant: Annotated[list[str] | None, typer.Option(
         help="Let this role's writes be captured (USAGE on schema skor, INSERT on "
         "skor.outbox); repeatable. Needed for roles other than the installer.")] = None,
 ) -> None:
