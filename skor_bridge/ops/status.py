@@ -1,0 +1,176 @@
+"""`skor-bridge status`: each output's backlog, the instances, and the event log's size.
+
+All figures come from one REPEATABLE READ snapshot, so they agree with each other (pending
+and position are read at the same instant); only the relation sizes are outside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection, cursor
+
+#: An instance whose heartbeat is older than this is reported as gone, whatever its role.
+GONE_AFTER = 30.0
+
+_OUTPUTS = """
+SELECT o.name, o.kind, o.position, o.delivered_total, o.last_error, o.last_error_at,
+    (SELECT coalesce(sum(s.delivered), 0) FROM skor.delivery_stats s
+     WHERE s.output = o.name AND s.second > now() - interval '1 minute'),
+    (SELECT count(*) FROM skor.dead_letters d WHERE d.output = o.name AND d.status = 'dead'),
+    (SELECT count(*) FROM skor.dead_letters d WHERE d.output = o.name AND d.status = 'retry'),
+    (SELECT count(*) FROM skor.redeliveries r
+     WHERE r.output = o.name AND r.reason = 'parked' AND r.pos <= o.position),
+    extract(epoch FROM now() - least(
+        (SELECT l.captured_at FROM skor.log l WHERE l.pos > o.position ORDER BY l.pos LIMIT 1),
+        (SELECT min(r.captured_at) FROM skor.redeliveries r
+         WHERE r.output = o.name AND r.reason = 'parked'),
+        (SELECT b.captured_at FROM skor.outbox b ORDER BY b.id LIMIT 1)))::float8
+FROM skor.outputs o ORDER BY o.name
+"""
+
+_INSTANCES = """
+SELECT instance, role, extract(epoch FROM now() - heartbeat)::float8, started
+FROM skor.instances ORDER BY started, instance
+"""
+
+# Positions are numbered without gaps and retention drops partitions oldest first, so the
+# retained rows are exactly first..head; cheaper than count(*) over a large log.
+_LOG = """
+SELECT (SELECT next_pos - 1 FROM skor.sequencer),
+    (SELECT min(pos) FROM skor.log),
+    (SELECT count(*) FROM pg_inherits WHERE inhparent = 'skor.log'::regclass),
+    (SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits
+     WHERE inhparent = 'skor.log'::regclass),
+    (SELECT count(*) FROM skor.outbox),
+    pg_total_relation_size('skor.outbox')
+"""
+
+
+@dataclass(frozen=True)
+class OutputStatus:
+    name: str
+    kind: str
+    #: Every event at or before this log position is delivered or dead-lettered.
+    position: int
+    #: Log events after the position, parked events, and rows still in the outbox.
+    pending: int
+    #: Age of the oldest pending event; 0 when nothing is pending.
+    lag_seconds: float
+    delivered_last_minute: int
+    delivered_total: int
+    dead_letters: int
+    #: Dead letters an operator queued for retry that are not delivered yet.
+    retrying: int
+    #: Events of rows that kept failing, set aside (in skor.redeliveries) so the position
+    #: could move past them; still retried, and counted as pending.
+    parked: int
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    instance: str
+    #: active, standby, or gone (no heartbeat for `GONE_AFTER` seconds).
+    role: str
+    heartbeat_age: float
+    started: datetime
+
+
+@dataclass(frozen=True)
+class LogStatus:
+    #: Newest position the sequencer assigned (0 before the first event).
+    head: int
+    #: Oldest retained position, None when the log is empty.
+    first: int | None
+    rows: int
+    partitions: int
+    log_bytes: int
+    outbox_rows: int
+    outbox_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.log_bytes + self.outbox_bytes
+
+
+@dataclass(frozen=True)
+class Status:
+    taken_at: datetime
+    outputs: list[OutputStatus]
+    instances: list[InstanceStatus]
+    log: LogStatus
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types; times as ISO-8601 strings."""
+        data = asdict(self)
+        data["log"]["total_bytes"] = self.log.total_bytes
+        result: dict[str, Any] = _isoformat(data)  # type: ignore[assignment]
+        return result
+
+
+def collect(conn: connection) -> Status:
+    """Read every figure in one read-only snapshot."""
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    try:
+        with conn.cursor() as cur:
+            log = _log(cur)
+            outputs = _outputs(cur, log)
+            instances = _instances(cur)
+            cur.execute("SELECT now()")
+            row = cur.fetchone()
+            assert row is not None
+        return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log)
+    finally:
+        conn.rollback()
+
+
+def _log(cur: cursor) -> LogStatus:
+    cur.execute(_LOG)
+    row = cur.fetchone()
+    assert row is not None
+    head, first, partitions, log_bytes, outbox_rows, outbox_bytes = row
+    rows = head - first + 1 if first is not None else 0
+    return LogStatus(head=int(head), first=first, rows=int(rows), partitions=int(partitions),
+                     log_bytes=int(log_bytes), outbox_rows=int(outbox_rows),
+                     outbox_bytes=int(outbox_bytes))
+
+
+def _outputs(cur: cursor, log: LogStatus) -> list[OutputStatus]:
+    cur.execute(_OUTPUTS)
+    result = []
+    for (name, kind, position, delivered_total, last_error, last_error_at, last_minute, dead,
+         retrying, parked, lag) in cur.fetchall():
+        result.append(OutputStatus(
+            name=name, kind=kind, position=int(position),
+            pending=max(0, log.head - int(position)) + int(parked) + log.outbox_rows,
+            parked=int(parked),
+            lag_seconds=max(0.0, float(lag or 0.0)),
+            delivered_last_minute=int(last_minute), delivered_total=int(delivered_total),
+            dead_letters=int(dead), retrying=int(retrying), last_error=last_error,
+            last_error_at=last_error_at,
+        ))
+    return result
+
+
+def _instances(cur: cursor) -> list[InstanceStatus]:
+    cur.execute(_INSTANCES)
+    return [
+        InstanceStatus(instance=instance, role="gone" if age > GONE_AFTER else role,
+                       heartbeat_age=max(0.0, float(age)), started=started)
+        for instance, role, age, started in cur.fetchall()
+    ]
+
+
+def _isoformat(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _isoformat(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_isoformat(item) for item in value]
+    return value

@@ -1,0 +1,147 @@
+"""Active/standby: two `skor-bridge run` processes on one database; the standby takes over
+when the active one is killed, stopped, or stuck, and nothing committed is lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import psycopg2
+
+from tests.helpers import execute, wait_until
+
+TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
+
+
+def delivered_ids(receiver) -> set[int]:
+    return {json.loads(r.body)["data"]["id"] for r in receiver.delivered()}
+
+
+class PositionWatch:
+    """Samples the output's saved position every 20 ms, to check it never moves back."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.seen: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> PositionWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not self._done.is_set():
+                cur.execute("SELECT position FROM skor.outputs WHERE name = 'webhook'")
+                row = cur.fetchone()
+                if row is not None:
+                    self.seen.append(row[0])
+                self._done.wait(0.02)
+        conn.close()
+
+
+def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
+    dsn, capture_table, bridge, receiver
+):
+    # Given an active bridge and a standby, and a writer committing 3000 rows over ~3 s
+    capture_table(TABLE, "items")
+    active = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    standby = bridge("--dsn", dsn, "--webhook", receiver.url)
+    standby.wait_for_log("is standing by")
+    committed = []
+
+    def write() -> None:
+        for start in range(1, 3001, 50):
+            execute(dsn, f"INSERT INTO items SELECT g, 'k' FROM generate_series({start},"
+                         f" {start + 49}) g")
+            committed.extend(range(start, start + 50))
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    # When the active one is killed with SIGKILL mid-stream
+    wait_until(lambda: receiver.count >= 500, message="500 deliveries")
+    active.kill()
+    killed = time.monotonic()
+    writer.join()
+    # Then the standby takes over and every committed row arrives within 10 s of the kill
+    wait_until(lambda: delivered_ids(receiver) >= set(committed),
+               timeout=max(0.0, killed + 10 - time.monotonic()),
+               message="every committed row after the kill")
+    assert delivered_ids(receiver) == set(range(1, 3001))
+    assert "is now active" in standby.log
+
+
+def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
+    dsn, capture_table, bridge, receiver
+):
+    # Given an active bridge that delivered 100 rows, and a standby
+    capture_table(TABLE, "items")
+    active = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    standby = bridge("--dsn", dsn, "--webhook", receiver.url)
+    standby.wait_for_log("is standing by")
+    execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
+    assert receiver.wait_for(100)
+    # When the active one gets SIGTERM
+    started = time.monotonic()
+    active.signal(signal.SIGTERM)
+    # Then the standby is active in under 2 s, and the old one exits cleanly
+    standby.wait_active(timeout=2)
+    assert time.monotonic() - started < 2
+    assert active.stop() == 0
+    # And rows written afterwards are delivered by the new active instance, once each
+    execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
+    wait_until(lambda: delivered_ids(receiver) == set(range(1, 201)), timeout=10,
+               message="rows 101-200")
+    assert receiver.wait_for(200) and len(receiver.delivered()) == 200
+
+
+def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never_goes_back(
+    dsn, capture_table, bridge, receiver
+):
+    # Given two bridges with a 2 s failover timeout; the first is active
+    capture_table(TABLE, "items")
+    args = ("--dsn", dsn, "--webhook", receiver.url, "--failover-timeout", "2")
+    stuck = bridge(*args).wait_active()
+    standby = bridge(*args)
+    standby.wait_for_log("is standing by")
+    with PositionWatch(dsn) as positions:
+        execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
+        assert receiver.wait_for(100)
+
+        # When the active one freezes (SIGSTOP) with its connections still open
+        stuck.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            # Then after the timeout the standby terminates its session and takes over
+            standby.wait_active(timeout=15)
+            took = time.monotonic() - frozen
+            assert 2 <= took < 8, took
+            assert "missed heartbeats" in standby.log
+            # And delivers what is written meanwhile
+            execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
+            wait_until(lambda: delivered_ids(receiver) >= set(range(1, 201)), timeout=10,
+                       message="rows 101-200 via the new active instance")
+        finally:
+            # When the frozen one resumes
+            stuck.signal(signal.SIGCONT)
+
+        # Then it notices it lost leadership and stands by instead of delivering
+        stuck.wait_for_log("leadership lost", timeout=10)
+        execute(dsn, "INSERT INTO items SELECT g, 'c' FROM generate_series(201, 300) g")
+        wait_until(lambda: delivered_ids(receiver) == set(range(1, 301)), timeout=10,
+                   message="rows 201-300")
+        time.sleep(0.5)
+    assert stuck.log.count("is now active") == 1
+    # And the saved position only ever moved forward, ending at the last event
+    assert positions.seen == sorted(positions.seen)
+    assert positions.seen[-1] == 300
