@@ -81,6 +81,7 @@ class Bridge:
                     leadership.release()
                 if self.fatal is not None:
                     return 1
+            leadership.leave()
             return 0
         finally:
             if health is not None:

@@ -44,6 +44,10 @@ def connect(dsn: str, purpose: str, autocommit: bool = True) -> psycopg2.extensi
             keepalives_idle=5,
             keepalives_interval=2,
             keepalives_count=3,
+            # A bridge frozen inside a transaction (SIGSTOP, a paused VM) would keep the
+            # sequencer row locked and block the instance that took over; PostgreSQL ends
+            # such sessions. Our transactions never wait on the client for this long.
+            options="-c idle_in_transaction_session_timeout=5000",
         )
     except psycopg2.Error as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {describe(exc)}") from None

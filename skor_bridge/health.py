@@ -57,13 +57,7 @@ class OutputState:
 
 def source_head(source: Source | None) -> int | None:
     """The newest position the source has produced, when it knows one."""
-    # DurableSource keeps it as `_head`, NotifySource as `_position`; neither is part of the
-    # Source protocol yet, so read them defensively.
-    for name in ("head", "_head", "_position"):
-        value = getattr(source, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    return None if source is None else source.head
 
 
 def output_state(worker: OutputWorker, head: int | None) -> OutputState:
@@ -80,12 +74,12 @@ def output_state(worker: OutputWorker, head: int | None) -> OutputState:
     heads = [lane[0] for lane in lanes if lane]
     # Parked events (a stuck row set aside) are finished for the window but not delivered;
     # an operator's retry or replay is extra work, not backlog, and its age is not lag.
-    parked = sum(1 for lane in lanes for p in lane if getattr(p, "parked", False))
+    parked = sum(1 for lane in lanes for p in lane if p.parked)
     window = worker.window
     unfinished = max(0, len(window) - len(window.finished))
     unread = max(0, head - worker.read_position) if head is not None else 0
     captured = [p.event.captured_at for p in heads
-                if (p.redelivery_id is None or getattr(p, "parked", False))
+                if (p.redelivery_id is None or p.parked)
                 and p.event.captured_at]
     failing = [now_mono - p.first_try for p in heads if p.attempts > 0 and p.last_error]
     return OutputState(

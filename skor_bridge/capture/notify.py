@@ -67,6 +67,11 @@ class NotifySource:
     def healthy(self) -> bool:
         return self._healthy
 
+    @property
+    def head(self) -> int:
+        """The newest notification's position (positions restart with the process)."""
+        return self._position
+
     def _run(self) -> None:
         attempt = 0
         while not self._stop_capture.is_set() and not self.stopping.is_set():

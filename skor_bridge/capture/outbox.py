@@ -102,6 +102,11 @@ class DurableSource:
     def healthy(self) -> bool:
         return self._db.healthy
 
+    @property
+    def head(self) -> int:
+        """The newest log position this instance has moved."""
+        return self._head
+
     def feed(self, output: str, kind: str) -> LogFeed:
         return LogFeed(self, output, kind)
 

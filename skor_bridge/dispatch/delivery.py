@@ -59,6 +59,7 @@ class Pending:
     #: Set for an operator's retry or replay, or for a parked event; such events are
     #: outside the position window and are finished by deleting their redelivery row.
     redelivery_id: int | None = None
+    parked: bool = False
 
 
 @dataclass
@@ -227,7 +228,8 @@ class OutputWorker:
             self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
             if parked:
                 self._parked_positions.add(event.position)
-            self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id))
+            self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id,
+                                  parked=parked))
 
     def _park_stuck_lane(self) -> bool:
         """Move the lane holding the oldest unfinished event out of the window.
@@ -247,7 +249,7 @@ class OutputWorker:
         ids = self.feed.park([p.event for p in movable])
         for pending, redelivery_id in zip(movable, ids, strict=True):
             pending.redelivery_id = redelivery_id
-            self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
+            pending.parked = True
             self.window.finish(pending.event.position)
             self.window_bytes -= len(pending.event.data)
         log.warning("output %s: row %s keeps failing (%s); parked %d of its events so other "
