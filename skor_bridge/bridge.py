@@ -47,6 +47,8 @@ class Bridge:
         self.config = config
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.metrics = Metrics()
+        for output in config.outputs:
+            self.metrics.add_output(output.name)
         self.stop_requested = threading.Event()
         self.force_exit = threading.Event()
         self.workers: list[OutputWorker] = []

@@ -41,6 +41,13 @@ class Metrics:
             "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
         self.counts: dict[tuple[str, str], int] = {}
 
+    def add_output(self, output: str) -> None:
+        """Create the output's series at zero, so dashboards and alerts see them before
+        the first event (a labelled series otherwise appears only when first used)."""
+        for metric in (self.delivered_total, self.retried_total, self.dead_total, self.pending,
+                       self.lag, self.latency):
+            metric.labels(output)
+
     def _count(self, output: str, what: str) -> None:
         key = (output, what)
         self.counts[key] = self.counts.get(key, 0) + 1
