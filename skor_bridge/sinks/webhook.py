@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import requests
-import requests.adapters
-
 from skor_bridge.config import redact, signing_key
+from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
+from skor_bridge.sinks.http1 import Http1Client, ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 #: Statuses worth another try (as vector classifies them): timeouts, throttling, 5xx but 501.
 RETRIABLE_STATUS = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501})
+
+#: Headers the sink always sets; a configured header of the same name is replaced.
+FIXED_HEADERS = (("Content-Type", "application/json"), ("User-Agent", "skor-bridge"))
 
 
 def classify(status: int) -> Outcome:
@@ -37,7 +40,9 @@ class WebhookSink(Sink):
     """POSTs each event to one URL; an event counts as delivered only on a 2xx answer.
 
     Every attempt of one event carries the same `webhook-id` (the event id), so receivers
-    can deduplicate the redeliveries that at-least-once implies.
+    can deduplicate the redeliveries that at-least-once implies. Events of one batch are
+    sent concurrently over up to `concurrency` kept-alive connections; a batch never holds
+    two events of one row, so this keeps per-row order.
     """
 
     kind = "webhook"
@@ -47,73 +52,65 @@ class WebhookSink(Sink):
         self.config = config
         self.max_batch = config.concurrency * 8
         self._key = signing_key(config.secret) if config.secret else None
-        self._session: requests.Session | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._client: Http1Client | None = None
         self._safe_url = redact(config.url)
 
     def open(self) -> None:
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=self.config.concurrency, max_retries=0
-        )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        # Environment proxies and .netrc would silently change where events go.
-        session.trust_env = False
-        session.headers.clear()
-        session.headers.update(dict(self.config.headers))
-        session.headers["Content-Type"] = "application/json"
-        session.headers["User-Agent"] = "skor-bridge"
-        self._session = session
-        self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix=self.name)
+        fixed = {name.lower() for name, _ in FIXED_HEADERS}
+        headers = [(k, v) for k, v in self.config.headers if k.lower() not in fixed]
+        headers += FIXED_HEADERS
+        for name, value in headers:
+            if any(c in value for c in "\r\n\0"):
+                raise SinkError(f"webhook: header {name} holds a line break or NUL")
+        try:
+            "".join(v for _, v in headers).encode("latin-1")
+        except UnicodeEncodeError:
+            raise SinkError("webhook: header values must be Latin-1 text") from None
+        self._client = Http1Client(self.config.url, headers, self.config.concurrency,
+                                   self.config.timeout)
 
     def send(self, batch: Sequence[ChangeEvent]) -> list[Result]:
-        if self._session is None or self._pool is None:
+        if self._client is None:
             self.open()
-        if len(batch) == 1:
-            return [self._post(batch[0])]
-        assert self._pool is not None
-        return list(self._pool.map(self._post, batch))
+        assert self._client is not None
+        answers = self._client.post_all([(event.body(), self._headers(event)) for event in batch])
+        return [self._result(answer) for answer in answers]
 
-    def _post(self, event: ChangeEvent) -> Result:
-        assert self._session is not None
-        body = event.body()
-        headers = {"webhook-id": event.id}
+    def _headers(self, event: ChangeEvent) -> list[tuple[str, str]]:
+        headers = [("webhook-id", event.id)]
         if self._key is not None:
             timestamp = str(int(time.time()))
-            signed = f"{event.id}.{timestamp}.".encode() + body
+            signed = f"{event.id}.{timestamp}.".encode() + event.body()
             digest = hmac.new(self._key, signed, hashlib.sha256).digest()
-            headers["webhook-timestamp"] = timestamp
-            headers["webhook-signature"] = "v1," + base64.b64encode(digest).decode()
-        try:
-            response = self._session.post(
-                self.config.url, data=body, headers=headers, timeout=self.config.timeout,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            return Result(Outcome.RETRY, f"timed out after {self.config.timeout:g}s")
-        except requests.RequestException as exc:
-            return Result(Outcome.RETRY, _one_line(exc))
-        status = response.status_code
-        response.close()
-        outcome = classify(status)
+            headers.append(("webhook-timestamp", timestamp))
+            headers.append(("webhook-signature", "v1," + base64.b64encode(digest).decode()))
+        return headers
+
+    def _result(self, answer: int | BaseException) -> Result:
+        if isinstance(answer, BaseException):
+            if isinstance(answer, TimeoutError):
+                return Result(Outcome.RETRY, f"timed out after {self.config.timeout:g}s")
+            return Result(Outcome.RETRY, _one_line(answer))
+        outcome = classify(answer)
         if outcome is Outcome.DELIVERED:
             return DELIVERED
-        return Result(outcome, f"HTTP {status} from {self._safe_url}")
+        return Result(outcome, f"HTTP {answer} from {self._safe_url}")
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def _one_line(exc: BaseException) -> str:
-    # requests nests urllib3's message, which repeats the URL; keep the root cause short.
-    cause: BaseException = exc
-    while cause.__context__ is not None and cause.__context__ is not cause:
-        cause = cause.__context__
-    text = str(cause) or type(cause).__name__
-    return redact(f"{type(exc).__name__}: {text.splitlines()[0]}")
+    if isinstance(exc, ssl.SSLError):
+        text = exc.reason or str(exc)
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        # asyncio words a refused connection as "Connect call failed ('127.0.0.1', 9)".
+        text = os.strerror(exc.errno)
+    elif isinstance(exc, ProtocolError):
+        text = str(exc)
+    else:
+        text = str(exc) or type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return redact(f"{type(exc).__name__}: {first}")
