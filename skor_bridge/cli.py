@@ -112,7 +112,7 @@ def run(
         "[default: retry forever]", rich_help_panel=TUNING_PANEL)] = None,
     poll_interval: Annotated[float | None, Opt(
         envvar="SKOR_POLL_INTERVAL", help="Seconds between looks at an idle outbox. "
-        "[default: 0.005]", rich_help_panel=TUNING_PANEL)] = None,
+        "[default: 0.002]", rich_help_panel=TUNING_PANEL)] = None,
     batch_size: Annotated[int | None, Opt(
         envvar="SKOR_BATCH_SIZE", help="Events moved or read per round trip. [default: 2000]",
         rich_help_panel=TUNING_PANEL)] = None,

@@ -55,7 +55,7 @@ class SourceConfig:
     mode: Mode = "durable"
     #: How often an idle bridge looks for new events. Polling, not NOTIFY, wakes the durable
     #: capture because NOTIFY takes a database-wide lock at commit and serialises writers.
-    poll_interval: float = 0.005
+    poll_interval: float = 0.002
     #: Events moved from the outbox to the log, and read per output, in one round trip.
     batch_size: int = 2000
     #: LISTEN channel of notify mode; Skor's triggers use "skor".

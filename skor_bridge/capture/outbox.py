@@ -114,9 +114,16 @@ class DurableSource:
 
     def _run(self) -> None:
         limit = self.config.source.batch_size
+        idle = False
         try:
             while not self.stopping.is_set() and not self._capture_stopped.is_set():
+                # An idle outbox is watched with a read-only query: a move locks the counter
+                # row, and so costs a transaction and a WAL flush, even when it finds nothing.
+                if idle and not self._db.run(_outbox_has_rows):
+                    self._capture_stopped.wait(self.config.source.poll_interval)
+                    continue
                 moved, head = self._db.run(lambda cur: self._move(cur, limit))
+                idle = moved == 0
                 if moved:
                     self.captured += moved
                     with self._moved:
@@ -131,11 +138,11 @@ class DurableSource:
             self.stopping.set()
 
     def _move(self, cur: cursor, limit: int) -> tuple[int, int]:
-        cur.execute("BEGIN")
         try:
             # Holding the counter row serialises sequencers: if two instances ever overlap
             # during a failover, the second numbers only what the first did not move.
-            cur.execute("SELECT next_pos FROM skor.sequencer FOR UPDATE")
+            # (Sent with BEGIN in one round trip; a failed BEGIN leaves nothing to roll back.)
+            cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
             base = _first(cur)
             if base + limit > self._covered_until:
                 self._ensure_partitions(cur, base + limit)
@@ -221,15 +228,8 @@ class LogFeed:
         return [event_from_row(row) for row in cur.fetchall()]
 
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
-        def update(cur: cursor) -> None:
-            # greatest(): an instance that lost leadership must never move progress back.
-            cur.execute(
-                "UPDATE skor.outputs SET position = greatest(position, %s) WHERE name = %s",
-                (position, self.output),
-            )
-            progress.record_delivered(cur, self.output, delivered, error)
-
-        self._db.run(update)
+        self._db.run(lambda cur: progress.record_delivered(
+            cur, self.output, delivered, error, position))
 
     def record(self, delivered: int, error: str | None) -> None:
         self._db.run(lambda cur: progress.record_delivered(cur, self.output, delivered, error))
@@ -257,6 +257,12 @@ class LogFeed:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _outbox_has_rows(cur: cursor) -> bool:
+    cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def _first(cur: cursor) -> int:

@@ -1,6 +1,6 @@
 """What every feed records about an output: progress counters, dead letters, redeliveries.
 
-Shared by the durable and the notify feeds; all statements are single autocommit writes,
+Shared by the durable and the notify feeds; each function is one autocommit transaction,
 so a crash between two of them loses no event, at worst it repeats one delivery.
 """
 
@@ -16,22 +16,28 @@ if TYPE_CHECKING:
     from skor_bridge.event import ChangeEvent
 
 
-def record_delivered(cur: cursor, output: str, delivered: int, error: str | None) -> None:
+def record_delivered(cur: cursor, output: str, delivered: int, error: str | None,
+                     position: int | None = None) -> None:
+    """Add to an output's counters and, given `position`, move its progress there.
+
+    One round trip and one transaction (and so one WAL flush): a worker calls this after
+    every batch, and three separate autocommit writes made it wait for three disk syncs.
+    """
+    sql = ("UPDATE skor.outputs SET delivered_total = delivered_total + %(delivered)s,"
+           " last_error = coalesce(%(error)s, last_error),"
+           " last_error_at = CASE WHEN %(error)s IS NULL THEN last_error_at ELSE now() END,"
+           " updated_at = now()")
+    if position is not None:
+        # greatest(): an instance that lost leadership must never move progress back.
+        sql += ", position = greatest(position, %(position)s)"
+    sql += " WHERE name = %(output)s"
     if delivered:
-        cur.execute(
-            "INSERT INTO skor.delivery_stats (output, second, delivered)"
-            " VALUES (%s, date_trunc('second', now()), %s)"
-            " ON CONFLICT (output, second) DO UPDATE"
-            " SET delivered = skor.delivery_stats.delivered + excluded.delivered",
-            (output, delivered),
-        )
-    cur.execute(
-        "UPDATE skor.outputs SET delivered_total = delivered_total + %s,"
-        " last_error = coalesce(%s, last_error),"
-        " last_error_at = CASE WHEN %s IS NULL THEN last_error_at ELSE now() END,"
-        " updated_at = now() WHERE name = %s",
-        (delivered, error, error, output),
-    )
+        sql += ("; INSERT INTO skor.delivery_stats (output, second, delivered)"
+                " VALUES (%(output)s, date_trunc('second', now()), %(delivered)s)"
+                " ON CONFLICT (output, second) DO UPDATE"
+                " SET delivered = skor.delivery_stats.delivered + excluded.delivered")
+    cur.execute(sql, {"output": output, "delivered": delivered, "error": error,
+                      "position": position})
 
 
 def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, error: str) -> None:

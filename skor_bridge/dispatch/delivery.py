@@ -42,6 +42,9 @@ IDLE_WAIT = 0.5
 #: Bytes of event data an output holds in memory before it stops reading ahead.
 MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 
+#: Sends' worth of ready rows past which a worker stops reading ahead of its sink.
+READ_AHEAD_BATCHES = 2
+
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
 
@@ -205,6 +208,10 @@ class OutputWorker:
         if full or self.draining.is_set():
             if not self.ready:
                 self._sleep_until_due()
+            return
+        if len(self.ready) >= READ_AHEAD_BATCHES * self.sink.max_batch:
+            # The next sends are ready already; reading further ahead would only hold more
+            # events in memory (a backlog of a million rows filled the whole window).
             return
         room = self.max_in_flight - len(self.window)
         wait = 0.0 if self.ready else self._idle_wait()

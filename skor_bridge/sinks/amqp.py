@@ -70,6 +70,9 @@ class AmqpSink(Sink):
     """
 
     kind = "amqp"
+    #: Messages published per send before waiting for confirms: the broker confirms
+    #: persistent messages after a disk sync, which larger batches share.
+    max_batch = 2000
     #: Per instance, so tests can shorten it.
     confirm_timeout: float = CONFIRM_TIMEOUT
 

@@ -140,6 +140,8 @@ class KafkaSink(Sink):
     """
 
     kind = "kafka"
+    #: Records handed to librdkafka per send; large batches fill produce requests.
+    max_batch = 2000
 
     def __init__(self, name: str, config: KafkaConfig) -> None:
         super().__init__(name)
