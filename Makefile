@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/mypy skor_bridge
 
 bench: install
-	$(BIN)/skor-bridge bench
+	$(BIN)/skor-bridge bench --big-backlog --update-readme README.md
 
 image:
 	docker build -t skor-bridge .

@@ -1,0 +1,280 @@
+"""Load on the scratch table: flat-out writers (pgbench, else Python processes), a paced
+writer that notes each commit's time, and the fast backlog insert.
+
+Every write is one single-row INSERT in its own transaction (autocommit), the shape that
+pays the most per row for a trigger.
+"""
+
+from __future__ import annotations
+
+import array
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+import psycopg2.extensions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from multiprocessing.connection import Connection
+
+#: The bench table's INSERT, as pgbench runs it (:c is a random customer) and as Python does.
+PGBENCH_SCRIPT = """\
+\\set c random(1, 100000)
+INSERT INTO {table} (customer, amount, status, note) VALUES (:c, :c * 0.01, 'new', 'benchmark row');
+"""
+PY_INSERT = ("INSERT INTO {table} (customer, amount, status, note)"
+             " VALUES (%s, %s * 0.01, 'new', 'benchmark row')")
+
+#: Rows per transaction of the backlog insert; each row still fires the row trigger.
+BACKLOG_CHUNK = 10_000
+
+_PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
+
+
+@dataclass(frozen=True)
+class WriteRun:
+    """Transactions committed by all writers and the seconds they ran."""
+
+    committed: int
+    seconds: float
+
+    @property
+    def tps(self) -> float:
+        return self.committed / self.seconds if self.seconds > 0 else 0.0
+
+
+def pgbench_path() -> str | None:
+    return shutil.which("pgbench")
+
+
+def _libpq_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """The DSN without its password, and an environment carrying it, so that the password
+    never shows on a command line (ps)."""
+    params = psycopg2.extensions.parse_dsn(dsn)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = password
+    return " ".join(f"{k}='{_quote(v)}'" for k, v in params.items()), env
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class Writers:
+    """Runs `clients` writers for a number of seconds; pgbench when given its path."""
+
+    def __init__(self, dsn: str, table: str, pgbench: str | None) -> None:
+        self.dsn = dsn
+        self.table = table
+        self.pgbench = pgbench
+        self._script: str | None = None
+        self.current: subprocess.Popen[str] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "pgbench" if self.pgbench else "Python writer processes (psycopg2)"
+
+    def run(self, clients: int, seconds: float,
+            on_start: Callable[[], None] | None = None) -> WriteRun:
+        """Write for `seconds`; `on_start` is called the moment the writers start."""
+        if self.pgbench:
+            return self._run_pgbench(clients, seconds, on_start)
+        return run_python_writers(self.dsn, self.table, clients, seconds, on_start)
+
+    def _run_pgbench(self, clients: int, seconds: float,
+                     on_start: Callable[[], None] | None) -> WriteRun:
+        assert self.pgbench is not None
+        if self._script is None:
+            handle, self._script = tempfile.mkstemp(prefix="skor-bench-", suffix=".sql")
+            with os.fdopen(handle, "w") as script:
+                script.write(PGBENCH_SCRIPT.format(table=self.table))
+        conninfo, env = _libpq_env(self.dsn)
+        # -T takes whole seconds; -n: the scratch table needs no vacuum of pgbench's tables.
+        whole = max(1, round(seconds))
+        command = [self.pgbench, "-n", "-M", "prepared", "-c", str(clients),
+                   "-j", str(min(clients, 2)), "-T", str(whole), "-f", self._script, conninfo]
+        if on_start is not None:
+            on_start()
+        # Its own session: a Ctrl-C reaches only the benchmark, which stops pgbench itself.
+        process = self.current = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            start_new_session=True)
+        try:
+            out, err = process.communicate(timeout=whole + 60)
+        finally:
+            self.stop()
+        processed = _PROCESSED.search(out)
+        if process.returncode != 0 or processed is None:
+            raise RuntimeError(f"pgbench failed: {(err or out).strip().splitlines()[-1:]}")
+        return WriteRun(int(processed[1]), float(whole))
+
+    def stop(self) -> None:
+        process, self.current = self.current, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        if self._script is not None:
+            os.unlink(self._script)
+            self._script = None
+
+
+# -- Python writers --------------------------------------------------------------------------
+
+
+def _flat_out(dsn: str, table: str, start: Any, seconds: float, result: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    sql = PY_INSERT.format(table=table)
+    count = 0
+    with conn.cursor() as cur:
+        start.wait()
+        deadline = time.monotonic() + seconds
+        customer = os.getpid()
+        while time.monotonic() < deadline:
+            cur.execute(sql, (customer % 100_000, customer % 100_000))
+            count += 1
+            customer += 7919
+    conn.close()
+    result.send(count)
+
+
+def run_python_writers(dsn: str, table: str, clients: int, seconds: float,
+                       on_start: Callable[[], None] | None = None) -> WriteRun:
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    pipes, processes = [], []
+    for _ in range(clients):
+        parent, child = context.Pipe()
+        process = context.Process(target=_flat_out, args=(dsn, table, start, seconds, child),
+                                  daemon=True)
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    try:
+        time.sleep(0.5)  # connected and waiting (spawned interpreters start slowly)
+        if on_start is not None:
+            on_start()
+        start.set()
+        committed = 0
+        for pipe in pipes:
+            if not pipe.poll(seconds + 60):
+                raise RuntimeError("a Python writer did not finish")
+            committed += int(pipe.recv())
+        return WriteRun(committed, seconds)
+    finally:
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+
+
+# -- the paced writer (latency) ----------------------------------------------------------------
+
+
+def _paced(dsn: str, table: str, rate: float, offset: float, start_at: float, seconds: float,
+           result: Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    sql = PY_INSERT.format(table=table) + " RETURNING id"
+    ids, commits = array.array("q"), array.array("d")
+    with conn.cursor() as cur:
+        i = 0
+        while True:
+            due = start_at + offset + i / rate
+            if due >= start_at + seconds:
+                break
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            cur.execute(sql, (i % 100_000, i % 100_000))
+            # Autocommit: the row is committed once execute() returns.
+            committed = time.time()
+            row = cur.fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+            commits.append(committed)
+            i += 1
+    conn.close()
+    result.send((ids.tobytes(), commits.tobytes()))
+
+
+def run_paced(dsn: str, table: str, rate: float, seconds: float, processes: int = 2,
+              on_start: Callable[[], None] | None = None) -> dict[int, float]:
+    """Insert at `rate` rows per second in total for `seconds`; return row id -> the time
+    (epoch seconds) its commit returned. Several processes share the rate, staggered, so
+    one slow round trip does not delay the rows behind it."""
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 1.0  # time for the spawned interpreters to connect
+    pipes, children = [], []
+    for n in range(processes):
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_paced, daemon=True,
+            args=(dsn, table, rate / processes, n / rate, start_at, seconds, child))
+        process.start()
+        pipes.append(parent)
+        children.append(process)
+    if on_start is not None:
+        on_start()
+    commits: dict[int, float] = {}
+    try:
+        for pipe in pipes:
+            if not pipe.poll(seconds + 60):
+                raise RuntimeError("the paced writer did not finish")
+            raw_ids, raw_times = pipe.recv()
+            ids, times = array.array("q"), array.array("d")
+            ids.frombytes(raw_ids)
+            times.frombytes(raw_times)
+            commits.update(zip(ids, times, strict=True))
+        return commits
+    finally:
+        for process in children:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+
+
+# -- the backlog --------------------------------------------------------------------------------
+
+
+def insert_backlog(dsn: str, table: str, rows: int,
+                   progress: Callable[[int], None] | None = None) -> None:
+    """Insert `rows` rows in transactions of BACKLOG_CHUNK; the row triggers fire for each."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            done = 0
+            while done < rows:
+                chunk = min(BACKLOG_CHUNK, rows - done)
+                cur.execute(
+                    f"INSERT INTO {table} (customer, amount, status, note)"
+                    " SELECT g %% 100000, (g %% 100000) * 0.01, 'new', 'benchmark row'"
+                    " FROM generate_series(1, %s) AS g", (chunk,))
+                done += chunk
+                if progress is not None:
+                    progress(done)
+    finally:
+        conn.close()

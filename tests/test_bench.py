@@ -1,0 +1,136 @@
+"""`skor-bridge bench` end to end, with tiny sizes, against the machine's PostgreSQL and
+RabbitMQ and the session's Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+from skor_bridge.bench import report
+from tests.conftest import ADMIN_DSN
+from tests.fixtures_amqp import AMQP_URL
+
+#: Figures every full run reports, in order.
+EXPECTED_ROWS = [
+    "INSERT throughput, 1 writer, no trigger",
+    "INSERT throughput, 1 writer, durable triggers",
+    "INSERT throughput, 1 writer, notify triggers",
+    "INSERT throughput, 4 writers, no trigger",
+    "INSERT throughput, 4 writers, durable triggers",
+    "INSERT throughput, 4 writers, notify triggers",
+    "webhook: events/s, 8 writers inserting flat out",
+    "webhook: events/s draining a 500-event backlog",
+    "RabbitMQ: events/s, 8 writers inserting flat out",
+    "RabbitMQ: events/s draining a 500-event backlog",
+    "Kafka: events/s, 8 writers inserting flat out",
+    "Kafka: events/s draining a 500-event backlog",
+    "all three at once (webhook + RabbitMQ + Kafka): events/s, 8 writers inserting flat out",
+    "all three at once (webhook + RabbitMQ + Kafka): events/s draining a 500-event backlog",
+    "latency, commit to receipt, webhook at 1,000 events/s",
+    "bridge peak memory (VmHWM), idle, no backlog",
+    "bridge CPU per 10,000 events, 500-event backlog to the webhook",
+    "bridge peak memory (VmHWM), 500-event backlog to the webhook",
+    "webhook receiver's own ceiling",
+]
+
+
+def bench(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "skor_bridge", "bench", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SKOR_DSN": ADMIN_DSN}, **kwargs)
+
+
+def scratch_name(progress: str) -> str:
+    found = re.search(r"creating scratch database (skor_bench_\w+)", progress)
+    assert found, progress
+    return found[1]
+
+
+def database_exists(name: str) -> bool:
+    conn = psycopg2.connect(ADMIN_DSN)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[1:]]
+
+
+@pytest.mark.slow
+def test_the_benchmark_reports_every_figure_and_leaves_nothing_behind(kafka_broker, tmp_path):
+    # Given a README with a benchmark section, and every output reachable
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nNot measured yet.\n{report.END}\nrest\n")
+    output = tmp_path / "bench.md"
+    # When the benchmark runs with tiny sizes
+    process = bench("--seconds", "1", "--backlog", "500", "--rounds", "1", "--no-big-backlog",
+                    "--amqp", AMQP_URL, "--kafka", kafka_broker.bootstrap,
+                    "--output", str(output), "--update-readme", str(readme))
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr
+    # Then the table names the machine and has every figure, each a positive number
+    assert "CPUs" in stdout and "PostgreSQL" in stdout and "Python" in stdout
+    assert "writers: pgbench" in stdout or "writers: Python" in stdout
+    rows = table_rows(stdout)
+    assert len(rows) == len(EXPECTED_ROWS), stdout
+    for (figure, result, _target, verdict), expected in zip(rows, EXPECTED_ROWS, strict=True):
+        assert figure.startswith(expected), (figure, expected)
+        first = re.search(r"[\d,]+(?:\.\d+)?", result)
+        assert first and float(first[0].replace(",", "")) > 0, (figure, result)
+        assert "LOST" not in result and "duplicates" not in result, (figure, result)
+        assert verdict in ("met", "not met", ""), verdict
+    targets = [row for row in rows if row[3]]
+    assert len(targets) >= 8
+    assert not re.search(r"(RabbitMQ|Kafka|All three at once) skipped", stdout)
+    # And it was written to the file and into the README's section, only there
+    assert output.read_text() == stdout
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{report.START}\n") and text.endswith(f"{report.END}\nrest\n")
+    assert "| figure | result | target |" in text
+    # And the scratch database is gone
+    assert not database_exists(scratch_name(stderr))
+
+
+def test_ctrl_c_stops_the_benchmark_and_drops_its_database(kafka_broker):
+    # Given a benchmark in its first runs
+    process = bench("--seconds", "30", "--skip", "receiver", "--kafka", kafka_broker.bootstrap)
+    assert process.stderr is not None
+    progress = ""
+    deadline = time.monotonic() + 60
+    while "creating scratch database" not in progress and time.monotonic() < deadline:
+        progress += process.stderr.readline()
+    name = scratch_name(progress)
+    time.sleep(3)
+    # When it gets Ctrl-C
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    # Then it exits 130 and its database is gone
+    assert process.returncode == 130, progress + rest
+    assert "interrupted" in rest
+    assert not database_exists(name)
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1():
+    process = bench("--dsn", "host=127.0.0.1 port=9 user=postgres connect_timeout=2")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: cannot create the scratch database")
+
+
+def test_the_readme_section_is_replaced_between_the_markers_only():
+    text = f"a\n{report.START}\nold\n{report.END}\nb\n"
+    assert report.replace_section(text, "new\n") == f"a\n{report.START}\nnew\n{report.END}\nb\n"
+    with pytest.raises(ValueError):
+        report.replace_section("no markers", "new")
