@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from skor_bridge import __version__
-from skor_bridge.errors import ConfigError, SkorError
+from skor_bridge.cli_errors import expected_errors
 from skor_bridge.settings import Options, build_config
 
 app = typer.Typer(
@@ -20,12 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(exc: SkorError) -> typer.Exit:
-    """Expected errors end in one line on stderr: exit 2 for bad input, 1 otherwise."""
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
 def _version(value: bool) -> None:
@@ -158,12 +152,10 @@ def run(
         retention=retention, start_from=start_from, metrics_port=metrics_port,
         log_level=log_level, log_format=log_format, retention_interval=retention_interval,
     )
-    try:
+    with expected_errors():
         cfg = build_config(options, config, os.environ)
         logs.configure(cfg.log_level, cfg.log_format)
         code = Bridge(cfg).run()
-    except SkorError as exc:
-        raise fail(exc) from None
     raise typer.Exit(code)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skor_bridge.errors import ConfigError, SkorError
+from skor_bridge.cli_errors import expected_errors
 
 # No option reads an environment variable: a SKOR_DSN left in the shell must never point
 # the demo at a real database. Only an explicit --dsn does.
@@ -47,11 +47,8 @@ def demo(
 
     options = DemoOptions(dsn=dsn, amqp=amqp, kafka=kafka, events=events, exit=exit_when_done,
                           timeout=timeout, verbose=verbose)
-    try:
+    with expected_errors():
         code = run(options, sys.stdout)
-    except SkorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     raise typer.Exit(code)
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from skor_bridge.errors import ConfigError, SkorError
+from skor_bridge.cli_errors import expected_errors
+from skor_bridge.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -58,16 +59,6 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _expected_errors() -> Iterator[None]:
-    """Expected errors end in one line on stderr: exit 2 for bad input, 1 otherwise."""
-    try:
-        yield
-    except SkorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-
-
-@contextmanager
 def _database(dsn: str | None, purpose: str) -> Iterator[connection]:
     """A connection for the command; a database error inside becomes one line."""
     import psycopg2
@@ -98,7 +89,7 @@ def status(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
     """Show each output's backlog, lag and dead letters, the instances, and the log's size."""
     from skor_bridge.ops.status import collect
 
-    with _expected_errors(), _database(dsn, "status") as conn:
+    with expected_errors(), _database(dsn, "status") as conn:
         snapshot = collect(conn)
     if as_json:
         _print_json(snapshot.to_json())
@@ -163,7 +154,7 @@ def list_events(
     error, oldest first."""
     from skor_bridge.ops import events
 
-    with _expected_errors():
+    with expected_errors():
         flt = events.EventFilter(
             output=output, status=status_.value if status_ else None,
             table=events.parse_table(table_) if table_ else None,
@@ -212,7 +203,7 @@ def retry(
     up within a second."""
     from skor_bridge.ops import events
 
-    with _expected_errors():
+    with expected_errors():
         if bool(ids) == all_dead:
             raise ConfigError("retry: give either --id ID (repeatable) or --all-dead")
         chosen = events.parse_ids(ids) if ids else None
@@ -240,7 +231,7 @@ def replay(
     original event ids (while they are still within the log's retention)."""
     from skor_bridge.ops import events
 
-    with _expected_errors():
+    with expected_errors():
         flt = events.EventFilter(
             output=output, table=events.parse_table(table_) if table_ else None,
             since=events.parse_time(since, "since"),

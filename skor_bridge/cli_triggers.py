@@ -6,17 +6,16 @@ Commands only read triggers.json and call `skor_bridge.capture.triggers`.
 from __future__ import annotations
 
 import enum
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from skor_bridge.capture import triggers
-from skor_bridge.errors import ConfigError, SkorError
+from skor_bridge.cli_errors import expected_errors
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 triggers_app = typer.Typer(
     name="triggers",
@@ -44,20 +43,10 @@ DsnOpt = Annotated[str, typer.Option(
     help="libpq DSN or postgresql:// URI of the database.")]
 
 
-@contextmanager
-def _expected_errors() -> Iterator[None]:
-    """Expected errors end in one line on stderr: exit 2 for bad input, 1 otherwise."""
-    try:
-        yield
-    except SkorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-
-
 @triggers_app.command()
 def generate(config: ConfigArg, mode: ModeOpt = ModeChoice.durable) -> None:
     """Print the installation as SQL, for psql --single-transaction. Needs no database."""
-    with _expected_errors():
+    with expected_errors():
         specs = triggers.load_config(config)
         sql = triggers.generate_sql(specs, mode.value)
     typer.echo(sql, nl=False)
@@ -73,7 +62,7 @@ def install(
         "skor.outbox); repeatable. Needed for roles other than the installer.")] = None,
 ) -> None:
     """Install the triggers in one transaction, replacing those installed before."""
-    with _expected_errors():
+    with expected_errors():
         specs = triggers.load_config(config)
         triggers.install(dsn, specs, mode.value, grant_to=tuple(grant or ()))
     for spec in specs:
@@ -88,6 +77,6 @@ def uninstall(
         "--purge", help="Also drop schema skor: the outbox, the log and dead letters.")] = False,
 ) -> None:
     """Remove every capture trigger and function, Skor's notify_skor_* ones included."""
-    with _expected_errors():
+    with expected_errors():
         dropped = triggers.uninstall(dsn, purge=purge)
     typer.echo(f"removed {dropped} trigger function(s)" + (" and schema skor" if purge else ""))

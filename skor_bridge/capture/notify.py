@@ -23,7 +23,6 @@ from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import cursor
 
     from skor_bridge.config import Config
 
@@ -121,8 +120,9 @@ class NotifySource:
             feed.push(event)
 
 
-class MemoryFeed:
-    """An output's queue of notifications; progress is not persisted (nothing to resume)."""
+class MemoryFeed(progress.OutputRecords):
+    """An output's queue of notifications; progress is not persisted (nothing to resume),
+    and a dead letter is the only copy of its event, since notify mode keeps no log."""
 
     def __init__(self, source: NotifySource, output: str, kind: str) -> None:
         self.output = output
@@ -163,29 +163,4 @@ class MemoryFeed:
 
     def record(self, delivered: int, error: str | None) -> None:
         if delivered or error:
-            self._db.run(lambda cur: progress.record_delivered(cur, self.output, delivered, error))
-
-    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
-        # Notify mode has no log to fall back on: the dead-letter table is the only copy.
-        self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
-
-    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
-                           ) -> list[tuple[int, ChangeEvent, bool]]:
-        return self._db.run(lambda cur: progress.fetch_redeliveries(
-            cur, self.output, after_id, limit, include_parked))
-
-    def park(self, events: list[ChangeEvent]) -> list[int]:
-        def insert(cur: cursor) -> list[int]:
-            cur.execute("BEGIN")
-            ids = progress.park(cur, self.output, events)
-            cur.execute("COMMIT")
-            return ids
-
-        return self._db.run(insert)
-
-    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
-        self._db.run(lambda cur: progress.finish_redelivery(
-            cur, self.output, redelivery_id, event, delivered))
-
-    def close(self) -> None:
-        self._db.close()
+            super().record(delivered, error)

@@ -183,7 +183,7 @@ class DurableSource:
             )
 
 
-class LogFeed:
+class LogFeed(progress.OutputRecords):
     """One output's cursor over the log. Used from that output's worker thread only."""
 
     def __init__(self, source: DurableSource, output: str, kind: str) -> None:
@@ -231,32 +231,6 @@ class LogFeed:
         self._db.run(lambda cur: progress.record_delivered(
             cur, self.output, delivered, error, position))
 
-    def record(self, delivered: int, error: str | None) -> None:
-        self._db.run(lambda cur: progress.record_delivered(cur, self.output, delivered, error))
-
-    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
-        self._db.run(lambda cur: progress.dead_letter(cur, self.output, event, attempts, error))
-
-    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
-                           ) -> list[tuple[int, ChangeEvent, bool]]:
-        return self._db.run(lambda cur: progress.fetch_redeliveries(
-            cur, self.output, after_id, limit, include_parked))
-
-    def park(self, events: list[ChangeEvent]) -> list[int]:
-        def insert(cur: cursor) -> list[int]:
-            cur.execute("BEGIN")
-            ids = progress.park(cur, self.output, events)
-            cur.execute("COMMIT")
-            return ids
-
-        return self._db.run(insert)
-
-    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
-        self._db.run(lambda cur: progress.finish_redelivery(
-            cur, self.output, redelivery_id, event, delivered))
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def _outbox_has_rows(cur: cursor) -> bool:

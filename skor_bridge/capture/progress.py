@@ -13,7 +13,44 @@ from skor_bridge.capture.outbox_rows import EVENT_COLUMNS, event_from_row
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
 
+    from skor_bridge.db import Reconnecting
     from skor_bridge.event import ChangeEvent
+
+
+class OutputRecords:
+    """The part of a feed both capture modes share: what it writes about its output.
+
+    Subclasses set `output` and `_db` (a Reconnecting used from the worker thread only)."""
+
+    output: str
+    _db: Reconnecting
+
+    def record(self, delivered: int, error: str | None) -> None:
+        self._db.run(lambda cur: record_delivered(cur, self.output, delivered, error))
+
+    def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
+        self._db.run(lambda cur: dead_letter(cur, self.output, event, attempts, error))
+
+    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
+                           ) -> list[tuple[int, ChangeEvent, bool]]:
+        return self._db.run(lambda cur: fetch_redeliveries(
+            cur, self.output, after_id, limit, include_parked))
+
+    def park(self, events: list[ChangeEvent]) -> list[int]:
+        def insert(cur: cursor) -> list[int]:
+            cur.execute("BEGIN")
+            ids = park(cur, self.output, events)
+            cur.execute("COMMIT")
+            return ids
+
+        return self._db.run(insert)
+
+    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
+        self._db.run(lambda cur: finish_redelivery(
+            cur, self.output, redelivery_id, event, delivered))
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def record_delivered(cur: cursor, output: str, delivered: int, error: str | None,
