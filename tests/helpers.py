@@ -51,6 +51,18 @@ def short_retry_config(tmp_path, max_backoff=0.5, extra=""):
     return str(path)
 
 
+def scalar(dsn, sql, params=None):
+    """The first column of the first row, or None."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            row = cur.fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
 def delivered_total(dsn, output):
     conn = psycopg2.connect(dsn)
     try:

@@ -7,7 +7,6 @@ import json
 import threading
 from datetime import UTC, datetime, timedelta
 
-import psycopg2
 import pytest
 from typer.testing import CliRunner
 
@@ -15,24 +14,13 @@ from skor_bridge.capture import triggers
 from skor_bridge.cli import app
 from skor_bridge.ops import events as ops_events
 from skor_bridge.receiver import Receiver
-from tests.helpers import execute, short_retry_config, wait_until
+from tests.helpers import execute, scalar, short_retry_config, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
 
 
 def cli(*args: str) -> object:
     return CliRunner().invoke(app, list(args))
-
-
-def scalar(dsn, sql, params=None):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            row = cur.fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
 
 
 def row_id(request) -> int:

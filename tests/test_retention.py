@@ -12,18 +12,7 @@ import pytest
 
 from skor_bridge.capture.retention import partitions, prune
 from skor_bridge.capture.schema import ensure_schema
-from tests.helpers import execute, wait_until
-
-
-def scalar(dsn, sql, params=None):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            row = cur.fetchone()
-        return row[0] if row else None
-    finally:
-        conn.close()
+from tests.helpers import execute, scalar, wait_until
 
 
 def build_log(db):
