@@ -145,7 +145,7 @@ class DurableSource:
             cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
             base = _first(cur)
             if base + limit > self._covered_until:
-                self._ensure_partitions(cur, base + limit)
+                self._ensure_partitions(cur, base, base + limit)
             cur.execute(_MOVE, {"limit": limit, "base": base, "install_id": self._install_id})
             next_pos = _first(cur)
             cur.execute("COMMIT")
@@ -155,7 +155,7 @@ class DurableSource:
             raise
         return next_pos - base, next_pos - 1
 
-    def _ensure_partitions(self, cur: cursor, until: int) -> None:
+    def _ensure_partitions(self, cur: cursor, base: int, until: int) -> None:
         cur.execute(
             "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
             " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'skor.log'::regclass"
@@ -165,6 +165,9 @@ class DurableSource:
             match = _BOUND.search(bound or "")
             if match:
                 upper = max(upper, int(match[2]))
+        # Partitions below `base` are never needed again (retention may have dropped them
+        # all), so new ones start no lower than the next position.
+        upper = max(upper, base)
         size = self.config.partition_size
         while upper < until:
             cur.execute(
