@@ -48,6 +48,9 @@ READ_AHEAD_BATCHES = 2
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
 
+#: Redelivery rows read per query.
+REDELIVERY_CHUNK = 1000
+
 #: An idle worker calls `send([])` this often, so sinks can keep connections alive
 #: (AMQP heartbeats are serviced only while pika runs).
 KEEPALIVE = 10.0
@@ -230,13 +233,19 @@ class OutputWorker:
 
     def _load_redeliveries(self, now: float, include_parked: bool) -> None:
         self._redelivery_checked = now
-        found = self.feed.fetch_redeliveries(self._redelivery_seen, 1000, include_parked)
-        for redelivery_id, event, parked in found:
-            self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
-            if parked:
-                self._parked_positions.add(event.position)
-            self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id,
-                                  parked=parked))
+        while True:
+            found = self.feed.fetch_redeliveries(
+                self._redelivery_seen, REDELIVERY_CHUNK, include_parked)
+            for redelivery_id, event, parked in found:
+                self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
+                if parked:
+                    self._parked_positions.add(event.position)
+                self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id,
+                                      parked=parked))
+            # Parked rows are read only at start-up (later polls skip them), so that read
+            # must go to the end; operators' requests may come in chunks, one per poll.
+            if not include_parked or len(found) < REDELIVERY_CHUNK:
+                return
 
     def _park_stuck_lane(self) -> bool:
         """Move the lane holding the oldest unfinished event out of the window.
