@@ -80,6 +80,7 @@ class Bridge:
                     self._run_active(leadership)
                 finally:
                     self.metrics.role.set(0)
+                    self.metrics.clear_backlog([o.name for o in self.config.outputs])
                     leadership.release()
                 if self.fatal is not None:
                     return 1

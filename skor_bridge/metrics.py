@@ -48,6 +48,13 @@ class Metrics:
                        self.lag, self.latency):
             metric.labels(output)
 
+    def clear_backlog(self, outputs: list[str]) -> None:
+        """A standby holds no events: its pending and lag read zero, not the last values
+        from when it was active (alerts should also filter on skor_active)."""
+        for output in outputs:
+            self.pending.labels(output).set(0)
+            self.lag.labels(output).set(0)
+
     def _count(self, output: str, what: str) -> None:
         key = (output, what)
         self.counts[key] = self.counts.get(key, 0) + 1
