@@ -71,6 +71,10 @@ def run(
     webhook_concurrency: Annotated[int | None, Opt(
         envvar="SKOR_WEBHOOK_CONCURRENCY", help="Requests in flight (different rows). "
         "[default: 16]", rich_help_panel=WEBHOOK_PANEL)] = None,
+    webhook_ca_file: Annotated[str | None, Opt(
+        envvar="SKOR_WEBHOOK_CA_FILE", help="PEM file of the CA that signs an https "
+        "receiver's certificate. [default: the public CA bundle]",
+        rich_help_panel=WEBHOOK_PANEL)] = None,
     amqp: Annotated[str | None, Opt(
         envvar="SKOR_AMQP", help="amqp:// or amqps:// URL of RabbitMQ.",
         rich_help_panel=AMQP_PANEL)] = None,
@@ -143,6 +147,7 @@ def run(
         dsn=dsn or dsn_arg, webhooks=list(webhook or []) + ([url_arg] if url_arg else []),
         webhook_secret=webhook_secret, headers=list(header or []),
         webhook_timeout=webhook_timeout, webhook_concurrency=webhook_concurrency,
+        webhook_ca_file=webhook_ca_file,
         max_attempts=max_attempts, mode=mode, amqp=amqp, amqp_exchange=amqp_exchange,
         amqp_routing_key=amqp_routing_key, amqp_mandatory=amqp_mandatory, kafka=kafka,
         kafka_topic=kafka_topic, kafka_options=list(kafka_option or []),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Receiver:
         respond: Callable[[Received], int] | None = None,
         on_request: Callable[[Received], None] | None = None,
         keep: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.requests: list[Received] = []
         self.count = 0
@@ -67,6 +69,10 @@ class Receiver:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._server = _Server(("127.0.0.1", port), self._handler())
+        self.scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -75,7 +81,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hook"
 
     def start(self) -> Receiver:
         self._thread.start()

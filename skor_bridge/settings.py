@@ -41,6 +41,7 @@ class Options:
     headers: list[str] = field(default_factory=list)
     webhook_timeout: float | None = None
     webhook_concurrency: int | None = None
+    webhook_ca_file: str | None = None
     max_attempts: int | None = None
     mode: str | None = None
     amqp: str | None = None
@@ -196,6 +197,8 @@ def _command_line_outputs(
             hook["timeout"] = options.webhook_timeout
         if options.webhook_concurrency is not None:
             hook["concurrency"] = options.webhook_concurrency
+        if options.webhook_ca_file is not None:
+            hook["ca_file"] = options.webhook_ca_file
         name = "webhook" if index == 0 else f"webhook-{index + 1}"
         result.append(OutputConfig(name, "webhook", WebhookConfig(**hook), retry))
     if options.amqp:

@@ -9,6 +9,8 @@ import json
 import random
 import signal
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -449,3 +451,40 @@ def test_parked_events_survive_a_restart_and_keep_their_order(
         row1 = [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
                 if json.loads(r.body)["data"]["id"] == 1]
         assert row1 == [0, 1, 2]
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def test_an_https_webhook_is_verified_against_the_given_ca_file(
+    dsn, capture_table, bridge, certificate, tmp_path
+):
+    # Given a receiver on https with a certificate of a private CA
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    capture_table(TABLE, "items")
+    with Receiver(tls=context) as receiver:
+        # When one bridge trusts that CA and another only the public bundle
+        trusting = bridge("--dsn", dsn, "--webhook", receiver.url,
+                          "--webhook-ca-file", str(cert))
+        execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'a')")
+        # Then the trusting bridge delivers over TLS
+        assert receiver.wait_for(1)
+        assert trusting.stop() == 0
+        execute(dsn, "INSERT INTO items (id, name) VALUES (2, 'b')")
+        doubting = bridge("--dsn", dsn, "--webhook", receiver.url,
+                          "--config", short_retry_config(tmp_path))
+        # And the other refuses the unknown certificate, retrying, never delivering
+        doubting.wait_for_log("self-signed certificate (for a private CA, give "
+                              "--webhook-ca-file)")
+        assert receiver.wait_for(2, timeout=1) is False

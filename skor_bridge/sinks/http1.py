@@ -200,7 +200,8 @@ class Http1Client:
     """
 
     def __init__(self, url: str, headers: Sequence[tuple[str, str]], connections: int,
-                 timeout: float) -> None:
+                 timeout: float, ca_file: str | None = None) -> None:
+        self.ca_file = ca_file
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
         self.tls = parts.scheme == "https"
@@ -225,6 +226,9 @@ class Http1Client:
         self._idle: list[_Connection] = []
 
     def _context(self) -> ssl.SSLContext:
+        if self._ssl is None and self.ca_file is not None:
+            # A private CA (common for internal receivers) replaces the public bundle.
+            self._ssl = ssl.create_default_context(cafile=self.ca_file)
         if self._ssl is None:
             try:  # the CA bundle requests used, when installed; else the system's
                 import certifi

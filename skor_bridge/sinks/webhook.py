@@ -67,7 +67,7 @@ class WebhookSink(Sink):
         except UnicodeEncodeError:
             raise SinkError("webhook: header values must be Latin-1 text") from None
         self._client = Http1Client(self.config.url, headers, self.config.concurrency,
-                                   self.config.timeout)
+                                   self.config.timeout, self.config.ca_file)
 
     def send(self, batch: Sequence[ChangeEvent]) -> list[Result]:
         if self._client is None:
@@ -103,7 +103,10 @@ class WebhookSink(Sink):
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = (f"{exc.verify_message or exc.reason} (for a private CA, give "
+                "--webhook-ca-file)")
+    elif isinstance(exc, ssl.SSLError):
         text = exc.reason or str(exc)
     elif isinstance(exc, OSError) and exc.errno is not None:
         # asyncio words a refused connection as "Connect call failed ('127.0.0.1', 9)".
