@@ -68,6 +68,14 @@ class BridgeProcess:
         self.proc.wait(10)
 
 
+def active_and_standby(start, *args: str) -> tuple[BridgeProcess, BridgeProcess]:
+    """Two bridges with the same arguments: the first active, the second standing by."""
+    active = start(*args).wait_active()
+    standby = start(*args)
+    standby.wait_for_log("is standing by")
+    return active, standby
+
+
 @pytest.fixture
 def bridge(tmp_path):
     """Factory: `bridge("--dsn", dsn, "--webhook", url)` starts a bridge; all are stopped

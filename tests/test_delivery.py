@@ -19,6 +19,7 @@ import psycopg2
 import pytest
 
 from skor_bridge.receiver import Receiver
+from tests.fixtures_bridge import active_and_standby
 from tests.helpers import bodies, duplicates, execute, short_retry_config, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int DEFAULT 0)"
@@ -345,9 +346,7 @@ def test_two_bridges_deliver_once_and_the_standby_takes_over_after_sigkill(
 ):
     # Given two bridges on one database
     capture_table(TABLE, "items")
-    first = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    second = bridge("--dsn", dsn, "--webhook", receiver.url)
-    second.wait_for_log("standing by")
+    first, second = active_and_standby(bridge, "--dsn", dsn, "--webhook", receiver.url)
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 300) g")
     assert receiver.wait_for(300)
     time.sleep(0.5)
@@ -380,19 +379,29 @@ def test_notify_mode_delivers_skor_payloads_while_listening(
     assert [e["op"] for e in bodies(receiver)] == ["INSERT", "UPDATE", "DELETE"]
 
 
+class StuckRow:
+    """A receiver's answer: 503 for one row until `clear()`, 200 for every other row."""
+
+    def __init__(self, row_id: int) -> None:
+        self.row_id = row_id
+        self._stuck = threading.Event()
+        self._stuck.set()
+
+    def clear(self) -> None:
+        self._stuck.clear()
+
+    def respond(self, request) -> int:
+        event = json.loads(request.body)
+        return 503 if self._stuck.is_set() and event["data"]["id"] == self.row_id else 200
+
+
 def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
     dsn, capture_table, bridge, tmp_path, db
 ):
     # Given a receiver that answers 503 for row 1 until told otherwise, and a small window
-    stuck = threading.Event()
-    stuck.set()
-
-    def respond(request):
-        event = json.loads(request.body)
-        return 503 if stuck.is_set() and event["data"]["id"] == 1 else 200
-
+    stuck = StuckRow(1)
     capture_table(TABLE, "items")
-    with Receiver(respond=respond) as receiver:
+    with Receiver(respond=stuck.respond) as receiver:
         process = bridge("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "50",
                          "--config", short_retry_config(tmp_path, max_backoff=0.2))
         # When row 1 fails and 500 other rows (and more changes of row 1) are written
@@ -422,15 +431,9 @@ def test_parked_events_survive_a_restart_and_keep_their_order(
     dsn, capture_table, bridge, tmp_path
 ):
     # Given row 1 parked behind a failing receiver
-    stuck = threading.Event()
-    stuck.set()
-
-    def respond(request):
-        event = json.loads(request.body)
-        return 503 if stuck.is_set() and event["data"]["id"] == 1 else 200
-
+    stuck = StuckRow(1)
     capture_table(TABLE, "items")
-    with Receiver(respond=respond) as receiver:
+    with Receiver(respond=stuck.respond) as receiver:
         args = ("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "20",
                 "--config", short_retry_config(tmp_path, max_backoff=0.2))
         first = bridge(*args)

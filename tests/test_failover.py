@@ -10,6 +10,7 @@ import time
 
 import psycopg2
 
+from tests.fixtures_bridge import active_and_standby
 from tests.helpers import execute, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
@@ -54,9 +55,7 @@ def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
 ):
     # Given an active bridge and a standby, and a writer committing 3000 rows over ~3 s
     capture_table(TABLE, "items")
-    active = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    standby = bridge("--dsn", dsn, "--webhook", receiver.url)
-    standby.wait_for_log("is standing by")
+    active, standby = active_and_standby(bridge, "--dsn", dsn, "--webhook", receiver.url)
     committed = []
 
     def write() -> None:
@@ -86,9 +85,7 @@ def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
 ):
     # Given an active bridge that delivered 100 rows, and a standby
     capture_table(TABLE, "items")
-    active = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    standby = bridge("--dsn", dsn, "--webhook", receiver.url)
-    standby.wait_for_log("is standing by")
+    active, standby = active_and_standby(bridge, "--dsn", dsn, "--webhook", receiver.url)
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
     assert receiver.wait_for(100)
     # When the active one gets SIGTERM
@@ -111,9 +108,7 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
     # Given two bridges with a 2 s failover timeout; the first is active
     capture_table(TABLE, "items")
     args = ("--dsn", dsn, "--webhook", receiver.url, "--failover-timeout", "2")
-    stuck = bridge(*args).wait_active()
-    standby = bridge(*args)
-    standby.wait_for_log("is standing by")
+    stuck, standby = active_and_standby(bridge, *args)
     with PositionWatch(dsn) as positions:
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
         assert receiver.wait_for(100)

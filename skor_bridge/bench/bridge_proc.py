@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
@@ -20,6 +20,18 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 #: prctl option: a signal the kernel sends this process when its parent dies.
 _PR_SET_PDEATHSIG = 1
+
+
+def stop_process(process: subprocess.Popen[Any] | None, grace: float) -> None:
+    """SIGTERM a child still running, give it `grace` seconds, then SIGKILL it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _die_with_parent() -> None:
@@ -106,14 +118,7 @@ class BridgeProcess:
 
     def stop(self, timeout: float = 40.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

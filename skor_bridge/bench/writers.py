@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 import psycopg2.extensions
 
+from skor_bridge.bench.bridge_proc import stop_process
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.connection import Connection
@@ -121,15 +123,7 @@ class Writers:
 
     def stop(self) -> None:
         process, self.current = self.current, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 5)
 
     def close(self) -> None:
         self.stop()
