@@ -39,7 +39,6 @@ class Metrics:
             ["output"], buckets=_LATENCY_BUCKETS, registry=r)
         self.role = Gauge(
             "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
-        self.counts: dict[tuple[str, str], int] = {}
 
     def add_output(self, output: str) -> None:
         """Create the output's series at zero, so dashboards and alerts see them before
@@ -55,20 +54,13 @@ class Metrics:
             self.pending.labels(output).set(0)
             self.lag.labels(output).set(0)
 
-    def _count(self, output: str, what: str) -> None:
-        key = (output, what)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def delivered(self, output: str, event: ChangeEvent, send_seconds: float) -> None:
+    def delivered(self, output: str, event: ChangeEvent) -> None:
         self.delivered_total.labels(output).inc()
-        self._count(output, "delivered")
         if event.captured_at:
             self.latency.labels(output).observe(max(0.0, time.time() - event.captured_at))
 
     def retried(self, output: str, event: ChangeEvent) -> None:
         self.retried_total.labels(output).inc()
-        self._count(output, "retried")
 
     def dead_lettered(self, output: str, event: ChangeEvent) -> None:
         self.dead_total.labels(output).inc()
-        self._count(output, "dead")

@@ -305,14 +305,12 @@ class OutputWorker:
         self._last_send = now
         keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
         batch = [self.lanes[key][0] for key in keys]
-        started = time.monotonic()
         results = self._send([p.event for p in batch])
-        elapsed = time.monotonic() - started
         if len(results) != len(batch):
             raise RuntimeError(f"sink {self.sink.kind} returned {len(results)} results "
                                f"for {len(batch)} events")
         for key, pending, result in zip(keys, batch, results, strict=True):
-            self._settle(key, pending, result, elapsed)
+            self._settle(key, pending, result)
 
     def _send(self, events: list[ChangeEvent]) -> list[Result]:
         """A sink that raises (a bug, or a library surprise) fails the batch, not the bridge."""
@@ -326,11 +324,11 @@ class OutputWorker:
             error = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             return [Result(Outcome.RETRY, error)] * len(events)
 
-    def _settle(self, key: str, pending: Pending, result: Result, elapsed: float) -> None:
+    def _settle(self, key: str, pending: Pending, result: Result) -> None:
         pending.attempts += 1
         event = pending.event
         if result.outcome is Outcome.DELIVERED:
-            self.metrics.delivered(self.name, event, elapsed)
+            self.metrics.delivered(self.name, event)
             self._delivered_since_commit += 1
             self._finish(key, delivered=True)
             return
@@ -377,6 +375,3 @@ class OutputWorker:
         else:
             return
         self._delivered_since_commit, self._new_error = 0, None
-
-    def pending_count(self) -> int:
-        return len(self.window)
