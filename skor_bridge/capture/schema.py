@@ -1,4 +1,6 @@
-"""The bridge's own schema, `skor`, created idempotently by `triggers install` and `run`.
+"""The bridge's own schema, `skor`, brought up to date by `triggers install` and `run`.
+
+Its layout lives in numbered steps in `skor_bridge.migrations` (v001 is the first release).
 
     user's transaction                     bridge (active instance only)
     ------------------                     -----------------------------
@@ -25,143 +27,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from skor_bridge.migrations import DDL_LOCK, migrate, script
+
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
 
 SCHEMA = "skor"
 
-#: Bumped when the layout below changes incompatibly.
-SCHEMA_VERSION = "1"
+#: The psql form of every migration, for `triggers generate`.
+DDL = script()
 
-DDL = """
-CREATE SCHEMA IF NOT EXISTS skor;
-
-CREATE TABLE IF NOT EXISTS skor.meta (
-    key   text PRIMARY KEY,
-    value text NOT NULL
-);
-INSERT INTO skor.meta (key, value) VALUES
-    ('schema_version', '1'),
-    ('install_id', gen_random_uuid()::text)
-ON CONFLICT (key) DO NOTHING;
-
--- Written by the capture triggers inside the user's transaction; insert-only for them.
--- Kept as lean as possible because writers pay for every column: the event id is derived
--- later by the sequencer from install_id and id, which are unique together.
-CREATE TABLE IF NOT EXISTS skor.outbox (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    captured_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    schema_name text        NOT NULL,
-    table_name  text        NOT NULL,
-    op          text        NOT NULL,
-    row_key     text,
-    data        text        NOT NULL
-);
-
--- The single counter row from which the sequencer numbers log positions.
-CREATE TABLE IF NOT EXISTS skor.sequencer (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    next_pos  bigint  NOT NULL DEFAULT 1
-);
-INSERT INTO skor.sequencer DEFAULT VALUES ON CONFLICT DO NOTHING;
-
--- Committed events in commit-visibility order. Partitioned by position so that retention
--- drops whole partitions instead of running large DELETEs.
-CREATE TABLE IF NOT EXISTS skor.log (
-    pos         bigint      NOT NULL,
-    event_id    uuid        NOT NULL,
-    captured_at timestamptz NOT NULL,
-    logged_at   timestamptz NOT NULL DEFAULT now(),
-    schema_name text        NOT NULL,
-    table_name  text        NOT NULL,
-    op          text        NOT NULL,
-    row_key     text,
-    data        text        NOT NULL,
-    PRIMARY KEY (pos)
-) PARTITION BY RANGE (pos);
-
--- Delivery progress per output: every event with pos <= position is delivered or dead.
-CREATE TABLE IF NOT EXISTS skor.outputs (
-    name            text PRIMARY KEY,
-    kind            text NOT NULL,
-    position        bigint NOT NULL,
-    delivered_total bigint NOT NULL DEFAULT 0,
-    last_error      text,
-    last_error_at   timestamptz,
-    updated_at      timestamptz NOT NULL DEFAULT now()
-);
-
--- Deliveries per output and second, for "delivered in the last minute"; pruned hourly.
-CREATE TABLE IF NOT EXISTS skor.delivery_stats (
-    output    text        NOT NULL,
-    second    timestamptz NOT NULL,
-    delivered integer     NOT NULL,
-    PRIMARY KEY (output, second)
-);
-
--- Events to deliver outside the position order: dead letters an operator retries, a
--- replay of delivered events, or the events of a row that keeps failing, parked here so
--- the output's position can move past them. A copy of the event survives retention.
--- The output's worker deletes a row once the event is delivered or dead again.
-CREATE TABLE IF NOT EXISTS skor.redeliveries (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    output       text        NOT NULL,
-    reason       text        NOT NULL CHECK (reason IN ('retry', 'replay', 'parked')),
-    pos          bigint,
-    event_id     uuid        NOT NULL,
-    captured_at  timestamptz NOT NULL,
-    schema_name  text        NOT NULL,
-    table_name   text        NOT NULL,
-    op           text        NOT NULL,
-    row_key      text,
-    data         text        NOT NULL,
-    requested_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS redeliveries_output ON skor.redeliveries (output, id);
-
--- Every running instance, active or standing by, refreshed by its heartbeat.
-CREATE TABLE IF NOT EXISTS skor.instances (
-    instance  text PRIMARY KEY,
-    role      text        NOT NULL,
-    started   timestamptz NOT NULL DEFAULT now(),
-    heartbeat timestamptz NOT NULL DEFAULT now()
-);
-
--- Events an output gave up on. They keep a copy of the event, so retention never loses
--- them; `status` goes dead -> retry (operator asked) -> delivered.
-CREATE TABLE IF NOT EXISTS skor.dead_letters (
-    output      text        NOT NULL,
-    pos         bigint,
-    event_id    uuid        NOT NULL,
-    captured_at timestamptz NOT NULL,
-    schema_name text        NOT NULL,
-    table_name  text        NOT NULL,
-    op          text        NOT NULL,
-    row_key     text,
-    data        text        NOT NULL,
-    attempts    integer     NOT NULL,
-    last_error  text,
-    status      text        NOT NULL DEFAULT 'dead',
-    dead_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (output, event_id)
-);
-
--- Which instance is active. The active one holds an advisory lock and refreshes
--- `heartbeat`; a standby that finds the heartbeat stale terminates the holder's backend,
--- which frees the lock even when the active host vanished without closing its socket.
-CREATE TABLE IF NOT EXISTS skor.leader (
-    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    instance    text        NOT NULL,
-    backend_pid integer     NOT NULL,
-    heartbeat   timestamptz NOT NULL
-);
-"""
-
-#: Serialises schema creation when several instances start at once.
-_DDL_LOCK = 0x736B6F72  # "skor"
+#: Serialises schema changes when several instances start at once.
+_DDL_LOCK = DDL_LOCK
 
 
-def ensure_schema(cur: cursor) -> None:
-    """Create or complete the skor schema, idempotently, in the caller's transaction."""
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-    cur.execute(DDL)
+def ensure_schema(cur: cursor, create: bool = True) -> list[int]:
+    """Bring the skor schema up to date in the caller's transaction (see `migrations`).
+
+    Returns the migration versions it applied. With `create=False` a database that has no
+    skor schema raises SchemaMissing rather than getting an empty one.
+    """
+    return migrate(cur, create=create)
