@@ -50,7 +50,6 @@ class Bridge:
         for output in config.outputs:
             self.metrics.add_output(output.name)
         self.stop_requested = threading.Event()
-        self.force_exit = threading.Event()
         self.workers: list[OutputWorker] = []
         self.source: Source | None = None
         self.active = False
@@ -92,8 +91,6 @@ class Bridge:
             restore()
 
     def request_stop(self) -> None:
-        if self.stop_requested.is_set():
-            self.force_exit.set()
         self.stop_requested.set()
 
     def startup(self) -> None:
@@ -204,8 +201,16 @@ class Bridge:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handle(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self.stop_requested.is_set():
+                # A second signal means the operator will not wait for the drain (as with
+                # uvicorn). Exiting without saving progress is safe: whatever was in flight
+                # is delivered again after a restart, with the same event ids.
+                log.warning("received %s again; exiting at once without draining", name)
+                logging.shutdown()
+                os._exit(1)
             # Only set flags here: the main loop does the work outside the signal handler.
-            log.info("received %s; stopping", signal.Signals(signum).name)
+            log.info("received %s; stopping", name)
             self.request_stop()
 
         for sig in previous:
