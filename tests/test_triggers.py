@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from skor_bridge.capture import triggers
 from skor_bridge.capture.triggers import TableSpec, generate_sql, install, parse_config, uninstall
-from skor_bridge.cli_triggers import triggers_app
+from skor_bridge.cli.triggers import triggers_app
 from skor_bridge.errors import ConfigError, StartupError, TriggerError
 
 runner = CliRunner()

@@ -1,41 +1,15 @@
-"""The `skor-bridge` command. Commands only build a Config and call into the package."""
+"""`skor-bridge run`: build the one Config from options, the environment and a file, and run."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from skor_bridge import __version__
-from skor_bridge.cli_errors import expected_errors
+from skor_bridge.cli.errors import expected_errors
 from skor_bridge.settings import Options, build_config
-
-app = typer.Typer(
-    name="skor-bridge",
-    help="Capture PostgreSQL row changes and deliver them to webhooks, RabbitMQ and Kafka.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"skor-bridge {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
-    ] = False,
-) -> None:
-    """skor-bridge: Skor's triggers and payloads, delivered durably and in order."""
-
 
 Opt = typer.Option
 WEBHOOK_PANEL = "Webhook output"
@@ -44,7 +18,6 @@ KAFKA_PANEL = "Kafka output"
 TUNING_PANEL = "Tuning and operations"
 
 
-@app.command()
 def run(
     dsn_arg: Annotated[str | None, typer.Argument(
         metavar="[DSN]", help="Skor's positional form: DSN then webhook URL.")] = None,
@@ -164,28 +137,5 @@ def run(
     raise typer.Exit(code)
 
 
-#: Modules that add their commands to `app` through `register(app)`; kept apart so that
-#: each command family stays small and imports its heavy dependencies only when used.
-COMMAND_MODULES = ("skor_bridge.cli_ops", "skor_bridge.cli_demo", "skor_bridge.cli_bench")
-
-
-def _mount_subcommands() -> None:
-    import importlib
-
-    from skor_bridge.cli_triggers import triggers_app
-
-    app.add_typer(triggers_app, name="triggers")
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(app)
-
-
-_mount_subcommands()
-
-
-def main() -> None:
-    logging.captureWarnings(True)
-    app(prog_name="skor-bridge")
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    app.command()(run)

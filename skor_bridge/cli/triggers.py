@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from skor_bridge.capture import triggers
-from skor_bridge.cli_errors import expected_errors
-
-if TYPE_CHECKING:
-    pass
+from skor_bridge.cli.errors import expected_errors
 
 triggers_app = typer.Typer(
     name="triggers",
@@ -46,6 +42,8 @@ DsnOpt = Annotated[str, typer.Option(
 @triggers_app.command()
 def generate(config: ConfigArg, mode: ModeOpt = ModeChoice.durable) -> None:
     """Print the installation as SQL, for psql --single-transaction. Needs no database."""
+    from skor_bridge.capture import triggers
+
     with expected_errors():
         specs = triggers.load_config(config)
         sql = triggers.generate_sql(specs, mode.value)
@@ -62,6 +60,8 @@ def install(
         "skor.outbox); repeatable. Needed for roles other than the installer.")] = None,
 ) -> None:
     """Install the triggers in one transaction, replacing those installed before."""
+    from skor_bridge.capture import triggers
+
     with expected_errors():
         specs = triggers.load_config(config)
         triggers.install(dsn, specs, mode.value, grant_to=tuple(grant or ()))
@@ -77,6 +77,12 @@ def uninstall(
         "--purge", help="Also drop schema skor: the outbox, the log and dead letters.")] = False,
 ) -> None:
     """Remove every capture trigger and function, Skor's notify_skor_* ones included."""
+    from skor_bridge.capture import triggers
+
     with expected_errors():
         dropped = triggers.uninstall(dsn, purge=purge)
     typer.echo(f"removed {dropped} trigger function(s)" + (" and schema skor" if purge else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(triggers_app, name="triggers")

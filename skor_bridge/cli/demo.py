@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skor_bridge.cli_errors import expected_errors
+from skor_bridge.cli.errors import expected_errors
 
 # No option reads an environment variable: a SKOR_DSN left in the shell must never point
 # the demo at a real database. Only an explicit --dsn does.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from skor_bridge.cli_errors import expected_errors
+from skor_bridge.cli.errors import expected_errors
 from skor_bridge.errors import ConfigError
 
 if TYPE_CHECKING:
