@@ -1,0 +1,79 @@
+"""`skor-bridge status`: each output's backlog, the instances, the log's size.
+
+The command only calls `skor_bridge.ops.status` and prints: an aligned table for a
+terminal, or one JSON document with `--json` for scripts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from skor_bridge.cli.common import (
+    ERROR_WIDTH,
+    DsnOpt,
+    JsonOpt,
+    database,
+    duration,
+    print_json,
+    size,
+    table,
+)
+from skor_bridge.cli.errors import expected_errors
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from skor_bridge.ops.status import Status
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(status)
+
+
+def status(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
+    """Show each output's backlog, lag and dead letters, the instances, and the log's size."""
+    from skor_bridge.ops.status import collect
+
+    with expected_errors(), database(dsn, "status") as conn:
+        snapshot = collect(conn)
+    if as_json:
+        print_json(snapshot.to_json())
+    else:
+        typer.echo(render_status(snapshot))
+
+
+def render_status(snapshot: Status) -> str:
+    outputs = table(
+        ["OUTPUT", "KIND", "POSITION", "PENDING", "LAG", "DELIVERED/1M", "DEAD", "LAST ERROR"],
+        [[o.name, o.kind, o.position,
+          f"{o.pending} ({o.parked} parked)" if o.parked else o.pending,
+          duration(o.lag_seconds),
+          o.delivered_last_minute,
+          f"{o.dead_letters} (+{o.retrying} retrying)" if o.retrying else o.dead_letters,
+          _last_error(o.last_error, o.last_error_at, snapshot.taken_at)]
+         for o in snapshot.outputs],
+        right={"POSITION", "PENDING", "LAG", "DELIVERED/1M", "DEAD"},
+    ) if snapshot.outputs else "no outputs yet: no bridge has run against this database"
+    instances = table(
+        ["INSTANCE", "ROLE", "HEARTBEAT", "STARTED"],
+        [[i.instance, i.role, f"{duration(i.heartbeat_age)} ago",
+          i.started.astimezone().strftime("%Y-%m-%d %H:%M:%S")] for i in snapshot.instances],
+    ) if snapshot.instances else "no instances: no bridge is running"
+    log = snapshot.log
+    log_line = (
+        f"event log: head {log.head}, {log.rows} retained event(s) in {log.partitions} "
+        f"partition(s), {size(log.log_bytes)}; outbox: {log.outbox_rows} row(s), "
+        f"{size(log.outbox_bytes)}"
+    )
+    return f"{outputs}\n\n{instances}\n\n{log_line}"
+
+
+def _last_error(error: str | None, at: datetime | None, now: datetime) -> str:
+    if not error:
+        return "-"
+    text = error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
+    if at is None:
+        return text
+    return f"{text} ({duration((now - at).total_seconds())} ago)"
