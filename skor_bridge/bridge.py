@@ -24,7 +24,7 @@ from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
-from skor_bridge.health import HealthServer, output_state, source_head
+from skor_bridge.health import HealthServer, Readiness, readiness
 from skor_bridge.leader import Leadership
 from skor_bridge.metrics import Metrics
 from skor_bridge.sinks import load_sink
@@ -66,7 +66,8 @@ class Bridge:
         try:
             # Before leader election, so that a standby answers probes too.
             if self.config.metrics_port is not None:
-                health = HealthServer(self, self.config.metrics_port).start()
+                health = HealthServer(self.metrics.registry, self.readiness,
+                                      self.config.metrics_port).start()
             self.startup()
             leadership = Leadership(
                 self.config.source.dsn, self.instance, self.config.failover_timeout
@@ -89,6 +90,14 @@ class Bridge:
             if health is not None:
                 health.stop()
             restore()
+
+    def readiness(self) -> Readiness:
+        """What /readyz answers; called from the health server's threads."""
+        source = self.source
+        head = None if source is None else source.head
+        return readiness(
+            self.active, self.instance, source is not None and source.healthy(),
+            [(w.name, w.failed is not None, w.backlog(head)) for w in list(self.workers)])
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -116,7 +125,7 @@ class Bridge:
             from skor_bridge.capture.notify import NotifySource
 
             return NotifySource(self.config, stopping)
-        from skor_bridge.capture.outbox import DurableSource
+        from skor_bridge.capture.durable import DurableSource
 
         return DurableSource(self.config, stopping)
 
@@ -187,9 +196,9 @@ class Bridge:
         if captured > counted:
             self.metrics.captured_total.inc(captured - counted)
         self._counted = (source, captured)
-        head = source_head(source)
+        head = None if source is None else source.head
         for worker in self.workers:
-            state = output_state(worker, head)
+            state = worker.backlog(head)
             self.metrics.pending.labels(worker.name).set(state.pending)
             self.metrics.lag.labels(worker.name).set(state.lag_seconds)
 

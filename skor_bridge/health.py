@@ -20,8 +20,6 @@ import http.server
 import json
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,11 +27,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from skor_bridge.errors import StartupError
 
 if TYPE_CHECKING:
-    from skor_bridge.bridge import Bridge
-    from skor_bridge.capture.base import Source
-    from skor_bridge.dispatch.delivery import OutputWorker, Pending
+    from collections.abc import Callable
 
-log = logging.getLogger("skor_bridge.health")
+    from prometheus_client import CollectorRegistry
+
+    from skor_bridge.dispatch.delivery import Backlog
+
+#: What /readyz serves: (ready, JSON body).
+Readiness = tuple[bool, dict[str, Any]]
+
+log = logging.getLogger(__name__)
 
 #: An output whose oldest in-flight event has failed for this long makes /readyz fail.
 STUCK_AFTER = 300.0
@@ -42,77 +45,30 @@ STUCK_AFTER = 300.0
 HOST = "0.0.0.0"
 
 
-@dataclass(frozen=True)
-class OutputState:
-    """One output's backlog as its worker sees it, read from another thread."""
-
-    #: Events in the worker's window not finished yet, log events it has not read, and
-    #: parked events.
-    pending: int
-    #: Age of the oldest event the worker holds; 0 when it holds none.
-    lag_seconds: float
-    #: How long the oldest failing in-flight event has been failing; 0 when none fails.
-    failing_seconds: float
-
-
-def source_head(source: Source | None) -> int | None:
-    """The newest position the source has produced, when it knows one."""
-    return None if source is None else source.head
-
-
-def output_state(worker: OutputWorker, head: int | None) -> OutputState:
-    """Read a worker's lanes without locking: they change under us, so copy first and
-    accept a figure that is a moment old."""
-    now_wall, now_mono = time.time(), time.monotonic()
-    lanes: list[list[Pending]] = []
-    for _ in range(3):
-        try:
-            lanes = [list(lane) for lane in list(worker.lanes.values())]
-            break
-        except RuntimeError:  # changed size while copied
-            continue
-    heads = [lane[0] for lane in lanes if lane]
-    # Parked events (a stuck row set aside) are finished for the window but not delivered;
-    # an operator's retry or replay is extra work, not backlog, and its age is not lag.
-    parked = sum(1 for lane in lanes for p in lane if p.parked)
-    window = worker.window
-    unfinished = max(0, len(window) - len(window.finished))
-    unread = max(0, head - worker.read_position) if head is not None else 0
-    captured = [p.event.captured_at for p in heads
-                if (p.redelivery_id is None or p.parked)
-                and p.event.captured_at]
-    failing = [now_mono - p.first_try for p in heads if p.attempts > 0 and p.last_error]
-    return OutputState(
-        pending=unfinished + unread + parked,
-        lag_seconds=max(0.0, now_wall - min(captured)) if captured else 0.0,
-        failing_seconds=max(failing, default=0.0),
-    )
-
-
-def readiness(bridge: Bridge) -> tuple[bool, dict[str, Any]]:
-    """(ready, body) as /readyz reports them; see the module docstring."""
-    if not bridge.active:
-        return True, {"ready": True, "role": "standby", "instance": bridge.instance}
-    source = bridge.source
-    database = source is not None and source.healthy()
-    head = source_head(source)
-    outputs: dict[str, Any] = {}
-    for worker in list(bridge.workers):
-        state = output_state(worker, head)
-        ok = worker.failed is None and state.failing_seconds < STUCK_AFTER
-        outputs[worker.name] = {"ready": ok, "pending": state.pending,
-                                "lag_seconds": round(state.lag_seconds, 3),
-                                "failing_seconds": round(state.failing_seconds, 3)}
-    ready = database and all(o["ready"] for o in outputs.values())
-    return ready, {"ready": ready, "role": "active", "instance": bridge.instance,
-                   "database": database, "outputs": outputs}
+def readiness(active: bool, instance: str, database: bool,
+              outputs: list[tuple[str, bool, Backlog]]) -> tuple[bool, dict[str, Any]]:
+    """(ready, body) as /readyz reports them; see the module docstring. `outputs` holds
+    (name, failed, backlog) per output of the active instance."""
+    if not active:
+        return True, {"ready": True, "role": "standby", "instance": instance}
+    body: dict[str, Any] = {}
+    for name, failed, state in outputs:
+        ok = not failed and state.failing_seconds < STUCK_AFTER
+        body[name] = {"ready": ok, "pending": state.pending,
+                      "lag_seconds": round(state.lag_seconds, 3),
+                      "failing_seconds": round(state.failing_seconds, 3)}
+    ready = database and all(o["ready"] for o in body.values())
+    return ready, {"ready": ready, "role": "active", "instance": instance,
+                   "database": database, "outputs": body}
 
 
 class HealthServer:
     """Serves the bridge's figures from a daemon thread until `stop()`."""
 
-    def __init__(self, bridge: Bridge, port: int, host: str = HOST) -> None:
-        self.bridge = bridge
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], Readiness],
+                 port: int, host: str = HOST) -> None:
+        self.registry = registry
+        self.ready = ready
         try:
             self._server = http.server.ThreadingHTTPServer((host, port), self._handler())
         except OSError as exc:
@@ -135,18 +91,18 @@ class HealthServer:
         self._server.server_close()
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        bridge = self.bridge
+        registry, ready_now = self.registry, self.ready
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._reply(200, generate_latest(bridge.metrics.registry),
+                    self._reply(200, generate_latest(registry),
                                 CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._reply(200, b"ok\n", "text/plain; charset=utf-8")
                 elif path == "/readyz":
-                    ready, body = readiness(bridge)
+                    ready, body = ready_now()
                     self._reply(200 if ready else 503, json.dumps(body).encode() + b"\n",
                                 "application/json")
                 else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skor_bridge.capture.outbox_rows import EVENT_COLUMNS, event_from_row
+from skor_bridge.capture.log_rows import EVENT_COLUMNS, event_from_row
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor

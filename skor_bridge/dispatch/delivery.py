@@ -68,6 +68,19 @@ class Pending:
     parked: bool = False
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """One output's backlog as its worker reports it (see `OutputWorker.backlog`)."""
+
+    #: Events in the worker's window not finished yet, log events it has not read, and
+    #: parked events.
+    pending: int
+    #: Age of the oldest event the worker holds; 0 when it holds none.
+    lag_seconds: float
+    #: How long the oldest failing in-flight event has been failing; 0 when none fails.
+    failing_seconds: float
+
+
 @dataclass
 class Window:
     """Events fetched but not yet finished, and the contiguous finished prefix."""
@@ -144,6 +157,35 @@ class OutputWorker:
 
     def start(self) -> None:
         self.thread.start()
+
+    def backlog(self, head: int | None) -> Backlog:
+        """The worker's backlog, given the source's head; safe to call from any thread.
+
+        Reads the lanes without locking: they change under us, so copy first and accept a
+        figure that is a moment old."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        lanes: list[list[Pending]] = []
+        for _ in range(3):
+            try:
+                lanes = [list(lane) for lane in list(self.lanes.values())]
+                break
+            except RuntimeError:  # changed size while copied
+                continue
+        heads = [lane[0] for lane in lanes if lane]
+        # Parked events (a stuck row set aside) are finished for the window but not
+        # delivered; an operator's retry or replay is extra work, not backlog, and its age
+        # is not lag.
+        parked = sum(1 for lane in lanes for p in lane if p.parked)
+        unfinished = max(0, len(self.window) - len(self.window.finished))
+        unread = max(0, head - self.read_position) if head is not None else 0
+        captured = [p.event.captured_at for p in heads
+                    if (p.redelivery_id is None or p.parked) and p.event.captured_at]
+        failing = [now_mono - p.first_try for p in heads if p.attempts > 0 and p.last_error]
+        return Backlog(
+            pending=unfinished + unread + parked,
+            lag_seconds=max(0.0, now_wall - min(captured)) if captured else 0.0,
+            failing_seconds=max(failing, default=0.0),
+        )
 
     def run(self) -> None:
         try:

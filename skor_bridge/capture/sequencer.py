@@ -1,6 +1,8 @@
-"""Durable capture: the sequencer moves committed outbox rows into the log, and each
-output reads the log from its own position. See `capture.schema` for why this never
-skips a late commit and keeps per-row order."""
+"""The sequencer: moves committed outbox rows into skor.log, numbering them.
+
+See `capture.schema` for why this never skips a late commit and keeps per-row order.
+Runs on the active instance only, in its own thread with its own connection.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +11,14 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
-from skor_bridge.capture import progress
-from skor_bridge.capture.outbox_rows import EVENT_COLUMNS, event_from_row
 from skor_bridge.db import Reconnecting, Stopped
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor
 
     from skor_bridge.config import Config
-    from skor_bridge.event import ChangeEvent
 
-log = logging.getLogger("skor_bridge.capture")
+log = logging.getLogger(__name__)
 
 _MOVE = """
 WITH moved AS (
@@ -38,34 +37,17 @@ WITH moved AS (
 UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
 """
 
-#: Bytes of row data one fetch returns at most (always at least one event), so a run of
-#: huge rows cannot balloon the bridge's memory.
-FETCH_BYTES = 8 * 1024 * 1024
-
-# The running sum streams under the LIMIT, so the scan still stops after `limit` rows.
-_SELECT_EVENTS = f"""
-SELECT {EVENT_COLUMNS} FROM (
-    SELECT *, sum(octet_length(data)) OVER (ORDER BY pos) AS running
-    FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
-) fetched WHERE running - octet_length(data) < %s ORDER BY pos
-"""
-
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
 
-class DurableSource:
-    """Capture through the outbox the triggers write in the user's transaction.
+class Sequencer:
+    """Numbers committed outbox rows into the log and tells waiting readers about it."""
 
-    Guarantee: every committed change gets exactly one log position, in an order that keeps
-    each row's changes in commit order; nothing is lost while the bridge is down, and
-    rolled-back changes never appear (they never commit to the outbox).
-    """
-
-    def __init__(self, config: Config, stop: threading.Event) -> None:
+    def __init__(self, config: Config, stopping: threading.Event) -> None:
         self.config = config
-        self.stopping = stop
-        self._capture_stopped = threading.Event()
-        self._db = Reconnecting(config.source.dsn, "sequencer", stop)
+        self.stopping = stopping
+        self._stopped = threading.Event()
+        self._db = Reconnecting(config.source.dsn, "sequencer", stopping)
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._head = 0
         self._install_id = ""
@@ -87,16 +69,16 @@ class DurableSource:
         self._head, self._install_id = self._db.run(read_state)
         self._thread.start()
 
-    def stop_capture(self) -> None:
+    def stop(self) -> None:
         """Stop moving new events; outputs keep draining what is already in the log."""
-        self._capture_stopped.set()
+        self._stopped.set()
         with self._moved:
             self._moved.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
     def close(self) -> None:
-        self.stop_capture()
+        self.stop()
         self._db.close()
 
     def healthy(self) -> bool:
@@ -107,20 +89,24 @@ class DurableSource:
         """The newest log position this instance has moved."""
         return self._head
 
-    def feed(self, output: str, kind: str) -> LogFeed:
-        return LogFeed(self, output, kind)
+    def wait_beyond(self, position: int, timeout: float) -> bool:
+        """Wait until the head passes `position`; False on timeout."""
+        with self._moved:
+            return self._moved.wait_for(
+                lambda: self._head > position or self.stopping.is_set(), timeout
+            )
 
-    # -- sequencer -------------------------------------------------------------------------
+    # -- moving ----------------------------------------------------------------------------
 
     def _run(self) -> None:
         limit = self.config.source.batch_size
         idle = False
         try:
-            while not self.stopping.is_set() and not self._capture_stopped.is_set():
+            while not self.stopping.is_set() and not self._stopped.is_set():
                 # An idle outbox is watched with a read-only query: a move locks the counter
                 # row, and so costs a transaction and a WAL flush, even when it finds nothing.
                 if idle and not self._db.run(_outbox_has_rows):
-                    self._capture_stopped.wait(self.config.source.poll_interval)
+                    self._stopped.wait(self.config.source.poll_interval)
                     continue
                 moved, head = self._db.run(lambda cur: self._move(cur, limit))
                 idle = moved == 0
@@ -130,7 +116,7 @@ class DurableSource:
                         self._head = head
                         self._moved.notify_all()
                 if moved < limit:
-                    self._capture_stopped.wait(self.config.source.poll_interval)
+                    self._stopped.wait(self.config.source.poll_interval)
         except Stopped:
             pass
         except Exception:
@@ -177,64 +163,6 @@ class DurableSource:
             upper += size
         self._covered_until = upper
 
-    # -- waiting for new events -----------------------------------------------------------
-
-    def wait_beyond(self, position: int, timeout: float) -> bool:
-        with self._moved:
-            return self._moved.wait_for(
-                lambda: self._head > position or self.stopping.is_set(), timeout
-            )
-
-
-class LogFeed(progress.OutputRecords):
-    """One output's cursor over the log. Used from that output's worker thread only."""
-
-    def __init__(self, source: DurableSource, output: str, kind: str) -> None:
-        self.source = source
-        self.output = output
-        self.kind = kind
-        self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
-
-    def start_position(self) -> int:
-        return self._db.run(self._start_position)
-
-    def _start_position(self, cur: cursor) -> int:
-        cur.execute("SELECT position FROM skor.outputs WHERE name = %s", (self.output,))
-        row = cur.fetchone()
-        if row is not None:
-            return int(row[0])
-        if self.source.config.start_from == "latest":
-            cur.execute("SELECT next_pos - 1 FROM skor.sequencer")
-        else:
-            cur.execute(
-                "SELECT coalesce((SELECT min(pos) - 1 FROM skor.log),"
-                " (SELECT next_pos - 1 FROM skor.sequencer))"
-            )
-        position = _first(cur)
-        cur.execute(
-            "INSERT INTO skor.outputs (name, kind, position) VALUES (%s, %s, %s)"
-            " ON CONFLICT (name) DO NOTHING",
-            (self.output, self.kind, position),
-        )
-        log.info("output %s is new; starting after position %d", self.output, position)
-        return position
-
-    def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
-        events = self._db.run(lambda cur: self._select(cur, after, limit))
-        if not events and wait > 0 and self.source.wait_beyond(after, wait):
-            events = self._db.run(lambda cur: self._select(cur, after, limit))
-        return events
-
-    @staticmethod
-    def _select(cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
-        cur.execute(_SELECT_EVENTS, (after, limit, FETCH_BYTES))
-        return [event_from_row(row) for row in cur.fetchall()]
-
-    def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
-        self._db.run(lambda cur: progress.record_delivered(
-            cur, self.output, delivered, error, position))
-
-
 
 def _outbox_has_rows(cur: cursor) -> bool:
     cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
@@ -246,4 +174,3 @@ def _first(cur: cursor) -> int:
     row = cur.fetchone()
     assert row is not None
     return int(row[0])
-

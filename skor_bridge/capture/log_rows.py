@@ -1,4 +1,5 @@
-"""The column list every event-shaped table shares (log, dead letters, redeliveries)."""
+"""Rows of the event log and the tables shaped like it (dead letters, redeliveries): the
+column list they share and how one becomes a ChangeEvent."""
 
 from __future__ import annotations
 
