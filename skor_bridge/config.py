@@ -35,6 +35,17 @@ def redact(text: str) -> str:
     return _URL_QUERY_SECRET.sub(r"\1***", text)
 
 
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/... : a URL's path and query may hold a token (Slack's
+    /services/T0/B0/XXXX, ?token=, ?sig=), so only where it points is shown."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return redact(url)
+    host = parts.netloc.rpartition("@")[2]
+    hidden = "/..." if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{hidden}"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with full jitter, capped. `max_attempts=None` retries forever."""
@@ -153,18 +164,45 @@ class KafkaConfig:
 SinkSettings = WebhookConfig | AmqpConfig | KafkaConfig
 
 
+Format = Literal["skor", "envelope", "cloudevents"]
+FORMATS: tuple[Format, ...] = ("skor", "envelope", "cloudevents")
+
+
 @dataclass(frozen=True)
 class OutputConfig:
-    """One output. `name` keys its delivery progress and dead letters in the database."""
+    """One output. `name` keys its delivery progress and dead letters in the database; it
+    is given by the user or derived from the destination (see `skor_bridge.identity`)."""
 
     name: str
     kind: Literal["webhook", "amqp", "kafka"]
     settings: SinkSettings
     retry: RetryPolicy = RetryPolicy()
+    #: Globs of SCHEMA.TABLE or TABLE this output receives; empty: every table.
+    tables: tuple[str, ...] = ()
+    #: The body of each message (see `skor_bridge.formats`).
+    format: Format = "skor"
+    #: Where the output starts when the database has no progress for it yet; None: the
+    #: bridge-wide `Config.start_from`.
+    start_from: str | None = None
+    #: The name the first release gave this output by its position; its progress row is
+    #: adopted once if none exists under `name` (upgrades lose and repeat nothing).
+    legacy_name: str | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", self.name):
             raise ConfigError(f"output name: use letters, digits, '.', '_' or '-': {self.name!r}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"format: expected one of {', '.join(FORMATS)}, got {self.format!r}")
+
+    @property
+    def destination(self) -> str:
+        """Where it delivers, for people: secrets and URL paths hidden."""
+        settings = self.settings
+        if isinstance(settings, WebhookConfig):
+            return redact_url(settings.url)
+        if isinstance(settings, AmqpConfig):
+            return f"{redact(settings.url)} exchange {settings.exchange}"
+        return f"{settings.bootstrap} topic {settings.topic}"
 
 
 @dataclass(frozen=True)
@@ -182,10 +220,15 @@ class Config:
     #: Seconds between the active instance's retention passes (shorter in tests).
     retention_interval: float = 60.0
     metrics_port: int | None = None
+    #: Loopback by default: /metrics is for a local scraper unless the operator opens it.
+    metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
-    #: A new output starts from the oldest retained event ("earliest") or the newest.
-    start_from: Literal["earliest", "latest"] = "earliest"
+    #: Where a new output starts: "auto" (latest if the database has delivered events
+    #: before, else earliest), "latest", "earliest", a log position, or a time.
+    start_from: str = "auto"
+    #: Show webhook URLs whole in logs, errors and status (they may hold tokens).
+    show_full_urls: bool = False
 
     def __post_init__(self) -> None:
         if not self.outputs:
@@ -193,7 +236,7 @@ class Config:
         names = [o.name for o in self.outputs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ConfigError(f"outputs: duplicate output name {duplicates[0]!r}")
+            raise ConfigError(f"outputs: two outputs are named {duplicates[0]!r}")
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight: must be at least 1")
 

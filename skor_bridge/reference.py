@@ -38,7 +38,8 @@ def _option_row(param: Any) -> str:
         names = list(param.opts) + list(getattr(param, "secondary_opts", []))
         name = ", ".join(f"`{n}`" for n in names)
     envvar = param.envvar if isinstance(param.envvar, str) else ", ".join(param.envvar or [])
-    text = (getattr(param, "help", None) or "").replace("|", "\\|").replace("\n", " ")
+    text = (getattr(param, "help", None) or "").replace("\\[", "[")
+    text = text.replace("|", "\\|").replace("\n", " ")
     return f"| {name} | {f'`{envvar}`' if envvar else ''} | {text} |"
 
 

@@ -304,7 +304,7 @@ def test_a_malformed_dsn_is_a_config_error(bridge):
     process = bridge("--dsn", "host=localhost password=s3cret dbname",
                      "--webhook", "http://127.0.0.1:9/")
     assert process.proc.wait(30) == 2
-    assert "s3cret" not in process.log and process.log.startswith("error: dsn:")
+    assert "s3cret" not in process.log and process.log.startswith("error: --dsn:")
 
 
 def test_skor_positional_form_and_docker_variables_work(dsn, capture_table, bridge, receiver):

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from skor_bridge.capture import triggers
 from skor_bridge.cli import app
-from skor_bridge.settings import Options, build_config
+from skor_bridge.settings import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -405,11 +405,11 @@ def test_the_config_map_holds_a_loadable_skor_toml_and_triggers_json(tmp_path):
     path = tmp_path / "skor.toml"
     path.write_text(data["skor.toml"])
     # Then skor.toml builds a Config with outputs (the DSN comes from the Secret)
-    config = build_config(Options(dsn="postgresql://skor@postgres/shop"), path, {})
+    config = build_config({"dsn": "postgresql://skor@postgres/shop"}, path, {})
     assert {o.kind for o in config.outputs} >= {"webhook", "kafka"}
     # And with SKOR_AMQP from the Secret, the amqp output joins them
     secret = one("Secret")["stringData"]
-    config = build_config(Options(dsn=secret["SKOR_DSN"], amqp=secret["SKOR_AMQP"]), path, {})
+    config = build_config({}, path, secret)
     assert {o.kind for o in config.outputs} == {"webhook", "kafka", "amqp"}
     # And triggers.json is valid Skor trigger configuration
     assert triggers.parse_config(json.loads(data["triggers.json"]))

@@ -9,11 +9,62 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+import typer.core
+
+# typer vendors click; its exceptions are only importable from there.
+from typer._click.exceptions import ClickException
 
 from skor_bridge import __version__
+
+
+def _no_type_placeholders() -> None:
+    """typer's help prints a type column (`<bool>` for every flag, `<str>` next to an
+    argument's own metavar) that tells a user nothing; our options carry readable metavars."""
+    option_type = typer.core.TyperOption.display_type_rich
+    argument_type = typer.core.TyperArgument.display_type_rich
+
+    def option(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else option_type(self, ctx)
+
+    def argument(self: typer.core.TyperArgument, ctx: Any) -> str | None:
+        return None if self.metavar else argument_type(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = option  # type: ignore[method-assign]
+    typer.core.TyperArgument.display_type_rich = argument  # type: ignore[method-assign,assignment]
+
+
+_no_type_placeholders()
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """A usage error (unknown option, missing or bad value) ends like any other bad input:
+    one line on stderr, exit code 2, instead of typer's framed usage box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        except ClickException as exc:
+            if not standalone_mode:
+                raise
+            where = getattr(getattr(exc, "ctx", None), "command_path", None)
+            hint = f" (see {where} --help)" if where else ""
+            typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 app = typer.Typer(
     name="skor-bridge",
@@ -21,6 +72,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
 
 
