@@ -28,7 +28,8 @@ RUN pip install --no-cache-dir /tmp/dist/*.whl \
 USER 10001:10001
 
 # /metrics, /healthz and /readyz; the HEALTHCHECK below and Kubernetes' probes use them.
-ENV SKOR_METRICS_PORT=9187
+# Every interface: inside a container, probes and scrapers come from outside it.
+ENV SKOR_METRICS_PORT=9187 SKOR_METRICS_HOST=0.0.0.0
 EXPOSE 9187
 # The slim image has no curl; Python's urllib fails (exit 1) on a refused connection or 503.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

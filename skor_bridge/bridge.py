@@ -19,6 +19,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from skor_bridge.capture import registry
 from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.db import connect
@@ -67,7 +68,7 @@ class Bridge:
             # Before leader election, so that a standby answers probes too.
             if self.config.metrics_port is not None:
                 health = HealthServer(self.metrics.registry, self.readiness,
-                                      self.config.metrics_port).start()
+                                      self.config.metrics_port, self.config.metrics_host).start()
             self.startup()
             leadership = Leadership(
                 self.config.source.dsn, self.instance, self.config.failover_timeout
@@ -111,6 +112,8 @@ class Bridge:
         try:
             with conn.cursor() as cur:
                 ensure_schema(cur)
+                if self.config.source.mode == "durable":
+                    registry.register(cur, self.config)
             conn.commit()
         finally:
             conn.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from skor_bridge import config
@@ -127,15 +127,23 @@ def strings(value: object) -> list[str]:
     raise ValueError(f"expected a list of strings, got {value!r}")
 
 
+def moment(spec: str, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (local time without an offset) or a time ago (90s, 10m, 2h, 7d)."""
+    text = spec.strip()
+    match = _DURATION.fullmatch(text)
+    if match and match[2]:
+        return (now or datetime.now(UTC)) - timedelta(seconds=duration(text))
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
+    return parsed if parsed.tzinfo is not None else parsed.astimezone()
+
+
 def start_from(value: object) -> str:
     """latest, earliest, a log position (a whole number) or a time (ISO-8601 or 10m ago)."""
     spec = text(value).strip().lower()
-    if spec in ("latest", "earliest") or spec.isdigit():
-        return spec
-    if _DURATION.fullmatch(spec) and spec[-1:].isalpha():
+    if spec in ("latest", "earliest", "auto") or spec.isdigit():
         return spec
     try:
-        datetime.fromisoformat(spec.upper() if spec.endswith("z") else spec)
+        moment(str(value))
     except ValueError:
         raise ValueError("expected latest, earliest, a log position (123) or a time (2024-05-"
                          f"01T12:00:00Z, or 2h for two hours ago), got {value!r}") from None

@@ -327,7 +327,7 @@ def test_sigterm_stops_cleanly_with_exit_0_and_saves_progress(
     dsn, capture_table, bridge, receiver, db
 ):
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 50) g")
     assert receiver.wait_for(50)
     process.signal(signal.SIGTERM)
@@ -336,7 +336,7 @@ def test_sigterm_stops_cleanly_with_exit_0_and_saves_progress(
         cur.execute("SELECT position FROM skor.outputs WHERE name = 'webhook'")
         assert cur.fetchone()[0] == 50
     # Restarting does not deliver anything twice
-    bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
     time.sleep(1)
     assert receiver.count == 50
 
@@ -402,7 +402,8 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
     stuck = StuckRow(1)
     capture_table(TABLE, "items")
     with Receiver(respond=stuck.respond) as receiver:
-        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "50",
+        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
+                         "--max-in-flight", "50",
                          "--config", short_retry_config(tmp_path, max_backoff=0.2))
         # When row 1 fails and 500 other rows (and more changes of row 1) are written
         execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'first')")

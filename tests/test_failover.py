@@ -55,7 +55,8 @@ def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
 ):
     # Given an active bridge and a standby, and a writer committing 3000 rows over ~3 s
     capture_table(TABLE, "items")
-    active, standby = active_and_standby(bridge, "--dsn", dsn, "--webhook", receiver.url)
+    active, standby = active_and_standby(
+        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}")
     committed = []
 
     def write() -> None:
@@ -85,7 +86,8 @@ def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
 ):
     # Given an active bridge that delivered 100 rows, and a standby
     capture_table(TABLE, "items")
-    active, standby = active_and_standby(bridge, "--dsn", dsn, "--webhook", receiver.url)
+    active, standby = active_and_standby(
+        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}")
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
     assert receiver.wait_for(100)
     # When the active one gets SIGTERM
@@ -107,7 +109,7 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
 ):
     # Given two bridges with a 2 s failover timeout; the first is active
     capture_table(TABLE, "items")
-    args = ("--dsn", dsn, "--webhook", receiver.url, "--failover-timeout", "2")
+    args = ("--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--failover-timeout", "2")
     stuck, standby = active_and_standby(bridge, *args)
     with PositionWatch(dsn) as positions:
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")

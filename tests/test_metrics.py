@@ -49,7 +49,7 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
     failing.set()
     with Receiver(respond=lambda r: 503 if failing.is_set() else 200) as receiver:
         port = free_port()
-        bridge("--dsn", dsn, "--webhook", receiver.url, "--metrics-port", str(port),
+        bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--metrics-port", str(port),
                "--config", short_retry_config(tmp_path)).wait_active()
         assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         before = scrape(port)
@@ -100,10 +100,11 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
 def test_a_standby_answers_probes_and_reports_its_role(dsn, capture_table, bridge, receiver):
     # Given an active bridge
     capture_table(TABLE, "items")
-    bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
     # When a second one starts with a metrics port
     port = free_port()
-    standby = bridge("--dsn", dsn, "--webhook", receiver.url, "--metrics-port", str(port))
+    standby = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
+                     "--metrics-port", str(port))
     standby.wait_for_log("is standing by")
     # Then it is alive and ready, says it stands by, and reports itself inactive
     assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
@@ -119,7 +120,8 @@ def test_a_metrics_port_in_use_fails_at_start_in_one_line(dsn, bridge, receiver)
         busy.listen()
         port = busy.getsockname()[1]
         # When a bridge is asked to serve metrics there
-        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--metrics-port", str(port))
+        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
+                         "--metrics-port", str(port))
         # Then it exits with 1 and one line naming the port
         assert process.proc.wait(20) == 1
     assert process.log.strip().splitlines() == [

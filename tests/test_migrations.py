@@ -98,7 +98,7 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
     assert scalar(dsn, "SELECT to_regclass('skor.migrations')") is None
 
     # When this release's bridge runs against it
-    process = bridge("--dsn", dsn, "--webhook", receiver.url)
+    process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}")
     # Then exactly the 23 pending events arrive, once, and nothing delivered before is resent
     assert receiver.wait_for(23)
     wait_until(lambda: scalar(

@@ -44,7 +44,7 @@ def test_status_and_events_list_report_pending_delivered_and_dead_events_exactly
         return 400 if row in (3, 4, 5) else 503 if row > 10 else 200
 
     with Receiver(respond=respond) as receiver:
-        process = bridge("--dsn", dsn, "--webhook", receiver.url,
+        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
                          "--config", short_retry_config(tmp_path)).wait_active()
         # When rows 1-10 are delivered or dead-lettered
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 10) g")
@@ -128,7 +128,8 @@ def test_parked_events_of_a_stuck_row_count_as_pending_until_delivered(
     stuck.set()
     with Receiver(respond=lambda r: 503 if stuck.is_set() and row_id(r) == 1 else 200) \
             as receiver:
-        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "10",
+        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
+                         "--max-in-flight", "10",
                          "--config", short_retry_config(tmp_path, max_backoff=0.2))
         process.wait_active()
         # When row 1 fails while 30 other rows fill the window, so row 1 is parked
@@ -172,7 +173,7 @@ def test_retrying_dead_letters_delivers_them_again_with_their_original_event_ids
     capture_table(TABLE, "items")
     rejected = {3, 4}
     with Receiver(respond=lambda r: 400 if row_id(r) in rejected else 200) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+        bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 6) g")
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 2
                    and receiver.wait_for(4, timeout=0), timeout=15, message="2 dead, 4 delivered")
@@ -215,7 +216,7 @@ def test_replay_delivers_one_tables_delivered_events_again_in_order_with_the_sam
     items = capture_table(TABLE, "items")
     notes = capture_table("CREATE TABLE notes (id int PRIMARY KEY)", "notes")
     triggers.install(dsn, [*items, *notes], "durable")  # one install covers both tables
-    bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
     started = datetime.now(UTC)
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 50) g",
             "UPDATE items SET name = 'b' WHERE id <= 5",

@@ -53,7 +53,8 @@ def test_inserts_and_repeated_updates_reach_kafka_one_partition_per_row_in_order
 ):
     # Given a bridge producing to one topic for the table
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--kafka", kafka_broker.bootstrap, "--kafka-topic", kafka_topic)
+    process = bridge("--dsn", dsn, "--kafka", f"kafka={kafka_broker.bootstrap}",
+                     "--kafka-topic", kafka_topic)
     # When 500 rows are inserted and each is updated 3 times
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' FROM generate_series(1, 500) g",
             *["UPDATE items SET qty = qty + 1" for _ in range(3)])
@@ -80,7 +81,7 @@ def test_fan_out_sends_each_event_to_every_output_with_the_same_id(
     # Given one bridge with a webhook, RabbitMQ and Kafka
     capture_table(TABLE, "items")
     bridge("--dsn", dsn, "--webhook", receiver.url, "--amqp", amqp_url,
-           "--amqp-exchange", amqp_queue.exchange, "--kafka", kafka_broker.bootstrap,
+           "--amqp-exchange", amqp_queue.exchange, "--kafka", f"kafka={kafka_broker.bootstrap}",
            "--kafka-topic", kafka_topic)
     # When 200 rows are inserted
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' FROM generate_series(1, 200) g")
@@ -157,7 +158,8 @@ def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(
     # Given a broker address where nothing listens yet
     broker = kafka_broker_factory()
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--kafka", broker.bootstrap, "--kafka-topic", kafka_topic,
+    process = bridge("--dsn", dsn, "--kafka", f"kafka={broker.bootstrap}",
+                     "--kafka-topic", kafka_topic,
                      "--kafka-option", "message.timeout.ms=2000",
                      "--config", short_retry_config(tmp_path, max_backoff=1))
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 100) g")
