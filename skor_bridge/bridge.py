@@ -113,7 +113,7 @@ class Bridge:
             with conn.cursor() as cur:
                 ensure_schema(cur)
                 if self.config.source.mode == "durable":
-                    registry.register(cur, self.config)
+                    registry.register(cur, self.config, self.instance)
             conn.commit()
         finally:
             conn.close()

@@ -265,7 +265,7 @@ OPTIONS: tuple[Option, ...] = (
            "7d", 7 * 86400.0, TUNING, key="retention"),
     Option("retention_interval", positive(), "Seconds between retention passes.", "SECONDS",
            "60", 60.0, TUNING, key="retention_interval", hidden=True),
-    Option("partition_size", integer(1000), "Positions per log partition.", "N", "100000",
+    Option("partition_size", integer(1), "Positions per log partition.", "N", "100000",
            100_000, key="partition_size", cli=False),
     Option("metrics_port", integer(1, 65535), "Serve /metrics, /healthz and /readyz on this "
            "port.", "PORT", "off", panel=TUNING, key="metrics_port"),

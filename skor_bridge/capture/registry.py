@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Tables whose rows belong to one output, by the column naming it.
-_OWNED = (("skor.dead_letters", "output"), ("skor.redeliveries", "output"),
-          ("skor.delivery_stats", "output"))
+OWNED = (("skor.dead_letters", "output"), ("skor.redeliveries", "output"),
+         ("skor.delivery_stats", "output"), ("skor.output_instances", "output"))
 
 
-def register(cur: cursor, config: Config) -> None:
-    """Create the missing progress rows of `config`'s outputs (caller commits)."""
+def register(cur: cursor, config: Config, instance: str) -> None:
+    """Create the missing progress rows of `config`'s outputs, and note that `instance`
+    serves them (caller commits)."""
     cur.execute("SELECT name, kind FROM skor.outputs FOR UPDATE")
     known = dict(cur.fetchall())
     history = bool(known)
@@ -52,11 +53,26 @@ def register(cur: cursor, config: Config) -> None:
                     " ON CONFLICT (name) DO NOTHING", (output.name, output.kind, position))
         known[output.name] = output.kind
         _announce(cur, output, spec, position, history)
+    _seen(cur, config, instance)
+
+
+def _seen(cur: cursor, config: Config, instance: str) -> None:
+    for output in config.outputs:
+        cur.execute("UPDATE skor.outputs SET destination = %s WHERE name = %s",
+                    (output.destination, output.name))
+        cur.execute("INSERT INTO skor.output_instances (output, instance) VALUES (%s, %s)"
+                    " ON CONFLICT (output, instance) DO UPDATE SET seen_at = now()",
+                    (output.name, instance))
+    # Instances gone for a day, except each output's last one ("last seen by").
+    cur.execute("DELETE FROM skor.output_instances o WHERE seen_at < now() - interval '1 day'"
+                " AND NOT EXISTS (SELECT FROM skor.instances i WHERE i.instance = o.instance)"
+                " AND EXISTS (SELECT FROM skor.output_instances n"
+                "             WHERE n.output = o.output AND n.seen_at > o.seen_at)")
 
 
 def adopt(cur: cursor, old: str, new: str) -> None:
     cur.execute("UPDATE skor.outputs SET name = %s WHERE name = %s", (new, old))
-    for table, column in _OWNED:
+    for table, column in OWNED:
         cur.execute(f"UPDATE {table} SET {column} = %s WHERE {column} = %s", (new, old))
 
 

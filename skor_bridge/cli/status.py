@@ -23,8 +23,10 @@ from skor_bridge.cli.common import (
 from skor_bridge.cli.errors import expected_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
+    from skor_bridge.ops.outputs import OutputRow
     from skor_bridge.ops.status import Status
 
 
@@ -34,20 +36,32 @@ def register(app: typer.Typer) -> None:
 
 def status(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
     """Show each output's backlog, lag and dead letters, the instances, and the log's size."""
+    from skor_bridge.ops.outputs import list_outputs
     from skor_bridge.ops.status import collect
 
     with expected_errors(), database(dsn, "status") as conn:
         snapshot = collect(conn)
+        lifecycle = {row.name: row for row in list_outputs(conn)}
     if as_json:
-        print_json(snapshot.to_json())
+        document = snapshot.to_json()
+        for output in document.get("outputs", []):
+            row = lifecycle.get(output.get("name"))
+            output["served"] = row.served if row else None
+        print_json(document)
     else:
-        typer.echo(render_status(snapshot))
+        typer.echo(render_status(snapshot, lifecycle))
 
 
-def render_status(snapshot: Status) -> str:
+def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = None) -> str:
+    lifecycle = lifecycle or {}
+
+    def name(output: str) -> str:
+        row = lifecycle.get(output)
+        return f"{output} (not served)" if row is not None and not row.served else output
+
     outputs = table(
         ["OUTPUT", "KIND", "POSITION", "PENDING", "LAG", "DELIVERED/1M", "DEAD", "LAST ERROR"],
-        [[o.name, o.kind, o.position,
+        [[name(o.name), o.kind, o.position,
           f"{o.pending} ({o.parked} parked)" if o.parked else o.pending,
           duration(o.lag_seconds),
           o.delivered_last_minute,
@@ -67,7 +81,12 @@ def render_status(snapshot: Status) -> str:
         f"partition(s), {size(log.log_bytes)}; outbox: {log.outbox_rows} row(s), "
         f"{size(log.outbox_bytes)}"
     )
-    return f"{outputs}\n\n{instances}\n\n{log_line}"
+    warnings = "".join(
+        f"\nwarning: output {row.name} is not served by any running instance and holds back "
+        f"the log's retention at position {row.position}; if it is gone for good: "
+        f"skor-bridge outputs forget {row.name}"
+        for row in lifecycle.values() if not row.served and row.holds_retention)
+    return f"{outputs}\n\n{instances}\n\n{log_line}{warnings}"
 
 
 def _last_error(error: str | None, at: datetime | None, now: datetime) -> str:
