@@ -28,6 +28,7 @@ from skor_bridge.errors import DatabaseError, StartupError
 from skor_bridge.health import HealthServer, Readiness, readiness
 from skor_bridge.leader import Leadership
 from skor_bridge.metrics import Metrics
+from skor_bridge.routing import route
 from skor_bridge.sinks import load_sink
 
 if TYPE_CHECKING:
@@ -138,7 +139,8 @@ class Bridge:
         self.workers = [
             OutputWorker(
                 output,
-                load_sink(output.kind, output.name, output.settings),
+                route(load_sink(output.kind, output.name, output.settings), output,
+                      self.config.source.dsn),
                 source.feed(output.name, output.kind),
                 self.metrics,
                 stopping,

@@ -26,8 +26,11 @@ class ChangeEvent:
     data: str
     key: str | None = None
     captured_at: float = 0.0
-    #: Skor's notify payload, passed through byte for byte in notify mode.
+    #: Skor's notify payload, passed through byte for byte in notify mode; or the body an
+    #: output's format rendered (`skor_bridge.formats`).
     raw_body: bytes | None = field(default=None, compare=False)
+    #: Headers the output's format adds (content-type, CloudEvents ce_* attributes).
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def ordering_key(self) -> str:

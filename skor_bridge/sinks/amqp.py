@@ -167,7 +167,8 @@ class AmqpSink(Sink):
             if inflight.results[i] is not None:
                 continue
             properties = pika.BasicProperties(
-                content_type="application/json", delivery_mode=2, message_id=event.id,
+                content_type=dict(event.headers).get("content-type", "application/json"),
+                delivery_mode=2, message_id=event.id,
                 timestamp=int(event.captured_at) or now,
                 headers={"schema": event.schema, "table": event.table, "op": event.op})
             # Always mandatory: otherwise an unroutable message is acked like any other and

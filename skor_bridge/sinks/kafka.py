@@ -205,7 +205,7 @@ class KafkaSink(Sink):
         for i, event in enumerate(batch):
             key = event.key if event.key is not None else event.qualified_table
             headers: Headers = [("event-id", event.id), ("schema", event.schema),
-                                ("table", event.table), ("op", event.op)]
+                                ("table", event.table), ("op", event.op), *event.headers]
             while True:
                 try:
                     producer.produce(topics[i], event.body(), key,
