@@ -28,11 +28,20 @@ _URL_USERINFO = re.compile(
 _URL_QUERY_SECRET = re.compile(r"([?&](?:password|sasl\.password|secret)=)[^&]*", re.I)
 
 
-def redact(text: str) -> str:
-    """Hide passwords in a DSN, URL or any message that may contain one."""
+_HTTP_URL = re.compile(r"(?P<origin>https?://[^/\s?#'\"<>]+)(?P<rest>[/?#][^\s'\"<>]*)?",
+                       re.IGNORECASE)
+
+
+def redact(text: str, urls: bool = True) -> str:
+    """Hide passwords in a DSN, URL or any message that may contain one; with `urls`, also
+    the path and query of http(s) URLs (webhook tokens: ?token=, sig=, Slack's path)."""
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
     text = _KV_PASSWORD.sub(r"\1***", text)
-    return _URL_QUERY_SECRET.sub(r"\1***", text)
+    text = _URL_QUERY_SECRET.sub(r"\1***", text)
+    if urls:
+        text = _HTTP_URL.sub(lambda m: m["origin"] + ("/..." if (m["rest"] or "/") != "/"
+                                                      else m["rest"] or ""), text)
+    return text
 
 
 def redact_url(url: str) -> str:
@@ -99,6 +108,8 @@ class WebhookConfig:
     #: PEM file of the CA(s) that sign an https receiver's certificate, instead of the
     #: public bundle (certifi): for receivers behind a private CA.
     ca_file: str | None = None
+    #: Show the URL whole in errors (`--show-full-urls`); else scheme://host/... only.
+    show_full_url: bool = False
 
     def __post_init__(self) -> None:
         parsed = urllib.parse.urlsplit(self.url)
@@ -113,6 +124,11 @@ class WebhookConfig:
             raise ConfigError("webhook: timeout must be positive and concurrency at least 1")
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             raise ConfigError(f"webhook_ca_file: no such file: {self.ca_file}")
+
+
+def shown_url(config: WebhookConfig) -> str:
+    """The webhook's URL as errors and status show it."""
+    return redact(config.url, urls=not config.show_full_url)
 
 
 def signing_key(secret: str) -> bytes:

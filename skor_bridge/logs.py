@@ -11,11 +11,16 @@ from skor_bridge.config import redact
 
 
 class RedactingFilter(logging.Filter):
-    """Last line of defence: scrub DSN/URL passwords from every record's final text."""
+    """Last line of defence: scrub DSN/URL passwords, and the paths and queries of http(s)
+    URLs (which may hold tokens) unless `full_urls`, from every record's final text."""
+
+    def __init__(self, full_urls: bool = False) -> None:
+        super().__init__()
+        self.full_urls = full_urls
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact(message, urls=not self.full_urls)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
@@ -35,9 +40,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
+def configure(level: str = "INFO", fmt: str = "text", full_urls: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(full_urls))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -152,7 +152,7 @@ def build_config(cli: Mapping[str, object], config_file: Path | None,
         batch_size=value("batch_size")))
     retry = _make("retry", lambda: RetryPolicy(
         value("max_attempts"), value("initial_backoff"), value("max_backoff")))
-    outputs = _merge(_file_outputs(file, str(config_file), values, retry),
+    outputs = _merge(_file_outputs(file, str(config_file), value("show_full_urls"), retry),
                      _command_line_outputs(values, environ, retry))
     return _make("outputs", lambda: Config(
         source=source, outputs=tuple(output for output, _ in outputs),
@@ -189,7 +189,7 @@ def _output(kind: str, settings: SinkSettings, name: str | None, legacy: str,
         legacy_name=legacy if legacy != name else None))
 
 
-def _file_outputs(file: Mapping[str, Any], label: str, values: Mapping[str, Given],
+def _file_outputs(file: Mapping[str, Any], label: str, full_urls: bool,
                   retry: RetryPolicy) -> list[Placed]:
     tables = file.get("outputs", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
@@ -218,6 +218,8 @@ def _file_outputs(file: Mapping[str, Any], label: str, values: Mapping[str, Give
         own_retry = _make(where, RetryPolicy, parsed.pop("max_attempts", retry.max_attempts),
                           parsed.pop("initial_backoff", retry.initial_backoff),
                           parsed.pop("max_backoff", retry.max_backoff))
+        if kind == "webhook":
+            parsed["show_full_url"] = full_urls
         settings = _settings(kind, parsed, where)
         output = _output(kind, settings, name, name or identity.legacy_name(kind, index), common,
                          own_retry, where)
@@ -266,7 +268,7 @@ def _command_line_outputs(values: Mapping[str, Given], environ: Mapping[str, str
         settings = _make(
             where, WebhookConfig, url=url, secret=value("webhook_secret"), headers=headers,
             timeout=value("webhook_timeout"), concurrency=value("webhook_concurrency"),
-            ca_file=value("webhook_ca_file"))
+            ca_file=value("webhook_ca_file"), show_full_url=value("show_full_urls"))
         result.append((_output("webhook", settings, name, identity.legacy_name("webhook", index),
                                common, retry, where), where))
     if value("amqp"):

@@ -81,7 +81,7 @@ def run(ctx: typer.Context, **given: Any) -> None:
         cli["webhook"] = [*(cli.get("webhook") or []), url_arg]
     with expected_errors():
         cfg = build_config(cli, config, os.environ)
-        logs.configure(cfg.log_level, cfg.log_format)
+        logs.configure(cfg.log_level, cfg.log_format, cfg.show_full_urls)
         code = Bridge(cfg).run()
     raise typer.Exit(code)
 

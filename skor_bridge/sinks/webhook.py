@@ -10,7 +10,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
-from skor_bridge.config import redact, signing_key
+from skor_bridge.config import redact, shown_url, signing_key
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
 from skor_bridge.sinks.http1 import Http1Client, ProtocolError
@@ -53,7 +53,7 @@ class WebhookSink(Sink):
         self.max_batch = config.concurrency * 8
         self._key = signing_key(config.secret) if config.secret else None
         self._client: Http1Client | None = None
-        self._safe_url = redact(config.url)
+        self._safe_url = shown_url(config)
 
     def open(self) -> None:
         fixed = {name.lower() for name, _ in FIXED_HEADERS}
