@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from skor_bridge.config import redact
 
@@ -26,6 +30,52 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class SummarisingFilter(logging.Filter):
+    """A warning (or worse) that repeats is logged once, then at most once per `window`
+    seconds with the number held back in between: an unreachable broker or a flood of
+    unroutable messages gives a few lines a minute, not thousands.
+
+    Repeats are records of one logger and level whose message template is the same once
+    digits are ignored (librdkafka formats its own lines, with counters and ports in them).
+    """
+
+    #: Distinct repeating messages remembered; the oldest is forgotten beyond this.
+    MAX_KEYS = 1000
+
+    def __init__(self, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()
+        #: key -> [when the last line for it was let through, lines held back since]
+        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, re.sub(r"\d+", "#", str(record.msg)))
+        now = self.clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is None:
+                self._seen[key] = [now, 0]
+                if len(self._seen) > self.MAX_KEYS:
+                    self._seen.popitem(last=False)
+                return True
+            self._seen.move_to_end(key)
+            since, held = entry
+            if now - since < self.window:
+                entry[1] += 1
+                return False
+            entry[:] = [now, 0]
+        if held:
+            record.msg = (f"{record.getMessage()} (and {int(held)} more like it in the last "
+                          f"{now - since:.0f}s)")
+            record.args = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -42,6 +92,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str = "INFO", fmt: str = "text", full_urls: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SummarisingFilter())
     handler.addFilter(RedactingFilter(full_urls))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -51,5 +102,10 @@ def configure(level: str = "INFO", fmt: str = "text", full_urls: bool = False) -
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    # pika logs every failed connection attempt at ERROR; our own one-line warning says it.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # pika logs each failed connection attempt (at ERROR, several lines for one failure):
+    # its warnings go through the same summary as ours; librdkafka's lines already come
+    # through skor_bridge.sinks.kafka's logger.
+    pika = logging.getLogger("pika")
+    pika.handlers[:] = [handler]
+    pika.setLevel(max(logging.WARNING, root.level))
+    pika.propagate = False
