@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from skor_bridge.capture import registry
 from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
+from skor_bridge.capture.wal.slot import wal_installed
 from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
@@ -54,6 +55,8 @@ class Bridge:
         self.stop_requested = threading.Event()
         self.workers: list[OutputWorker] = []
         self.source: Source | None = None
+        #: The capture mode in effect: WAL capture, once installed, replaces the default.
+        self.mode = config.source.mode
         self.active = False
         self.fatal: BaseException | None = None
         # The source whose `captured` count was last fed to metrics, and that count.
@@ -113,22 +116,28 @@ class Bridge:
         try:
             with conn.cursor() as cur:
                 ensure_schema(cur)
-                if self.config.source.mode == "durable":
+                if self.mode == "durable" and wal_installed(cur):
+                    self.mode = "wal"
+                if self.mode in ("durable", "wal"):
                     registry.register(cur, self.config, self.instance)
             conn.commit()
         finally:
             conn.close()
         outputs = ", ".join(f"{o.name} ({o.kind})" for o in self.config.outputs)
         log.info("skor-bridge %s starting: %s capture on %s; outputs: %s", self.instance,
-                 self.config.source.mode, self.config.source.safe_dsn, outputs)
+                 self.mode, self.config.source.safe_dsn, outputs)
 
     # -- active term ------------------------------------------------------------------------
 
     def _make_source(self, stopping: threading.Event) -> Source:
-        if self.config.source.mode == "notify":
+        if self.mode == "notify":
             from skor_bridge.capture.notify import NotifySource
 
             return NotifySource(self.config, stopping)
+        if self.mode == "wal":
+            from skor_bridge.capture.wal.source import WalSource
+
+            return WalSource(self.config, stopping)
         from skor_bridge.capture.durable import DurableSource
 
         return DurableSource(self.config, stopping)
@@ -170,6 +179,8 @@ class Bridge:
         for worker in self.workers:
             if worker.failed is not None:
                 self.fatal = worker.failed
+        if getattr(source, "failed", None) is not None:  # e.g. the WAL slot disappeared
+            self.fatal = getattr(source, "failed", None)
         if lost:
             log.warning("leadership lost; standing by again")
 

@@ -19,8 +19,8 @@ from skor_bridge.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-Mode = Literal["durable", "notify"]
-MODES: tuple[Mode, ...] = ("durable", "notify")
+Mode = Literal["durable", "notify", "wal"]
+MODES: tuple[Mode, ...] = ("durable", "notify", "wal")
 
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URL_USERINFO = re.compile(

@@ -11,7 +11,9 @@ import pytest
 
 from skor_bridge.receiver import Receiver
 
-pytest_plugins = ["tests.fixtures_amqp", "tests.fixtures_kafka", "tests.fixtures_bridge"]
+pytest_plugins = [
+    "tests.fixtures_amqp", "tests.fixtures_kafka", "tests.fixtures_bridge", "tests.fixtures_wal",
+]
 
 #: The server every test database is created on; override for another PostgreSQL.
 ADMIN_DSN = os.environ.get(

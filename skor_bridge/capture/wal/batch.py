@@ -1,0 +1,162 @@
+"""A chunk of changes made ready for the log: `when` applied and every value rendered.
+
+What needs the server is asked once per chunk: one query per table and operation with a
+`when`, one per type that only the server can render (composite types, user types with
+their own json cast). Both run with the replication session's settings, so the text the
+WAL carries reads back as the same values.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from skor_bridge.capture.wal.render import SESSION_SETTINGS, quote, render
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from psycopg2.extensions import cursor
+
+    from skor_bridge.capture.wal.changes import Change, Row, Table
+    from skor_bridge.capture.wal.render import PgType
+
+_SETTINGS = "; ".join(f"SET {name} = '{value}'" for name, value in SESSION_SETTINGS.items())
+
+
+def when_sql(table: str, op: str, condition: str) -> str:
+    """The query that evaluates a `when` condition for a batch of rows given as JSON.
+
+    OLD and NEW are the rows rebuilt by jsonb_populate_record, so the condition reads
+    `NEW.status` as the trigger's WHEN did. An INSERT has no OLD and a DELETE no NEW, as
+    in trigger mode, so a condition that uses them fails here, at install.
+    """
+    lateral = []
+    if op != "insert":
+        lateral.append(f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, u.o) AS old")
+    if op != "delete":
+        lateral.append(f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, u.n) AS new")
+    return (
+        "SELECT u.i FROM unnest(%s::jsonb[], %s::jsonb[]) WITH ORDINALITY AS u(o, n, i) "
+        + " ".join(lateral)
+        + f" WHERE (\n{condition}\n) ORDER BY u.i"
+    )
+
+
+def _row_json(table: Table, row: Row | None) -> str | None:
+    if row is None:
+        return None
+    parts = []
+    for label, pg_type, value in zip(table.labels, table.types, row, strict=False):
+        if value is None:
+            continue
+        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        parts.append(label + (text if pg_type.category == "json" else quote(text)))
+    return "{" + ",".join(parts) + "}"
+
+
+class Renderer:
+    """Renders chunks of changes; `run(op)` runs `op(cursor)` on the bridge's connection."""
+
+    def __init__(self, run: Callable[[Callable[[cursor], object]], object]) -> None:
+        self._run = run
+        self._server: dict[tuple[int, str], str] = {}
+
+    def prepare(self, changes: list[Change]) -> list[Change]:
+        """The changes `when` keeps, with server-rendered values fetched."""
+        kept = self._apply_when(changes)
+        self._fetch_server_values(kept)
+        return kept
+
+    # -- when ------------------------------------------------------------------------------
+
+    def _apply_when(self, changes: list[Change]) -> list[Change]:
+        groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, change in enumerate(changes):
+            if change.table.spec.when is not None and change.sub == 0:
+                groups[(id(change.table), change.when_op)].append(i)
+        if not groups:
+            return changes
+        dropped: set[int] = set()
+        for indexes in groups.values():
+            first = changes[indexes[0]]
+            sql = when_sql(first.table.spec.qualified, first.when_op,
+                           first.table.spec.when or "")
+            olds = [_row_json(changes[i].table, changes[i].old) for i in indexes]
+            news = [_row_json(changes[i].table, changes[i].new) for i in indexes]
+
+            def evaluate(cur: cursor, sql: str = sql, olds: list[str | None] = olds,
+                         news: list[str | None] = news) -> set[int]:
+                cur.execute(_SETTINGS)
+                cur.execute(sql, (olds, news))
+                return {int(row[0]) - 1 for row in cur.fetchall()}
+
+            passed = self._run(evaluate)
+            assert isinstance(passed, set)
+            dropped.update(i for n, i in enumerate(indexes) if n not in passed)
+        # The second event of a key change follows the fate of the first.
+        kept: list[Change] = []
+        keep = True
+        for i, change in enumerate(changes):
+            if change.sub == 0:
+                keep = i not in dropped
+            if keep:
+                kept.append(change)
+        return kept
+
+    # -- values only the server renders ----------------------------------------------------
+
+    def _fetch_server_values(self, changes: list[Change]) -> None:
+        wanted: dict[int, tuple[PgType, set[str]]] = {}
+        for change in changes:
+            table = change.table
+            for i in set(table.columns_for(change.op.lower())) | set(table.key):
+                pg_type, value = table.types[i], change.row[i]
+                if pg_type.category == "server" and isinstance(value, str):
+                    if (pg_type.oid, value) not in self._server:
+                        wanted.setdefault(pg_type.oid, (pg_type, set()))[1].add(value)
+        if len(self._server) > 100_000:  # a cache, not a store: keep it small
+            self._server.clear()
+        for pg_type, texts in wanted.values():
+            values = sorted(texts)
+
+            def ask(cur: cursor, pg_type: PgType = pg_type, values: list[str] = values
+                    ) -> list[str]:
+                cur.execute(_SETTINGS)
+                cur.execute(f"SELECT to_json(v::{pg_type.name})::text FROM unnest(%s::text[])"
+                            " WITH ORDINALITY AS u(v, i) ORDER BY i", (values,))
+                return [row[0] for row in cur.fetchall()]
+
+            answers = self._run(ask)
+            assert isinstance(answers, list)
+            for text, answer in zip(values, answers, strict=True):
+                self._server[(pg_type.oid, text)] = answer
+
+    def _server_value(self, pg_type: PgType, text: str) -> str:
+        return self._server[(pg_type.oid, text)]
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def value(self, pg_type: PgType, value: str | bytes | None) -> str:
+        if value is None:
+            return "null"
+        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        return render(pg_type, text, self._server_value)
+
+    def data(self, change: Change) -> str:
+        """The event's `data`, as row_to_json writes it."""
+        table, row = change.table, change.row
+        return "{" + ",".join(
+            table.labels[i] + self.value(table.types[i], row[i])
+            for i in table.columns_for(change.op.lower())
+        ) + "}"
+
+    def key(self, change: Change) -> str | None:
+        """The primary key as compact JSON, `{"id":42}`, as trigger mode builds it."""
+        table, row = change.table, change.row
+        if not table.key:
+            return None
+        return "{" + ",".join(
+            table.labels[i] + self.value(table.types[i], row[i]) for i in table.key
+        ) + "}"
+

@@ -1,0 +1,432 @@
+"""WAL capture: the active instance reads the slot and appends each committed transaction's
+events to skor.log, in commit order.
+
+    slot (pgoutput) --> parse --> changes (triggers.json applied) --> chunk
+        --> one transaction: skor.log rows + skor.wal_state --> acknowledge the slot
+
+The slot is acknowledged (`flush_lsn`) only up to transactions whose events are in the
+log, so a crash anywhere re-reads what was not written and skips, by LSN, what was.
+A transaction larger than one chunk is written in several, each recording how many of
+its row messages are in; memory holds one chunk at most. Events then flow to the outputs
+from the log exactly as in trigger mode, so a slow or failing output never holds WAL on
+the server: the log's retention takes over.
+
+An idle publication on a busy server: the walsender's keepalives carry the server's WAL
+position, and once everything received is acknowledged psycopg2 confirms those positions
+too, so the slot keeps up with the server even when no captured table changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import select
+import threading
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+
+from skor_bridge.capture.durable import DurableSource
+from skor_bridge.capture.sequencer import Sequencer
+from skor_bridge.capture.trigger_config import parse_config
+from skor_bridge.capture.wal import protocol
+from skor_bridge.capture.wal.batch import Renderer
+from skor_bridge.capture.wal.changes import Change, Table, changes_of
+from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog
+from skor_bridge.capture.wal.slot import slot_lost
+from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
+from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
+from skor_bridge.dispatch.backoff import backoff_delay
+from skor_bridge.errors import DatabaseError, StartupError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from psycopg2.extensions import cursor
+
+    from skor_bridge.capture.trigger_config import TableSpec
+    from skor_bridge.config import Config
+
+log = logging.getLogger("skor_bridge.capture.wal")
+
+#: Bytes of row data one chunk holds at most (besides `batch_size` events).
+CHUNK_BYTES = 4 * 1024 * 1024
+
+#: Seconds between acknowledgements psycopg2 sends on its own (and answers keepalives).
+STATUS_INTERVAL = 1.0
+
+_KEY_QUERY = """
+SELECT a.attname FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n
+"""
+
+
+def replication_options() -> str:
+    """libpq `options` fixing the text form the walsender writes values in."""
+    return " ".join(f"-c {name}={value.replace(' ', '')}"
+                    for name, value in SESSION_SETTINGS.items())
+
+
+def identify(dsn: str) -> tuple[str, int]:
+    """(system identifier, timeline) of the server, over a replication connection."""
+    conn = replication_connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("IDENTIFY_SYSTEM")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+def replication_connect(dsn: str) -> Any:
+    try:
+        return psycopg2.connect(
+            dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            connect_timeout=CONNECT_TIMEOUT, application_name="skor-bridge wal",
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            options=replication_options(),
+        )
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"cannot open a replication connection: {describe(exc)}") from None
+
+
+def proto_version(server_version: int) -> str:
+    """The newest pgoutput protocol the server speaks whose messages we parse: without
+    streaming or two-phase options, versions 2-4 send what version 1 sends."""
+    if server_version >= 160000:
+        return "4"
+    if server_version >= 150000:
+        return "3"
+    if server_version >= 140000:
+        return "2"
+    return "1"
+
+
+class _Transaction:
+    __slots__ = ("begin", "messages", "skip_messages", "skip")
+
+    def __init__(self, begin: protocol.Begin, skip: bool, skip_messages: int) -> None:
+        self.begin = begin
+        #: Row messages seen so far (the next one's number).
+        self.messages = 0
+        self.skip = skip
+        self.skip_messages = skip_messages
+
+
+class WalSource(DurableSource):
+    """Capture from a logical replication slot. Log feeds, positions and waiting are the
+    durable source's; only what fills the log differs: this reader instead of the outbox
+    sequencer."""
+
+    def __init__(self, config: Config, stop: threading.Event) -> None:
+        super().__init__(config, stop)
+        self.reader = WalReader(config, stop)
+        self.sequencer = self.reader
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why capture stopped the bridge (the slot is gone...), or None."""
+        return self.reader.failed
+
+
+class WalReader(Sequencer):
+    """Reads the slot into the log; a Sequencer to everything that waits on the log."""
+
+    def __init__(self, config: Config, stop: threading.Event) -> None:
+        super().__init__(config, stop)
+        self._db.purpose = "wal writer"
+        self.failed: BaseException | None = None
+        self.listeners: list[Callable[[protocol.Message, int], None]] = []
+        self._state: WalState | None = None
+        self._specs: dict[tuple[str, str], TableSpec] = {}
+        self._tables: dict[int, Table] = {}
+        self._catalog = TypeCatalog(self._lookup_types)
+        self._renderer = Renderer(self._db.run)  # type: ignore[arg-type]
+        self._tx: _Transaction | None = None
+        self._pending: list[Change] = []
+        self._pending_bytes = 0
+        self._pending_messages: list[protocol.Message] = []
+        #: End LSN of the last whole transaction received, and how many pending changes
+        #: belong to whole transactions.
+        self._completed_lsn = 0
+        self._completed_pending = 0
+        self._acked = 0
+        self._partial_recorded = False
+        self._warned: set[str] = set()
+        self._cursor: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the installation before taking over: fail at start-up, in one line."""
+        state = self._db.run(load_state)
+        if state is None:
+            raise StartupError("WAL capture is not installed in this database: run "
+                               "`skor-bridge triggers install CONFIG --mode wal` first")
+        self._check_server(state)
+        self._state = state
+        self._specs = {(s.schema, s.table): s for s in parse_config(state.tables)}
+        super().start()
+
+    def _check_server(self, state: WalState) -> None:
+        system_id, timeline = identify(self.config.source.dsn)
+        if system_id != state.system_identifier:
+            raise slot_lost(state.slot, f"the server's system identifier is now {system_id},"
+                            f" not {state.system_identifier} (a restore or another server)")
+        if timeline != state.timeline:
+            raise slot_lost(state.slot, f"the server's timeline moved from {state.timeline}"
+                            f" to {timeline} (a failover or a point-in-time restore)")
+
+        def exists(cur: cursor) -> bool:
+            cur.execute("SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+                        (state.slot,))
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+        if not self._db.run(exists):
+            raise slot_lost(state.slot, "it does not exist on the server any more")
+
+    # -- the reader thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self.stopping.is_set() and not self._stopped.is_set():
+                try:
+                    self._stream()
+                    return
+                except (psycopg2.OperationalError, psycopg2.InterfaceError,
+                        DatabaseError) as exc:
+                    if isinstance(exc, psycopg2.errors.UndefinedObject) or (
+                            "does not exist" in str(exc) and "slot" in str(exc)):
+                        raise slot_lost(self._slot, "it does not exist on the server any "
+                                        "more") from None
+                    if isinstance(exc, DatabaseError) and "replication slot" in str(exc):
+                        raise
+                    attempt += 1
+                    delay = backoff_delay(attempt, 0.2, 5.0)
+                    log.warning("WAL reader: replication connection lost (%s); reconnecting "
+                                "in %.1fs", describe(exc), delay)
+                    self._reset_stream()
+                    if self._stopped.wait(delay):
+                        return
+        except Stopped:
+            pass
+        except DatabaseError as exc:
+            log.error("%s", exc)
+            self.failed = exc
+            self.stopping.set()
+        except Exception as exc:
+            log.exception("WAL reader failed")
+            self.failed = exc
+            self.stopping.set()
+        finally:
+            self._close_stream()
+
+    @property
+    def _slot(self) -> str:
+        assert self._state is not None
+        return self._state.slot
+
+    def _stream(self) -> None:
+        state = self._db.run(load_state)
+        if state is None or state.slot != self._slot:
+            raise slot_lost(self._slot, "WAL capture was uninstalled or reinstalled while "
+                            "the bridge ran")
+        self._state = state
+        conn = replication_connect(self.config.source.dsn)
+        self._cursor = cur = conn.cursor()
+        self._check_server(state)
+        options = {"proto_version": proto_version(conn.server_version),
+                   "publication_names": state.publication}
+        if conn.server_version >= 140000:
+            options["messages"] = "true"
+        try:
+            cur.start_replication(slot_name=state.slot, decode=False, options=options,
+                                  status_interval=STATUS_INTERVAL)
+        except psycopg2.errors.UndefinedObject:
+            raise slot_lost(state.slot, "it does not exist on the server any more") from None
+        except psycopg2.errors.ObjectInUse as exc:
+            raise DatabaseError(f"replication slot {state.slot} is in use by another "
+                                f"process ({describe(exc)})") from None
+        self._acked = state.lsn
+        log.info("reading replication slot %s from %s", state.slot,
+                 protocol.format_lsn(state.lsn))
+        while not self._stopped.is_set() and not self.stopping.is_set():
+            message = cur.read_message()
+            if message is None:
+                if self._completed_pending or self._pending_messages:
+                    self._flush()
+                select.select([conn], [], [], 0.5 if not self._pending else 0.05)
+                continue
+            self._handle(protocol.parse(message.payload))
+            if len(self._pending) >= self.config.source.batch_size or (
+                    self._pending_bytes >= CHUNK_BYTES):
+                self._flush()
+        if self._completed_pending:
+            self._flush()
+
+    def _reset_stream(self) -> None:
+        """After a lost connection the server sends again from the last acknowledgement:
+        drop what was read but not written."""
+        self._close_stream()
+        self._tx = None
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_messages.clear()
+        self._completed_pending = 0
+        self._partial_recorded = False
+
+    def _close_stream(self) -> None:
+        if self._cursor is not None:
+            try:
+                self._cursor.connection.close()
+            except psycopg2.Error:
+                pass
+            self._cursor = None
+
+    # -- messages --------------------------------------------------------------------------
+
+    def _handle(self, message: protocol.Decoded) -> None:
+        if isinstance(message, protocol.Begin):
+            assert self._state is not None
+            # A transaction whose commit precedes the recorded end is already in the log.
+            skip = message.final_lsn < self._state.lsn
+            partial = (self._state.partial_messages
+                       if message.final_lsn == self._state.partial_lsn else 0)
+            self._tx = _Transaction(message, skip, partial)
+        elif isinstance(message, protocol.Insert | protocol.Update | protocol.Delete):
+            self._row(message)
+        elif isinstance(message, protocol.Commit):
+            self._tx = None
+            self._completed_lsn = message.end_lsn
+            self._completed_pending = len(self._pending)
+            if not self._pending and not self._pending_messages:
+                if self._partial_recorded:
+                    self._flush()
+                else:
+                    self._ack(message.end_lsn)
+        elif isinstance(message, protocol.Relation):
+            self._relation(message)
+        elif isinstance(message, protocol.Truncate):
+            for relid in message.relids:
+                table = self._tables.get(relid)
+                name = str(table.spec) if table else str(relid)
+                self._warn_once(f"truncate {name}", "TRUNCATE of %s is not captured (as in "
+                                "trigger mode)", name)
+        elif isinstance(message, protocol.Message):
+            if message.prefix.startswith("skor"):
+                self._pending_messages.append(message)
+        # Origin and Type messages need nothing: types are looked up by OID.
+
+    def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete) -> None:
+        tx = self._tx
+        if tx is None:
+            raise protocol.ProtocolError("row change outside a transaction")
+        number = tx.messages
+        tx.messages += 1
+        if tx.skip or number < tx.skip_messages:
+            return
+        table = self._tables.get(message.relid)
+        if table is None:
+            return
+        if not isinstance(message, protocol.Insert) and (
+                getattr(message, "old_kind", "O") == "K"):
+            self._warn_once(f"identity {table.spec}", "%s does not log whole old rows: run "
+                            "`skor-bridge triggers install --mode wal` again (REPLICA "
+                            "IDENTITY FULL; also for partitions added since)", table.spec)
+        commit = (tx.begin.final_lsn, tx.begin.commit_time)
+        for change in changes_of(message, table, number):
+            change.commit = commit
+            self._pending.append(change)
+            self._pending_bytes += sum(len(v) for v in change.row if v is not None)
+
+    def _relation(self, message: protocol.Relation) -> None:
+        spec = self._specs.get((message.schema, message.table))
+        if spec is None:
+            self._tables.pop(message.relid, None)
+            return
+        self._catalog.load(c.type_oid for c in message.columns)
+        types = tuple(self._catalog.get(c.type_oid) for c in message.columns)
+
+        def key_names(cur: cursor) -> tuple[str, ...]:
+            cur.execute(_KEY_QUERY, (message.relid,))
+            return tuple(row[0] for row in cur.fetchall())
+
+        self._tables[message.relid] = Table.build(message, spec, types, self._db.run(key_names))
+
+    def _lookup_types(self, oids: list[int]) -> list[Any]:
+        def query(cur: cursor) -> list[Any]:
+            cur.execute(TYPE_QUERY, (oids,))
+            return cur.fetchall()
+
+        return self._db.run(query)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        assert self._state is not None
+        changes = self._renderer.prepare(self._pending) if self._pending else []
+        self._pending = []  # (a new list: `changes` may be the old one)
+        render = self._renderer
+        chunk = Chunk(self._head + 1)
+        for change in changes:
+            commit_lsn, commit_time = change.commit
+            chunk.add(event_id(self._install_id, commit_lsn, change.message, change.sub),
+                      commit_time, change.table.spec.schema, change.table.spec.table,
+                      change.op, render.key(change), render.data(change))
+        del changes
+        # Everything read so far is in this chunk: an open transaction's row messages up
+        # to here are in the log once it commits.
+        tx = self._tx
+        partial = (tx.begin.final_lsn, tx.messages) if tx is not None and not tx.skip else None
+        lsn = self._completed_lsn
+        next_pos = self._db.run(lambda cur: self._write(cur, chunk, lsn, partial))
+        self.captured += chunk.count
+        with self._moved:
+            self._head = next_pos - 1
+            self._moved.notify_all()
+        self._partial_recorded = partial is not None
+        self._state = dataclasses.replace(self._state, lsn=max(self._state.lsn, lsn))
+        self._pending_bytes = 0
+        self._completed_pending = 0
+        messages, self._pending_messages = self._pending_messages, []
+        for message in messages:
+            for listener in self.listeners:
+                listener(message, self._head)
+        self._ack(lsn)
+
+    def _write(self, cur: cursor, chunk: Chunk, lsn: int,
+               partial: tuple[int, int] | None) -> int:
+        try:
+            cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
+            row = cur.fetchone()
+            assert row is not None
+            base = int(row[0])
+            if chunk.count and base + chunk.count > self._covered_until:
+                self._ensure_partitions(cur, base, base + chunk.count)
+            next_pos = write_chunk(cur, chunk, base, lsn, partial)
+            cur.execute("COMMIT")
+        except BaseException:
+            if not cur.connection.closed:
+                cur.execute("ROLLBACK")
+            raise
+        return next_pos
+
+    def _ack(self, lsn: int) -> None:
+        if lsn > self._acked and self._cursor is not None:
+            self._cursor.send_feedback(flush_lsn=lsn)
+            self._acked = lsn
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+
