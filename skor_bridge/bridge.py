@@ -19,7 +19,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from skor_bridge.capture import registry
+from skor_bridge.capture import inventory, registry
 from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.capture.wal.slot import wal_installed
@@ -120,6 +120,10 @@ class Bridge:
                     self.mode = "wal"
                 if self.mode in ("durable", "wal"):
                     registry.register(cur, self.config, self.instance)
+                if self.mode != "wal" and inventory.nothing_captured(cur):
+                    log.warning("nothing is captured: this database has no capture trigger; "
+                                "install them with: skor-bridge triggers install "
+                                "triggers.json --dsn ...")
             conn.commit()
         finally:
             conn.close()

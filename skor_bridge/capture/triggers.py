@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
+from skor_bridge.capture import inventory
 from skor_bridge.capture.schema import _DDL_LOCK, DDL, ensure_schema
 from skor_bridge.capture.trigger_config import (
     ENTRY_KEYS,
@@ -346,6 +347,7 @@ def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable",
                     cur.execute(sql)
                 except psycopg2.Error as exc:
                     raise _failure(exc, spec) from None
+            inventory.record(cur, specs, mode)
             for role in grant_to:
                 try:
                     cur.execute(f"GRANT USAGE ON SCHEMA skor TO {quote_ident(role)};"
@@ -371,6 +373,8 @@ def uninstall(dsn: str, purge: bool = False) -> int:
                 cur.execute(f"SELECT count(*) FROM ({_INSTALLED_FUNCTIONS}) AS installed")
                 row = cur.fetchone()
                 cur.execute(_DROP_INSTALLED)
+                cur.execute("DO $$ BEGIN IF to_regclass('skor.captured_tables') IS NOT NULL"
+                            " THEN DELETE FROM skor.captured_tables; END IF; END $$")
                 if purge:
                     cur.execute("DROP SCHEMA IF EXISTS skor CASCADE")
             except psycopg2.Error as exc:

@@ -51,7 +51,10 @@ DsnOpt = Annotated[str, typer.Option(
 
 @triggers_app.command()
 def generate(config: ConfigArg, mode: ModeOpt = ModeChoice.durable) -> None:
-    """Print the installation as SQL, for psql --single-transaction. Needs no database."""
+    """Print the installation as SQL, for psql --single-transaction. Needs no database.
+
+    Example: skor-bridge triggers generate triggers.json > capture.sql
+    """
     from skor_bridge.capture import triggers
 
     with expected_errors():
@@ -69,15 +72,28 @@ def install(
     dsn: DsnOpt,
     mode: ModeOpt = ModeChoice.durable,
     grant: Annotated[list[str] | None, typer.Option(
-        help="Let this role's writes be captured (USAGE on schema skor, INSERT on "
-        "skor.outbox); repeatable. Needed for roles other than the installer.")] = None,
+        metavar="ROLE", help="Let this role's writes be captured (USAGE on schema skor, "
+        "INSERT on skor.outbox); repeatable. Needed for roles other than the installer.")
+    ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Install even a file that lists no table, removing every capture "
+        "trigger.")] = False,
 ) -> None:
-    """Install the triggers in one transaction, replacing those installed before."""
+    """Install the triggers in one transaction, replacing those installed before, and say
+    which tables it added, removed or changed.
+
+    Example: skor-bridge triggers install triggers.json --dsn postgresql://app@db/shop
+    """
     from skor_bridge.capture import triggers
     from skor_bridge.capture.wal import install as wal_install
 
     with expected_errors():
         specs = triggers.load_config(config)
+        before = _installed(dsn)
+        if not specs and not force:
+            raise ConfigError(f"{config} lists no table: installing it would remove every "
+                              f"capture trigger ({len(before)} table(s) captured now); give "
+                              "--force to do that")
         if mode is ModeChoice.wal:
             slot = wal_install.install(dsn, specs)
             triggers.uninstall(dsn)  # the triggers of an earlier install, if any
@@ -85,9 +101,80 @@ def install(
         else:
             triggers.install(dsn, specs, _trigger_mode(mode), grant_to=tuple(grant or ()))
             wal_install.uninstall(dsn)  # the slot of an earlier WAL install, if any
+        after = _installed(dsn)
     for spec in specs:
         typer.echo(triggers.describe_spec(spec))
+    for line in changes(before, after):
+        typer.echo(line, err=True)
     typer.echo(f"installed {mode.value} capture on {len(specs)} table(s)", err=True)
+
+
+def _installed(dsn: str) -> dict[str, list[str]]:
+    from skor_bridge.capture import inventory
+    from skor_bridge.db import connect
+
+    conn = connect(dsn, "triggers install")
+    try:
+        with conn.cursor() as cur:
+            return inventory.summary(inventory.captured(cur))
+    finally:
+        conn.close()
+
+
+def changes(before: dict[str, list[str]], after: dict[str, list[str]]) -> list[str]:
+    """`added public.orders (insert, update)`, `removed ...`, `changed ...: a -> b`."""
+    lines = [f"added {t} ({', '.join(after[t])})" for t in after if t not in before]
+    lines += [f"removed {t} ({', '.join(before[t])})" for t in before if t not in after]
+    lines += [f"changed {t}: {', '.join(before[t])} -> {', '.join(after[t])}"
+              for t in after if t in before and before[t] != after[t]]
+    return lines
+
+
+@triggers_app.command("list")
+def list_(
+    dsn: DsnOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """What is captured: each table's mode, operations and columns as installed, and
+    problems (a dropped or renamed column or table, a trigger missing or disabled).
+
+    Example: skor-bridge triggers list --dsn postgresql://app@db/shop
+    """
+    import json
+
+    from skor_bridge.capture import inventory
+    from skor_bridge.db import connect
+
+    with expected_errors():
+        conn = connect(dsn, "triggers list")
+        try:
+            with conn.cursor() as cur:
+                entries = inventory.captured(cur)
+        finally:
+            conn.close()
+    if as_json:
+        typer.echo(json.dumps({"tables": [e.to_json() for e in entries]}, indent=2))
+        return
+    if not entries:
+        typer.echo("nothing is captured: install triggers with skor-bridge triggers install",
+                   err=True)
+        raise typer.Exit(1)
+    from skor_bridge.cli.common import table
+
+    def columns(entry: inventory.Captured) -> str:
+        if not entry.columns:
+            return "?"
+        shown = {op: "*" if cols is None else ",".join(cols)
+                 for op, cols in entry.columns.items()}
+        if len(set(shown.values())) == 1:
+            return next(iter(shown.values()))
+        return "; ".join(f"{op}: {cols}" for op, cols in shown.items())
+
+    typer.echo(table(["TABLE", "MODE", "OPS", "COLUMNS", "PROBLEMS"],
+                     [[f"{e.schema}.{e.table}", e.mode, ",".join(e.ops) or "-", columns(e),
+                       "; ".join(e.problems) or "-"] for e in entries]))
+    if any(e.problems for e in entries):
+        raise typer.Exit(1)
 
 
 @triggers_app.command()
@@ -97,7 +184,10 @@ def uninstall(
         "--purge", help="Also drop schema skor: the outbox, the log and dead letters.")] = False,
 ) -> None:
     """Remove every capture trigger and function, Skor's notify_skor_* ones included, and
-    the replication slot and publication of WAL capture."""
+    the replication slot and publication of WAL capture.
+
+    Example: skor-bridge triggers uninstall --dsn postgresql://app@db/shop
+    """
     from skor_bridge.capture import triggers
     from skor_bridge.capture.wal import install as wal_install
     from skor_bridge.capture.wal.slot import PUBLICATION

@@ -1,0 +1,140 @@
+"""What is captured: the capture triggers in the catalog, the configuration `triggers
+install` recorded (`skor.captured_tables`), and the problems where they disagree.
+
+    triggers install  -> record()        the installed configuration, in the same transaction
+    triggers list     -> captured()      per table: mode, operations, columns, problems
+    run               -> nothing_captured()  warns when no table is captured
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from psycopg2.extensions import cursor
+
+    from skor_bridge.capture.trigger_config import TableSpec
+
+#: Row-level trigger type bits (pg_trigger.tgtype) of each operation.
+_OP_BITS = {"insert": 4, "update": 16, "delete": 8}
+
+_TRIGGERS = """
+SELECT n.nspname, c.relname, t.tgtype, t.tgenabled,
+       CASE WHEN pn.nspname = 'skor' THEN 'durable' ELSE 'notify' END
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
+WHERE NOT t.tgisinternal
+  AND ((pn.nspname = 'skor' AND starts_with(p.proname, 'capture_'))
+       OR starts_with(p.proname, 'notify_skor_'))
+ORDER BY 1, 2
+"""
+
+#: Tables WAL capture publishes (`triggers install --mode wal`).
+_WAL = """
+SELECT t.schemaname, t.tablename, p.pubinsert, p.pubupdate, p.pubdelete
+FROM pg_publication p JOIN pg_publication_tables t USING (pubname)
+WHERE p.pubname = 'skor_capture' ORDER BY 1, 2
+"""
+
+_RECORDED = """
+SELECT schema_name, table_name, mode, ops, columns, update_columns, condition
+FROM skor.captured_tables ORDER BY 1, 2
+"""
+
+
+@dataclass
+class Captured:
+    schema: str
+    table: str
+    mode: str
+    #: Operations whose trigger is installed (and enabled).
+    ops: list[str] = field(default_factory=list)
+    #: Columns per operation as installed; None means every column; {} when unknown.
+    columns: dict[str, list[str] | None] = field(default_factory=dict)
+    condition: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def record(cur: cursor, specs: Sequence[TableSpec], mode: str) -> None:
+    """Replace the recorded configuration with `specs` (caller's transaction)."""
+    cur.execute("DELETE FROM skor.captured_tables")
+    for spec in specs:
+        columns = {op: (list(cols) if cols is not None else None) for op, cols in spec.columns}
+        cur.execute(
+            "INSERT INTO skor.captured_tables (schema_name, table_name, mode, ops, columns,"
+            " update_columns, condition) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (spec.schema, spec.table, mode, list(spec.ops), json.dumps(columns),
+             list(spec.update_columns), spec.when))
+
+
+def captured(cur: cursor) -> list[Captured]:
+    """Every captured table, from the catalog and the record, with its problems."""
+    tables: dict[tuple[str, str], Captured] = {}
+    disabled: dict[tuple[str, str], list[str]] = {}
+    cur.execute(_TRIGGERS)
+    for schema, table, tgtype, enabled, mode in cur.fetchall():
+        entry = tables.setdefault((schema, table), Captured(schema, table, mode))
+        for op, bit in _OP_BITS.items():
+            if tgtype & bit:
+                (entry.ops if enabled != "D" else disabled.setdefault((schema, table), [])
+                 ).append(op)
+    cur.execute("SELECT to_regclass('skor.captured_tables') IS NOT NULL")
+    row = cur.fetchone()
+    recorded = []
+    if row and row[0]:
+        cur.execute(_RECORDED)
+        recorded = cur.fetchall()
+    seen = set()
+    for schema, table, mode, ops, columns, _update_columns, condition in recorded:
+        seen.add((schema, table))
+        entry = tables.setdefault((schema, table), Captured(schema, table, mode))
+        entry.columns, entry.condition = dict(columns), condition
+        entry.problems += _problems(cur, entry, list(ops), disabled.get((schema, table), []))
+    cur.execute(_WAL)
+    for schema, table, insert, update, delete in cur.fetchall():
+        entry = tables.setdefault((schema, table), Captured(schema, table, "wal"))
+        entry.ops = [op for op, on in zip(_OP_BITS, (insert, update, delete), strict=True)
+                     if on]
+        seen.add((schema, table))
+    for key, entry in tables.items():
+        if key not in seen:
+            entry.problems.append("not installed by this release's `triggers install` "
+                                  "(columns unknown): install again to record them")
+        entry.ops.sort(key=list(_OP_BITS).index)
+    return sorted(tables.values(), key=lambda e: (e.schema, e.table))
+
+
+def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str]) -> list[str]:
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                (entry.schema, entry.table))
+    row = cur.fetchone()
+    if not row or row[0] is None:
+        return ["table does not exist any more (dropped or renamed?): nothing is captured"]
+    problems = [f"{op} trigger is disabled" for op in disabled]
+    problems += [f"{op} trigger is missing" for op in ops
+                 if op not in entry.ops and op not in disabled]
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                " AND NOT attisdropped", (row[0],))
+    existing = {name for (name,) in cur.fetchall()}
+    wanted = sorted({c for cols in entry.columns.values() if cols for c in cols} - existing)
+    problems += [f"column {name} does not exist any more (renamed or dropped?): writes to "
+                 f"the table fail until triggers are installed again" for name in wanted]
+    return problems
+
+
+def nothing_captured(cur: cursor) -> bool:
+    cur.execute(_TRIGGERS)
+    return cur.fetchone() is None
+
+
+def summary(entries: Sequence[Captured]) -> dict[str, list[str]]:
+    """{"schema.table": [ops]}, to compare before and after an install."""
+    return {f"{e.schema}.{e.table}": list(e.ops) for e in entries}

@@ -1,0 +1,110 @@
+"""Capture visibility: `triggers list`, what `triggers install` added and removed, an empty
+file refused without --force, and `run` warning when nothing is captured."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+from typer.testing import CliRunner
+
+from skor_bridge.cli import app
+from skor_bridge.cli.triggers import changes
+from tests.helpers import execute
+
+TABLES = """
+CREATE TABLE orders (id int PRIMARY KEY, status text, note text);
+CREATE TABLE customers (id int PRIMARY KEY, name text);
+CREATE TABLE payments (id int PRIMARY KEY, amount numeric);
+"""
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write(tmp_path, entries, name="triggers.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def listed(dsn: str) -> dict[str, dict]:
+    result = cli("triggers", "list", "--dsn", dsn, "--json")
+    return {f"{t['schema']}.{t['table']}": t for t in json.loads(result.stdout)["tables"]}
+
+
+def test_changes_name_what_was_added_removed_and_changed():
+    before = {"public.a": ["insert"], "public.b": ["insert", "update"]}
+    after = {"public.b": ["insert"], "public.c": ["delete"]}
+    assert changes(before, after) == ["added public.c (delete)", "removed public.a (insert)",
+                                      "changed public.b: insert, update -> insert"]
+
+
+@pytest.mark.slow
+def test_triggers_list_shows_tables_ops_columns_and_problems(dsn, tmp_path):
+    execute(dsn, TABLES)
+    path = write(tmp_path, [
+        {"table": "orders", "columns": {"insert": ["id", "status"], "update": "*"}},
+        {"table": "customers", "columns": "*"}])
+    assert cli("triggers", "install", path, "--dsn", dsn).exit_code == 0
+    tables = listed(dsn)
+    assert tables["public.orders"] == {
+        "schema": "public", "table": "orders", "mode": "durable", "ops": ["insert", "update"],
+        "columns": {"insert": ["id", "status"], "update": None}, "condition": None,
+        "problems": []}
+    assert tables["public.customers"]["ops"] == ["insert", "update", "delete"]
+    text = cli("triggers", "list", "--dsn", dsn)
+    assert text.exit_code == 0
+    assert text.stdout.splitlines()[1].split() == ["public.customers", "durable",
+                                                   "insert,update,delete", "*", "-"]
+    # When a captured column is renamed, a trigger disabled and a table dropped
+    execute(dsn, "ALTER TABLE orders RENAME COLUMN status TO state",
+            "ALTER TABLE orders DISABLE TRIGGER skor_capture_update",
+            "DROP TABLE customers")
+    # Then each is a problem, and the command exits 1
+    problems = listed(dsn)["public.orders"]["problems"]
+    assert problems == ["update trigger is disabled",
+                        "column status does not exist any more (renamed or dropped?): writes "
+                        "to the table fail until triggers are installed again"]
+    assert listed(dsn)["public.customers"]["problems"] == [
+        "table does not exist any more (dropped or renamed?): nothing is captured"]
+    assert cli("triggers", "list", "--dsn", dsn).exit_code == 1
+    # (and the renamed column really does break writes)
+    with pytest.raises(psycopg2.Error):
+        execute(dsn, "INSERT INTO orders (id, state) VALUES (1, 'new')")
+
+
+@pytest.mark.slow
+def test_install_says_what_it_added_and_removed_and_refuses_an_empty_file(dsn, tmp_path):
+    execute(dsn, TABLES)
+    first = write(tmp_path, [{"table": "orders"}, {"table": "customers"}])
+    result = cli("triggers", "install", first, "--dsn", dsn)
+    assert "added public.orders (insert, update, delete)" in result.stderr
+    second = write(tmp_path, [{"table": "customers", "columns": {"insert": "*"}},
+                              {"table": "payments"}], "second.json")
+    result = cli("triggers", "install", second, "--dsn", dsn)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[:3] == [
+        "added public.payments (insert, update, delete)",
+        "removed public.orders (insert, update, delete)",
+        "changed public.customers: insert, update, delete -> insert"]
+    # An empty file would remove everything: refused without --force
+    empty = write(tmp_path, [], "empty.json")
+    refused = cli("triggers", "install", empty, "--dsn", dsn)
+    assert refused.exit_code == 2
+    assert refused.stderr == (f"error: {empty} lists no table: installing it would remove "
+                              "every capture trigger (2 table(s) captured now); give --force "
+                              "to do that\n")
+    assert set(listed(dsn)) == {"public.customers", "public.payments"}
+    forced = cli("triggers", "install", empty, "--dsn", dsn, "--force")
+    assert forced.exit_code == 0 and "removed public.payments" in forced.stderr
+    assert listed(dsn) == {}
+
+
+@pytest.mark.slow
+def test_run_warns_when_nothing_is_captured(dsn, bridge, receiver):
+    process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    assert "nothing is captured: this database has no capture trigger" in process.log
+    assert process.stop() == 0
