@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
 
-#: An instance whose heartbeat is older than this is reported as gone, whatever its role.
-GONE_AFTER = 30.0
+#: An instance whose heartbeat is older than this is reported as gone, whatever its role:
+#: the default failover timeout, after which a standby takes over from a silent active.
+GONE_AFTER = 10.0
+#: Instances silent for longer are not shown at all (a running bridge also deletes them).
+FORGOTTEN_AFTER = "1 day"
 
 _OUTPUTS = """
 SELECT o.name, o.kind, o.position, o.delivered_total, o.last_error, o.last_error_at,
@@ -32,9 +35,10 @@ SELECT o.name, o.kind, o.position, o.delivered_total, o.last_error, o.last_error
 FROM skor.outputs o ORDER BY o.name
 """
 
-_INSTANCES = """
+_INSTANCES = f"""
 SELECT instance, role, extract(epoch FROM now() - heartbeat)::float8, started
-FROM skor.instances ORDER BY started, instance
+FROM skor.instances WHERE heartbeat > now() - interval '{FORGOTTEN_AFTER}'
+ORDER BY started, instance
 """
 
 # Positions are numbered without gaps and retention drops partitions oldest first, so the
