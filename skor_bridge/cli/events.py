@@ -20,6 +20,8 @@ from skor_bridge.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from psycopg2.extensions import connection
+
     from skor_bridge.ops.events import EventRow
 
 events_app = typer.Typer(
@@ -52,10 +54,10 @@ def register(app: typer.Typer) -> None:
 def list_events(
     dsn: DsnOpt = None,
     output: Annotated[str | None, typer.Option(
-        help="Only this output's events. [default: every output]", show_default=False)] = None,
+        help="Only this output's events. \\[default: every output]", show_default=False)] = None,
     status_: Annotated[StatusChoice | None, typer.Option(
         "--status", case_sensitive=False, show_default=False,
-        help="dead, retry, pending or delivered. [default: all]")] = None,
+        help="dead, retry, pending or delivered. \\[default: all]")] = None,
     table_: TableOpt = None,
     since: Annotated[str | None, typer.Option(
         metavar="TIME", show_default=False,
@@ -64,7 +66,10 @@ def list_events(
     as_json: JsonOpt = False,
 ) -> None:
     """List events with their id, position, table, operation, capture time, attempts and last
-    error, oldest first."""
+    error, oldest first.
+
+    Example: skor-bridge events list --dsn "$DSN" --status dead --since 2h
+    """
     from skor_bridge.ops import events
 
     with expected_errors():
@@ -74,6 +79,7 @@ def list_events(
             since=events.parse_time(since) if since else None, limit=limit,
         )
         with database(dsn, "events list") as conn:
+            check_table(conn, flt.table)
             rows = events.list_events(conn, flt)
     if as_json:
         print_json({"events": [row.to_json() for row in rows]})
@@ -104,7 +110,7 @@ def render_events(rows: Sequence[EventRow]) -> str:
 def retry(
     dsn: DsnOpt = None,
     output: Annotated[str | None, typer.Option(
-        help="Only this output's dead letters. [default: every output]",
+        help="Only this output's dead letters. \\[default: every output]",
         show_default=False)] = None,
     ids: Annotated[list[str] | None, typer.Option(
         "--id", metavar="ID", show_default=False,
@@ -113,7 +119,10 @@ def retry(
         "--all-dead", help="Every dead letter (of --output, if given).")] = False,
 ) -> None:
     """Deliver dead letters again with their original event ids; a running bridge picks them
-    up within a second."""
+    up within a second.
+
+    Example: skor-bridge events retry --dsn "$DSN" --output orders-hook --all-dead
+    """
     from skor_bridge.ops import events
 
     with expected_errors():
@@ -137,11 +146,14 @@ def replay(
         help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).")],
     dsn: DsnOpt = None,
     until: Annotated[str | None, typer.Option(
-        metavar="TIME", show_default=False, help="Captured before TIME. [default: now]")] = None,
+        metavar="TIME", show_default=False, help="Captured before TIME. \\[default: now]")] = None,
     table_: TableOpt = None,
 ) -> None:
     """Deliver already-delivered events again, in their original order and with their
-    original event ids (while they are still within the log's retention)."""
+    original event ids (while they are still within the log's retention).
+
+    Example: skor-bridge events replay --dsn "$DSN" --output orders-hook --since 2h --table orders
+    """
     from skor_bridge.ops import events
 
     with expected_errors():
@@ -151,8 +163,32 @@ def replay(
             until=events.parse_time(until, "until") if until else None,
         )
         with database(dsn, "events replay") as conn, _progress() as progress:
+            check_table(conn, flt.table)
             count = events.replay(conn, output, flt, progress)
     typer.echo(f"{count} event(s) queued for replay to {output}")
+
+
+_TABLE_KNOWN = """
+SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname = %(table)s AND c.relkind IN ('r', 'p')
+                 AND (%(schema)s::text IS NULL OR n.nspname = %(schema)s))
+    OR EXISTS (SELECT FROM skor.log WHERE table_name = %(table)s
+                 AND (%(schema)s::text IS NULL OR schema_name = %(schema)s))
+"""
+
+
+def check_table(conn: connection, table: tuple[str | None, str] | None) -> None:
+    """--table must name a table of the database or of the event log: a typo would
+    otherwise match nothing, silently."""
+    if table is None:
+        return
+    schema, name = table
+    with conn.cursor() as cur:
+        cur.execute(_TABLE_KNOWN, {"schema": schema, "table": name})
+        row = cur.fetchone()
+    if not row or not row[0]:
+        shown = f"{schema}.{name}" if schema else name
+        raise ConfigError(f"--table: no table {shown!r} in this database or its event log")
 
 
 @contextmanager

@@ -35,7 +35,10 @@ def register(app: typer.Typer) -> None:
 
 
 def status(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
-    """Show each output's backlog, lag and dead letters, the instances, and the log's size."""
+    """Show each output's backlog, lag and dead letters, the instances, and the log's size.
+
+    Example: skor-bridge status --dsn postgresql://app@db/shop
+    """
     from skor_bridge.ops.outputs import list_outputs
     from skor_bridge.ops.status import collect
 
