@@ -79,7 +79,6 @@ def list_events(
             since=events.parse_time(since) if since else None, limit=limit,
         )
         with database(dsn, "events list") as conn:
-            check_table(conn, flt.table)
             rows = events.list_events(conn, flt)
     if as_json:
         print_json({"events": [row.to_json() for row in rows]})
