@@ -100,9 +100,14 @@ class Bridge:
         """What /readyz answers; called from the health server's threads."""
         source = self.source
         head = None if source is None else source.head
-        return readiness(
+        ready, body = readiness(
             self.active, self.instance, source is not None and source.healthy(),
             [(w.name, w.failed is not None, w.backlog(head)) for w in list(self.workers)])
+        slot_report = getattr(source, "slot_report", None)
+        if self.active and slot_report is not None:  # WAL mode: the slot's retained WAL
+            slot_ok, body["slot"] = slot_report()
+            ready = body["ready"] = ready and slot_ok
+        return ready, body
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -221,6 +226,10 @@ class Bridge:
             state = worker.backlog(head)
             self.metrics.pending.labels(worker.name).set(state.pending)
             self.metrics.lag.labels(worker.name).set(state.lag_seconds)
+        slot = getattr(getattr(source, "reader", None), "slot", None)
+        if slot is not None:
+            self.metrics.wal_slot(slot.retained_bytes,
+                                  slot.wal_status if slot.exists else "missing")
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ class SourceConfig:
     batch_size: int = 2000
     #: LISTEN channel of notify mode; Skor's triggers use "skor".
     channel: str = "skor"
+    #: WAL mode: bytes of WAL the slot may hold back before /readyz fails (1 GiB).
+    max_slot_lag: int = 1024**3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -37,6 +37,12 @@ class Metrics:
         self.latency = Histogram(
             "skor_delivery_latency_seconds", "From capture (trigger) to confirmed delivery.",
             ["output"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.slot_retained = Gauge(
+            "skor_wal_slot_retained_bytes", "WAL mode: WAL the replication slot holds back on "
+            "the server (pg_current_wal_lsn() - restart_lsn).", registry=r)
+        self.slot_status = Gauge(
+            "skor_wal_slot_status", "WAL mode: 1 for the slot's wal_status (reserved, "
+            "extended, unreserved, lost, missing).", ["status"], registry=r)
         self.role = Gauge(
             "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
 
@@ -53,6 +59,11 @@ class Metrics:
         for output in outputs:
             self.pending.labels(output).set(0)
             self.lag.labels(output).set(0)
+
+    def wal_slot(self, retained_bytes: int, status: str | None) -> None:
+        self.slot_retained.set(retained_bytes)
+        for known in ("reserved", "extended", "unreserved", "lost", "missing"):
+            self.slot_status.labels(known).set(1 if known == status else 0)
 
     def delivered(self, output: str, event: ChangeEvent) -> None:
         self.delivered_total.labels(output).inc()

@@ -110,6 +110,19 @@ def duration(value: object) -> float:
     return float(match[1]) * _UNITS[(match[2] or "s").lower()]
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE)
+
+
+def size(value: object) -> int:
+    """'1GB', '512MB', '64kB' (powers of 1024, as PostgreSQL counts) or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"expected a size such as 512MB or 1GB, got {value!r}")
+    return int(float(match[1]) * 1024 ** " kmgt".index((match[2] or " ").lower()))
+
+
 def boolean(value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -193,8 +206,10 @@ WEBHOOK, AMQP, KAFKA, ROUTING, TUNING = (
 OPTIONS: tuple[Option, ...] = (
     Option("dsn", text, "libpq DSN or postgresql:// URI. Without it, Skor's DBNAME, PGUSER, "
            "PGPASS, PGHOST and PGPORT variables are used.", "DSN", key="dsn"),
-    Option("mode", choice("durable", "notify"), "durable (outbox, nothing lost) or notify "
-           "(Skor's pg_notify, lossy).", "durable|notify", "durable", "durable", key="mode"),
+    Option("mode", choice("durable", "notify", "wal"), "durable (outbox, nothing lost), notify "
+           "(Skor's pg_notify, lossy) or wal (a replication slot; chosen by itself once "
+           "installed with triggers install --mode wal).", "durable|notify|wal", "durable",
+           "durable", key="mode"),
     # -- outputs given on the command line
     Option("webhook", text, "Webhook URL, optionally named: NAME=URL; repeat for several. "
            "Skor's WEBHOOKURL also works.", "[NAME=]URL", panel=WEBHOOK, style="multi",
@@ -261,6 +276,9 @@ OPTIONS: tuple[Option, ...] = (
            20000, TUNING, key="max_in_flight"),
     Option("failover_timeout", positive(0.5), "Seconds of missed heartbeats before a standby "
            "takes over (more than 0.5).", "SECONDS", "10", 10.0, TUNING, key="failover_timeout"),
+    Option("max_slot_lag", size, "WAL mode: WAL the replication slot may hold back on the "
+           "server before /readyz fails and a warning is logged (1GB, 512MB...).", "BYTES",
+           "1GB", 1024**3, TUNING, key="max_slot_lag"),
     Option("retention", positive(), "Keep delivered events this long for replay.", "DURATION",
            "7d", 7 * 86400.0, TUNING, key="retention"),
     Option("retention_interval", positive(), "Seconds between retention passes.", "SECONDS",

@@ -149,7 +149,7 @@ def build_config(cli: Mapping[str, object], config_file: Path | None,
                           "DBNAME/PGHOST variables")
     source = _make(values["dsn"].where if value("dsn") else "DBNAME/PGHOST", lambda: SourceConfig(
         dsn=dsn, mode=value("mode"), poll_interval=value("poll_interval"),
-        batch_size=value("batch_size")))
+        batch_size=value("batch_size"), max_slot_lag=value("max_slot_lag")))
     retry = _make("retry", lambda: RetryPolicy(
         value("max_attempts"), value("initial_backoff"), value("max_backoff")))
     outputs = _merge(_file_outputs(file, str(config_file), value("show_full_urls"), retry),

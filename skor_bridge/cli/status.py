@@ -84,6 +84,13 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
         f"partition(s), {size(log.log_bytes)}; outbox: {log.outbox_rows} row(s), "
         f"{size(log.outbox_bytes)}"
     )
+    slot = snapshot.slot
+    if slot is not None:
+        log_line += (
+            f"\nreplication slot {slot.slot}: holds {size(slot.retained_bytes)} of WAL "
+            f"(wal_status {slot.wal_status}), {'read by a bridge' if slot.active else 'idle'}"
+            if slot.exists else f"\nwarning: replication slot {slot.slot} does not exist: "
+            "the bridge will not start; see README, WAL capture")
     warnings = "".join(
         f"\nwarning: output {row.name} is not served by any running instance and holds back "
         f"the log's retention at position {row.position}; if it is gone for good: "

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from skor_bridge.capture.wal.slot import SlotStatus, slot_status
+
 if TYPE_CHECKING:
     from psycopg2.extensions import connection, cursor
 
@@ -108,6 +110,8 @@ class Status:
     outputs: list[OutputStatus]
     instances: list[InstanceStatus]
     log: LogStatus
+    #: WAL capture's replication slot; None when WAL capture is not installed.
+    slot: SlotStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types; times as ISO-8601 strings."""
@@ -125,10 +129,12 @@ def collect(conn: connection) -> Status:
             log = _log(cur)
             outputs = _outputs(cur, log)
             instances = _instances(cur)
+            slot = slot_status(cur)
             cur.execute("SELECT now()")
             row = cur.fetchone()
             assert row is not None
-        return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log)
+        return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log,
+                      slot=slot)
     finally:
         conn.rollback()
 

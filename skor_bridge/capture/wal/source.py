@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import select
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -35,7 +36,7 @@ from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.batch import Renderer
 from skor_bridge.capture.wal.changes import Change, Table, changes_of
 from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog
-from skor_bridge.capture.wal.slot import slot_lost
+from skor_bridge.capture.wal.slot import SlotStatus, slot_lost, slot_status
 from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
 from skor_bridge.dispatch.backoff import backoff_delay
@@ -56,6 +57,9 @@ CHUNK_BYTES = 4 * 1024 * 1024
 
 #: Seconds between acknowledgements psycopg2 sends on its own (and answers keepalives).
 STATUS_INTERVAL = 1.0
+
+#: Seconds between looks at the slot's retained WAL.
+SLOT_CHECK = 5.0
 
 _KEY_QUERY = """
 SELECT a.attname FROM pg_index i
@@ -134,6 +138,16 @@ class WalSource(DurableSource):
         """Why capture stopped the bridge (the slot is gone...), or None."""
         return self.reader.failed
 
+    def slot_report(self) -> tuple[bool, dict[str, object]]:
+        """(within --max-slot-lag, figures) for /readyz and metrics."""
+        slot = self.reader.slot
+        if slot is None:
+            return True, {}
+        ok = slot.exists and slot.retained_bytes <= self.config.source.max_slot_lag
+        return ok, {"slot": slot.slot, "ready": ok, "retained_bytes": slot.retained_bytes,
+                    "wal_status": slot.wal_status,
+                    "max_slot_lag": self.config.source.max_slot_lag}
+
 
 class WalReader(Sequencer):
     """Reads the slot into the log; a Sequencer to everything that waits on the log."""
@@ -151,7 +165,8 @@ class WalReader(Sequencer):
         self._tx: _Transaction | None = None
         self._pending: list[Change] = []
         self._pending_bytes = 0
-        self._pending_messages: list[protocol.Message] = []
+        #: Logical messages waiting for the chunk they follow: (message, changes before it).
+        self._pending_messages: list[tuple[protocol.Message, int]] = []
         #: End LSN of the last whole transaction received, and how many pending changes
         #: belong to whole transactions.
         self._completed_lsn = 0
@@ -160,6 +175,10 @@ class WalReader(Sequencer):
         self._partial_recorded = False
         self._warned: set[str] = set()
         self._cursor: Any = None
+        #: The slot's figures, refreshed every SLOT_CHECK seconds by the reader.
+        self.slot: SlotStatus | None = None
+        self._slot_checked = 0.0
+        self._lag_warned = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -259,6 +278,8 @@ class WalReader(Sequencer):
         log.info("reading replication slot %s from %s", state.slot,
                  protocol.format_lsn(state.lsn))
         while not self._stopped.is_set() and not self.stopping.is_set():
+            if time.monotonic() - self._slot_checked >= SLOT_CHECK:
+                self._check_slot()
             message = cur.read_message()
             if message is None:
                 if self._completed_pending or self._pending_messages:
@@ -322,7 +343,7 @@ class WalReader(Sequencer):
                                 "trigger mode)", name)
         elif isinstance(message, protocol.Message):
             if message.prefix.startswith("skor"):
-                self._pending_messages.append(message)
+                self._pending_messages.append((message, len(self._pending)))
         # Origin and Type messages need nothing: types are looked up by OID.
 
     def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete) -> None:
@@ -372,8 +393,13 @@ class WalReader(Sequencer):
 
     def _flush(self) -> None:
         assert self._state is not None
-        changes = self._renderer.prepare(self._pending) if self._pending else []
-        self._pending = []  # (a new list: `changes` may be the old one)
+        pending, self._pending = self._pending, []
+        changes = self._renderer.prepare(pending) if pending else []
+        # Where each logical message falls among the changes that were kept.
+        order = {id(change): i for i, change in enumerate(pending)}
+        kept_before = [sum(1 for c in changes if order[id(c)] < before)
+                       for _, before in self._pending_messages]
+        del pending
         render = self._renderer
         chunk = Chunk(self._head + 1)
         for change in changes:
@@ -397,9 +423,9 @@ class WalReader(Sequencer):
         self._pending_bytes = 0
         self._completed_pending = 0
         messages, self._pending_messages = self._pending_messages, []
-        for message in messages:
+        for (message, _), before in zip(messages, kept_before, strict=True):
             for listener in self.listeners:
-                listener(message, self._head)
+                listener(message, next_pos - chunk.count - 1 + before)
         self._ack(lsn)
 
     def _write(self, cur: cursor, chunk: Chunk, lsn: int,
@@ -423,6 +449,18 @@ class WalReader(Sequencer):
         if lsn > self._acked and self._cursor is not None:
             self._cursor.send_feedback(flush_lsn=lsn)
             self._acked = lsn
+
+    def _check_slot(self) -> None:
+        self._slot_checked = time.monotonic()
+        self.slot = self._db.run(slot_status)
+        limit = self.config.source.max_slot_lag
+        if self.slot is not None and self.slot.retained_bytes > limit and (
+                time.monotonic() - self._lag_warned >= 60):
+            self._lag_warned = time.monotonic()
+            log.warning("replication slot %s holds %d MB of WAL on the server, over "
+                        "--max-slot-lag (%d MB): is the bridge keeping up? (set "
+                        "max_slot_wal_keep_size so a forgotten slot cannot fill the disk)",
+                        self.slot.slot, self.slot.retained_bytes // 2**20, limit // 2**20)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
