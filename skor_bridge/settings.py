@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _KINDS = ("webhook", "amqp", "kafka")
-#: Top-level file keys that hold other keys.
-_SECTIONS = {"retry": ("max_attempts", "initial_backoff", "max_backoff"), "outputs": ()}
+#: Top-level file keys that hold other keys; `relay` is read by `skor-bridge relay` only
+#: (skor_bridge.relay.config), so one file may serve a bridge and its relays.
+_SECTIONS = {"retry": ("max_attempts", "initial_backoff", "max_backoff"), "outputs": (),
+             "relay": ()}
 #: Output options that also have a bridge-wide value at the file's top level.
 _FILE_WIDE = {"start_from": "start_from", "max_attempts": "retry.max_attempts",
               "initial_backoff": "retry.initial_backoff", "max_backoff": "retry.max_backoff"}
