@@ -167,6 +167,7 @@ class RelayWorker:
         tps = [(tp.topic, tp.partition) for tp in revoked]
         if not tps:
             return
+        log.info("revoking %s: finishing deliveries in flight", _names(tps))
         self.partitions.revoke(tps)
         if not self.partitions.wait_idle(tps, self.config.revoke_timeout, self.force_exit):
             log.warning("revoking %s: deliveries still running after %.0fs; the next owner "
