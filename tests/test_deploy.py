@@ -58,14 +58,18 @@ def manifests() -> list[dict]:
             for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def one(kind: str) -> dict:
-    found = [doc for doc in manifests() if doc["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def one(kind: str, component: str | None = None) -> dict:
+    found = [doc for doc in manifests() if doc["kind"] == kind and (
+        component is None
+        or doc["metadata"]["labels"].get("app.kubernetes.io/component") == component)]
+    assert len(found) == 1, f"expected one {kind} {component or ''}, found {len(found)}"
     return found[0]
 
 
 def pod_specs() -> list[dict]:
-    return [one("Deployment")["spec"]["template"]["spec"], one("Job")["spec"]["template"]["spec"]]
+    return [one("Deployment", "bridge")["spec"]["template"]["spec"],
+            one("Job")["spec"]["template"]["spec"],
+            one("Deployment", "relay")["spec"]["template"]["spec"]]
 
 
 def is_skor_image(image: str) -> bool:
@@ -339,7 +343,8 @@ def test_the_compose_receiver_script_answers_webhooks_and_health_checks(tmp_path
 def test_every_skor_bridge_command_line_in_compose_and_kubernetes_parses(monkeypatch):
     # Given every skor-bridge invocation, with its environment
     lines = compose_command_lines() + k8s_command_lines()
-    assert {"triggers", "bridge", "skor-bridge", "install-triggers"} <= {n for n, _, _ in lines}
+    assert {"triggers", "bridge", "skor-bridge", "install-triggers", "skor-relay"} <= {
+        n for n, _, _ in lines}
     # Then the CLI accepts each, its options and its SKOR_* values
     for name, args, env in lines:
         try:
@@ -350,7 +355,7 @@ def test_every_skor_bridge_command_line_in_compose_and_kubernetes_parses(monkeyp
 
 def test_the_deployment_runs_two_replicas_probed_and_scraped_on_the_metrics_port():
     # Given the Deployment
-    deployment = one("Deployment")
+    deployment = one("Deployment", "bridge")
     template = deployment["spec"]["template"]
     (container,) = template["spec"]["containers"]
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
@@ -389,7 +394,7 @@ def test_pods_run_as_non_root_with_resources_set():
 
 def test_the_disruption_budget_selects_the_deployments_pods_and_leaves_one_running():
     # Given the Deployment and the PodDisruptionBudget
-    deployment, budget = one("Deployment"), one("PodDisruptionBudget")
+    deployment, budget = one("Deployment", "bridge"), one("PodDisruptionBudget")
     selector = budget["spec"]["selector"]["matchLabels"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     # Then the budget selects exactly the Deployment's pods
@@ -443,7 +448,8 @@ def test_secret_references_resolve_and_the_dsn_comes_from_the_secret():
             refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
                     if "valueFrom" in e}
             # Then each names that Secret and one of its keys, and SKOR_DSN is among them
-            assert "SKOR_DSN" in refs
+            # (the relay reads no database)
+            assert "SKOR_DSN" in refs or container["args"][0] == "relay"
             for ref in refs.values():
                 assert ref["name"] == secret["metadata"]["name"]
                 assert ref["key"] in secret["stringData"]
@@ -455,3 +461,56 @@ def test_the_kustomization_applies_every_manifest():
     # Then it lists each manifest of the directory, and only those
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
+
+
+# -- relay workers ----------------------------------------------------------------------------
+
+
+def test_relay_workers_read_the_topics_the_bridge_writes_and_deliver_to_webhooks(tmp_path):
+    # Given the relay Deployment, the bridge's skor.toml and the relay's relay.toml
+    from skor_bridge.relay.config import build_relay_config
+
+    deployment = one("Deployment", "relay")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    data = config_map_data()
+    (tmp_path / "skor.toml").write_text(data["skor.toml"])
+    (tmp_path / "relay.toml").write_text(data["relay.toml"])
+    bridge = build_config(Options(dsn="postgresql://skor@postgres/shop"),
+                          tmp_path / "skor.toml", {})
+    relay = build_relay_config({}, tmp_path / "relay.toml", {})
+    # Then the relay runs `relay` with that file
+    assert container["args"] == ["relay", "--config", "/etc/skor/relay.toml"]
+    # And it reads the bridge's Kafka cluster and the topics its template makes
+    (kafka,) = [o.settings for o in bridge.outputs if o.kind == "kafka"]
+    assert relay.bootstrap == kafka.bootstrap
+    assert relay.reads(kafka.topic.format(schema="public", table="orders"))
+    assert relay.dead_letter_topic and not relay.reads(relay.dead_letter_topic)
+    # And its pods are stateless replicas, probed and scraped like the bridge's
+    assert deployment["spec"]["replicas"] >= 2
+    assert "volumeClaimTemplates" not in deployment["spec"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORT)
+    # And a graceful stop (requests in flight, then commit) fits in the grace period
+    assert template["spec"]["terminationGracePeriodSeconds"] > relay.revoke_timeout
+    # And it selects only relay pods, not the bridge's (whose PDB expects two of them)
+    bridge_labels = one("Deployment", "bridge")["spec"]["template"]["metadata"]["labels"]
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= bridge_labels.items()
+    assert not one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= (
+        template["metadata"]["labels"].items())
+
+
+def test_the_lag_metric_to_scale_relays_on_is_the_one_they_export():
+    # Given the metric names a relay serves
+    from prometheus_client import generate_latest
+
+    from skor_bridge.relay.metrics import RelayMetrics
+
+    metrics = RelayMetrics()
+    metrics.partition_lag.labels("skor.public.orders", "0").set(3)
+    served = generate_latest(metrics.registry).decode()
+    # Then the lag the docs tell autoscalers to use is among them, per topic and partition
+    assert 'skor_relay_lag_records{partition="0",topic="skor.public.orders"} 3.0' in served
+    for doc in (ROOT / "README.md", DEPLOY / "README.md", K8S / "relay.yaml"):
+        assert "skor_relay_lag_records" in doc.read_text(), doc
