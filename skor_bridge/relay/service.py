@@ -11,6 +11,7 @@ Shutdown order, and why (as for the bridge):
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -111,8 +112,15 @@ class Relay:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handle(signum: int, frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self.stop_requested.is_set():
+                # As for `run`: a second signal exits at once. What was not committed is
+                # delivered again by the partitions' next owner, with the same ids.
+                log.warning("received %s again; exiting at once without draining", name)
+                logging.shutdown()
+                os._exit(1)
             # Only set flags: the consumer loop (or a revocation in progress) does the work.
-            log.info("received %s; stopping", signal.Signals(signum).name)
+            log.info("received %s; stopping", name)
             self.request_stop()
 
         for sig in previous:
