@@ -476,7 +476,7 @@ def test_relay_workers_read_the_topics_the_bridge_writes_and_deliver_to_webhooks
     data = config_map_data()
     (tmp_path / "skor.toml").write_text(data["skor.toml"])
     (tmp_path / "relay.toml").write_text(data["relay.toml"])
-    bridge = build_config(Options(dsn="postgresql://skor@postgres/shop"),
+    bridge = build_config({"dsn": "postgresql://skor@postgres/shop"},
                           tmp_path / "skor.toml", {})
     relay = build_relay_config({}, tmp_path / "relay.toml", {})
     # Then the relay runs `relay` with that file
