@@ -205,7 +205,7 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
         assert letter.headers["op"] == b"UPDATE"
         assert letter.headers["dlq-error"].startswith(b"HTTP 422")
         assert letter.headers["dlq-attempts"] == b"1"
-        assert letter.headers["dlq-output"] == b"webhook"
+        assert letter.headers["dlq-output"].startswith(b"webhook")  # the output's name
         assert letter.headers["dlq-original-topic"] == kafka_topic.encode()
         original = source[event_id]
         assert letter.headers["dlq-original-partition"] == str(original.partition).encode()
