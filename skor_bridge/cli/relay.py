@@ -37,7 +37,7 @@ def relay(ctx: typer.Context, **given: Any) -> None:
     cli.pop("config", None)
     with expected_errors():
         cfg = build_relay_config(cli, given["config"], os.environ)
-        logs.configure(cfg.log_level, cfg.log_format)
+        logs.configure(cfg.log_level, cfg.log_format, cfg.show_full_urls)
         code = Relay(cfg).run()
     raise typer.Exit(code)
 

@@ -66,7 +66,8 @@ RELAY_OPTIONS: tuple[Option, ...] = (
 #: Options of `run` that mean the same for the relay.
 SHARED = ("webhook", "webhook_secret", "header", "webhook_timeout", "webhook_concurrency",
           "webhook_ca_file", "kafka_option", "max_attempts", "max_in_flight", "metrics_port",
-          "metrics_host", "log_level", "log_format", "initial_backoff", "max_backoff")
+          "metrics_host", "log_level", "log_format", "show_full_urls", "initial_backoff",
+          "max_backoff")
 
 #: librdkafka settings the relay's guarantees rest on: offsets are committed by the relay,
 #: only past records that are finished. An option that changes them is refused.
@@ -100,6 +101,7 @@ class RelayConfig:
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     log_format: str = "text"
+    show_full_urls: bool = False
 
     def __post_init__(self) -> None:
         if not self.bootstrap.strip():
@@ -160,7 +162,7 @@ def build_relay_config(cli: Mapping[str, object], config_file: Path | None,
     retry = _make("retry", lambda: RetryPolicy(
         value("max_attempts"), value("initial_backoff"), value("max_backoff")))
     skor_env = {k: environ[k] for k in ("WEBHOOKURL",) if k in environ}
-    outputs = _merge(_file_outputs(file, label, values, retry),
+    outputs = _merge(_file_outputs(file, label, value("show_full_urls"), retry),
                      _command_line_outputs(values, skor_env, retry))
     if value("kafka_option"):
         options = tuple(_make(values["kafka_option"].where, parse_option, o)
@@ -178,7 +180,7 @@ def build_relay_config(cli: Mapping[str, object], config_file: Path | None,
         dead_letter_topic=own["dead_letter_topic"].value, options=options,
         max_in_flight=value("max_in_flight"), metrics_port=value("metrics_port"),
         metrics_host=value("metrics_host"), log_level=value("log_level").upper(),
-        log_format=value("log_format"))
+        log_format=value("log_format"), show_full_urls=value("show_full_urls"))
 
 
 def _resolve_own(option: Option, cli: Mapping[str, object], environ: Mapping[str, str],
