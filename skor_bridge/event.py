@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-OPS = ("INSERT", "UPDATE", "DELETE")
+#: READ is a row that existed before capture began, sent by `skor-bridge backfill`.
+OPS = ("INSERT", "UPDATE", "DELETE", "READ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,11 @@ class ChangeEvent:
     raw_body: bytes | None = field(default=None, compare=False)
     #: Headers the output's format adds (content-type, CloudEvents ce_* attributes).
     headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    #: The outputs this event is for (a backfill limited to some); None for every output.
+    outputs: tuple[str, ...] | None = None
+
+    def is_for(self, output: str) -> bool:
+        return self.outputs is None or output in self.outputs
 
     @property
     def ordering_key(self) -> str:

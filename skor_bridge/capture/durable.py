@@ -27,7 +27,7 @@ FETCH_BYTES = 8 * 1024 * 1024
 
 # The running sum streams under the LIMIT, so the scan still stops after `limit` rows.
 _SELECT_EVENTS = f"""
-SELECT {EVENT_COLUMNS} FROM (
+SELECT {EVENT_COLUMNS}, outputs FROM (
     SELECT *, sum(octet_length(data)) OVER (ORDER BY pos) AS running
     FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
 ) fetched WHERE running - octet_length(data) < %s ORDER BY pos
@@ -116,7 +116,7 @@ class LogFeed(progress.OutputRecords):
     @staticmethod
     def _select(cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
         cur.execute(_SELECT_EVENTS, (after, limit, FETCH_BYTES))
-        return [event_from_row(row) for row in cur.fetchall()]
+        return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
 
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
         self._db.run(lambda cur: progress.record_delivered(

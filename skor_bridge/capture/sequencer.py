@@ -11,6 +11,7 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
+from skor_bridge.backfill.watermark import SUPERSEDED_READS
 from skor_bridge.db import Reconnecting, Stopped
 
 if TYPE_CHECKING:
@@ -20,17 +21,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MOVE = """
+# Backfill's READ rows carry their own event id and outputs, and a READ superseded by a
+# newer change of its row is dropped here (the argument is in backfill.watermark).
+_MOVE = f"""
 WITH moved AS (
     DELETE FROM skor.outbox
     WHERE id IN (SELECT id FROM skor.outbox ORDER BY id LIMIT %(limit)s)
     RETURNING *
-), numbered AS (
+), {SUPERSEDED_READS}, numbered AS (
     SELECT %(base)s - 1 + row_number() OVER (ORDER BY id) AS pos, * FROM moved
+    WHERE id NOT IN (SELECT id FROM superseded)
 ), ins AS (
-    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data)
-    SELECT pos, md5(%(install_id)s || '.' || id)::uuid, captured_at, schema_name, table_name,
-           op, row_key, data
+    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data,
+                          outputs)
+    SELECT pos, coalesce(event_id, md5(%(install_id)s || '.' || id)::uuid), captured_at,
+           schema_name, table_name, op, row_key, data, outputs
     FROM numbered
     RETURNING pos
 )

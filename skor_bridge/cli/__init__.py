@@ -99,7 +99,8 @@ def root(
 
 
 #: The command groups, in --help order; each module adds its commands through `register(app)`.
-COMMAND_MODULES = ("run", "relay", "status", "outputs", "triggers", "events", "demo", "bench")
+COMMAND_MODULES = ("run", "relay", "status", "outputs", "triggers", "events", "backfill", "demo",
+                   "bench")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_module}").register(app)

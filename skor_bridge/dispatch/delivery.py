@@ -268,6 +268,9 @@ class OutputWorker:
                 self._parked_positions.discard(event.position)
                 self.window.finish(event.position)
                 continue
+            if not event.is_for(self.name):  # a backfill meant for other outputs
+                self.window.finish(event.position)
+                continue
             self.window_bytes += len(event.data)
             self._enqueue(Pending(event, first_try=now))
         if events:
