@@ -96,7 +96,15 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
         f"the log's retention at position {row.position}; if it is gone for good: "
         f"skor-bridge outputs forget {row.name}"
         for row in lifecycle.values() if not row.served and row.holds_retention)
-    return f"{outputs}\n\n{instances}\n\n{log_line}{warnings}"
+    text = f"{outputs}\n\n{instances}\n\n{log_line}"
+    if snapshot.backfills:
+        text += "\n\n" + table(
+            ["BACKFILL", "OUTPUTS", "STATE", "ROWS", "UPDATED"],
+            [[b.table, ", ".join(b.outputs) or "all", b.state,
+              f"{b.rows_sent}/{b.rows_total}",
+              b.updated.astimezone().strftime("%Y-%m-%d %H:%M:%S")] for b in snapshot.backfills],
+            right={"ROWS"})
+    return text + warnings
 
 
 def _last_error(error: str | None, at: datetime | None, now: datetime) -> str:

@@ -6,10 +6,11 @@ and position are read at the same instant); only the relation sizes are outside 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from skor_bridge.backfill.status import BackfillStatus, backfills
 from skor_bridge.capture.wal.slot import SlotStatus, slot_status
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class Status:
     outputs: list[OutputStatus]
     instances: list[InstanceStatus]
     log: LogStatus
+    backfills: list[BackfillStatus] = field(default_factory=list)
     #: WAL capture's replication slot; None when WAL capture is not installed.
     slot: SlotStatus | None = None
 
@@ -130,11 +132,12 @@ def collect(conn: connection) -> Status:
             outputs = _outputs(cur, log)
             instances = _instances(cur)
             slot = slot_status(cur)
+            running = backfills(cur)
             cur.execute("SELECT now()")
             row = cur.fetchone()
             assert row is not None
         return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log,
-                      slot=slot)
+                      slot=slot, backfills=running)
     finally:
         conn.rollback()
 
