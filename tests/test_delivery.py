@@ -413,10 +413,13 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
         # Then all other rows arrive although the window holds only 50 events
         assert receiver.wait_for(500, timeout=30), process.log
         assert "parked" in process.log
-        # And the output's position moved past the stuck row
-        with db.cursor() as cur:
-            cur.execute("SELECT position FROM skor.outputs WHERE name = 'webhook'")
-            assert cur.fetchone()[0] >= 500
+        # And the output's position moved past the stuck row (saved on a short timer)
+        def position():
+            with db.cursor() as cur:
+                cur.execute("SELECT position FROM skor.outputs WHERE name = 'webhook'")
+                return cur.fetchone()[0]
+
+        wait_until(lambda: position() >= 500, timeout=30, message="position past row 1")
         # When row 1 recovers, its three changes arrive in order
         stuck.clear()
         assert receiver.wait_for(503, timeout=30)

@@ -14,7 +14,7 @@ from skor_bridge.capture.sequencer import Sequencer
 from skor_bridge.db import Reconnecting
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import cursor
+    from psycopg2.extensions import connection, cursor
 
     from skor_bridge.config import Config
     from skor_bridge.event import ChangeEvent
@@ -29,8 +29,8 @@ FETCH_BYTES = 8 * 1024 * 1024
 _SELECT_EVENTS = f"""
 SELECT {EVENT_COLUMNS}, outputs FROM (
     SELECT *, sum(octet_length(data)) OVER (ORDER BY pos) AS running
-    FROM skor.log WHERE pos > %s ORDER BY pos LIMIT %s
-) fetched WHERE running - octet_length(data) < %s ORDER BY pos
+    FROM skor.log WHERE pos > $1 ORDER BY pos LIMIT $2
+) fetched WHERE running - octet_length(data) < $3 ORDER BY pos
 """
 
 
@@ -82,6 +82,7 @@ class LogFeed(progress.OutputRecords):
         self.output = output
         self.kind = kind
         self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
+        self._prepared: connection | None = None
 
     def start_position(self) -> int:
         return self._db.run(self._start_position)
@@ -108,19 +109,24 @@ class LogFeed(progress.OutputRecords):
         return position
 
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
-        events = self._db.run(lambda cur: self._select(cur, after, limit))
-        if not events and wait > 0 and self.source.sequencer.wait_beyond(after, wait):
+        self.flush(due_only=True)
+        writer = self.source.sequencer
+        if after >= writer.head:
+            # Caught up: wait in memory for the sequencer rather than asking the database.
+            if wait <= 0 or not self.wait_saving(
+                    lambda seconds: writer.wait_beyond(after, seconds), wait):
+                return []
+        events = writer.recent(after, limit)
+        if events is None:
             events = self._db.run(lambda cur: self._select(cur, after, limit))
         return events
 
-    @staticmethod
-    def _select(cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
-        cur.execute(_SELECT_EVENTS, (after, limit, FETCH_BYTES))
+    def _select(self, cur: cursor, after: int, limit: int) -> list[ChangeEvent]:
+        if cur.connection is not self._prepared:
+            cur.execute(f"PREPARE skor_fetch (bigint, int, bigint) AS {_SELECT_EVENTS}")
+            self._prepared = cur.connection
+        cur.execute("EXECUTE skor_fetch (%s, %s, %s)", (after, limit, FETCH_BYTES))
         return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
-
-    def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
-        self._db.run(lambda cur: progress.record_delivered(
-            cur, self.output, delivered, error, position))
 
 
 def _first(cur: cursor) -> int:

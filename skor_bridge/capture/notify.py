@@ -152,6 +152,7 @@ class MemoryFeed(progress.OutputRecords):
         return 0
 
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
+        self.flush(due_only=True)
         with self._arrived:
             if not self._queue and wait > 0:
                 self._arrived.wait(wait)
@@ -159,8 +160,5 @@ class MemoryFeed(progress.OutputRecords):
             return [self._queue.popleft() for _ in range(count)]
 
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
+        # Notify positions restart with the process: nothing to resume from, only counters.
         self.record(delivered, error)
-
-    def record(self, delivered: int, error: str | None) -> None:
-        if delivered or error:
-            super().record(delivered, error)

@@ -2,6 +2,19 @@
 
 See `capture.schema` for why this never skips a late commit and keeps per-row order.
 Runs on the active instance only, in its own thread with its own connection.
+
+What it costs the user's database, and why it is shaped this way:
+- One round is ONE prepared statement in autocommit (lock the counter, move, number,
+  return the events), not BEGIN / SELECT FOR UPDATE / move / COMMIT: the per-round
+  overhead is what a bridge at 1,000 changes/s pays hundreds of times a second.
+- When the outbox is empty the statement locks nothing and writes nothing (no
+  transaction id, no WAL flush), so an idle look costs a read of an empty table.
+- The moved events come back from the same statement and are kept in memory
+  (`recent`), so an output that keeps up reads them from there instead of querying the
+  log again.
+- An idle sequencer backs its poll off from `poll_interval` (2 ms) to `IDLE_POLL_MAX`,
+  doubling per empty look, and polls fast again as soon as a round finds something: the
+  first change after a quiet period waits at most `IDLE_POLL_MAX` longer than usual.
 """
 
 from __future__ import annotations
@@ -9,37 +22,61 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING
 
+import psycopg2.errors
+
 from skor_bridge.backfill.watermark import SUPERSEDED_READS
+from skor_bridge.capture.log_rows import event_from_row
 from skor_bridge.db import Reconnecting, Stopped
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import cursor
+    from psycopg2.extensions import connection, cursor
 
     from skor_bridge.config import Config
+    from skor_bridge.event import ChangeEvent
 
 log = logging.getLogger(__name__)
 
+#: Longest pause between two looks at an idle outbox.
+IDLE_POLL_MAX = 0.25
+
+#: Bytes of moved events kept in memory for outputs that keep up; rows past this in one
+#: round come back without their data and are read from the log by the outputs instead.
+RECENT_BYTES = 8 * 1024 * 1024
+
+# $1 limit, $2 install id, $3 bytes of data to return. `seq` locks the counter only when
+# the outbox has rows, so an idle look is read-only. Every CTE sees one snapshot; if two
+# instances ever overlap during a failover, the second waits on the counter row, then
+# finds the rows the first moved already deleted and skips them (READ COMMITTED), so each
+# outbox row is numbered once.
 # Backfill's READ rows carry their own event id and outputs, and a READ superseded by a
 # newer change of its row is dropped here (the argument is in backfill.watermark).
 _MOVE = f"""
-WITH moved AS (
+WITH seq AS (
+    SELECT next_pos FROM skor.sequencer WHERE EXISTS (SELECT FROM skor.outbox) FOR UPDATE
+), moved AS (
     DELETE FROM skor.outbox
-    WHERE id IN (SELECT id FROM skor.outbox ORDER BY id LIMIT %(limit)s)
+    WHERE id IN (SELECT id FROM skor.outbox WHERE EXISTS (SELECT FROM seq) ORDER BY id LIMIT $1)
     RETURNING *
-), {SUPERSEDED_READS}, numbered AS (
-    SELECT %(base)s - 1 + row_number() OVER (ORDER BY id) AS pos, * FROM moved
-    WHERE id NOT IN (SELECT id FROM superseded)
-), ins AS (
+), {SUPERSEDED_READS}, ins AS (
     INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data,
                           outputs)
-    SELECT pos, coalesce(event_id, md5(%(install_id)s || '.' || id)::uuid), captured_at,
-           schema_name, table_name, op, row_key, data, outputs
-    FROM numbered
-    RETURNING pos
+    SELECT (SELECT next_pos FROM seq) - 1 + row_number() OVER (ORDER BY id),
+           coalesce(event_id, md5($2 || '.' || id)::uuid), captured_at, schema_name,
+           table_name, op, row_key, data, outputs
+    FROM moved WHERE id NOT IN (SELECT id FROM superseded)
+    RETURNING pos, event_id, captured_at, schema_name, table_name, op, row_key, data, outputs
+), bump AS (
+    UPDATE skor.sequencer SET next_pos = (SELECT next_pos FROM seq) + (SELECT count(*) FROM ins)
+    WHERE EXISTS (SELECT FROM ins)
 )
-UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM ins) RETURNING next_pos
+SELECT pos, event_id::text, extract(epoch FROM captured_at)::float8, schema_name, table_name,
+       op, row_key,
+       CASE WHEN sum(octet_length(data)) OVER (ORDER BY pos) <= $3 THEN data END, outputs
+FROM ins ORDER BY pos
 """
 
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
@@ -58,20 +95,17 @@ class Sequencer:
         self._install_id = ""
         self._moved = threading.Condition()
         self._covered_until = 0
+        self._prepared: connection | None = None
+        #: The newest moved events, contiguous in position, at most RECENT_BYTES of data.
+        self._recent: deque[ChangeEvent] = deque()
+        self._recent_bytes = 0
         #: Events moved so far by this process; fed to metrics.
         self.captured = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        def read_state(cur: cursor) -> tuple[int, str]:
-            cur.execute("SELECT next_pos - 1, (SELECT value FROM skor.meta"
-                        " WHERE key = 'install_id') FROM skor.sequencer")
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0]), str(row[1])
-
-        self._head, self._install_id = self._db.run(read_state)
+        self._head, self._install_id = self._db.run(self._read_state)
         self._thread.start()
 
     def stop(self) -> None:
@@ -101,50 +135,84 @@ class Sequencer:
                 lambda: self._head > position or self.stopping.is_set(), timeout
             )
 
+    def recent(self, after: int, limit: int) -> list[ChangeEvent] | None:
+        """Events after `after` from memory, or None when memory does not hold the next one
+        (the caller then reads the log)."""
+        with self._moved:
+            if not self._recent:
+                return None
+            first = self._recent[0].position
+            if not first <= after + 1 <= self._recent[-1].position:
+                return None
+            start = after + 1 - first
+            return list(islice(self._recent, start, start + limit))
+
     # -- moving ----------------------------------------------------------------------------
+
+    def _read_state(self, cur: cursor) -> tuple[int, str]:
+        cur.execute("SELECT next_pos - 1, (SELECT value FROM skor.meta"
+                    " WHERE key = 'install_id') FROM skor.sequencer")
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0]), str(row[1])
 
     def _run(self) -> None:
         limit = self.config.source.batch_size
-        idle = False
+        fast = self.config.source.poll_interval
+        pause = fast
         try:
             while not self.stopping.is_set() and not self._stopped.is_set():
-                # An idle outbox is watched with a read-only query: a move locks the counter
-                # row, and so costs a transaction and a WAL flush, even when it finds nothing.
-                if idle and not self._db.run(_outbox_has_rows):
-                    self._stopped.wait(self.config.source.poll_interval)
-                    continue
-                moved, head = self._db.run(lambda cur: self._move(cur, limit))
-                idle = moved == 0
+                moved = self._db.run(lambda cur: self._round(cur, limit))
                 if moved:
-                    self.captured += moved
-                    with self._moved:
-                        self._head = head
-                        self._moved.notify_all()
-                if moved < limit:
-                    self._stopped.wait(self.config.source.poll_interval)
+                    self.captured += len(moved)
+                    self._publish(moved)
+                    pause = fast
+                    if len(moved) >= limit:
+                        continue  # a backlog: the next round at once
+                else:
+                    pause = min(IDLE_POLL_MAX, pause * 2)
+                self._stopped.wait(pause)
         except Stopped:
             pass
         except Exception:
             log.exception("sequencer failed")
             self.stopping.set()
 
-    def _move(self, cur: cursor, limit: int) -> tuple[int, int]:
+    def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
+        if cur.connection is not self._prepared:
+            cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+            self._prepared = cur.connection
+        if self._head + 1 + limit > self._covered_until:
+            self._ensure_partitions(cur, self._head + 1, self._head + 1 + limit)
         try:
-            # Holding the counter row serialises sequencers: if two instances ever overlap
-            # during a failover, the second numbers only what the first did not move.
-            # (Sent with BEGIN in one round trip; a failed BEGIN leaves nothing to roll back.)
-            cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
-            base = _first(cur)
-            if base + limit > self._covered_until:
-                self._ensure_partitions(cur, base, base + limit)
-            cur.execute(_MOVE, {"limit": limit, "base": base, "install_id": self._install_id})
-            next_pos = _first(cur)
-            cur.execute("COMMIT")
-        except BaseException:
-            if not cur.connection.closed:
-                cur.execute("ROLLBACK")
-            raise
-        return next_pos - base, next_pos - 1
+            cur.execute("EXECUTE skor_move (%s, %s, %s)",
+                        (limit, self._install_id, RECENT_BYTES))
+        except psycopg2.errors.CheckViolation:
+            # No partition for a position: another instance moved events meanwhile (an
+            # overlap during failover), so our head was behind. Catch up and retry.
+            head, _ = self._read_state(cur)
+            self._ensure_partitions(cur, head + 1, head + 1 + limit)
+            cur.execute("EXECUTE skor_move (%s, %s, %s)",
+                        (limit, self._install_id, RECENT_BYTES))
+        return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
+
+    def _publish(self, moved: list[ChangeEvent]) -> None:
+        with self._moved:
+            recent = self._recent
+            if recent and recent[-1].position + 1 != moved[0].position:
+                recent.clear()  # a gap (another instance moved some): keep it contiguous
+                self._recent_bytes = 0
+            for event in moved:
+                if event.data is None:  # past RECENT_BYTES: outputs read the log
+                    recent.clear()
+                    self._recent_bytes = 0
+                    break
+                recent.append(event)
+                self._recent_bytes += len(event.data)
+            while recent and self._recent_bytes > RECENT_BYTES:
+                self._recent_bytes -= len(recent.popleft().data)
+            self._head = moved[-1].position
+            self._moved.notify_all()
 
     def _ensure_partitions(self, cur: cursor, base: int, until: int) -> None:
         cur.execute(
@@ -167,15 +235,3 @@ class Sequencer:
             )
             upper += size
         self._covered_until = upper
-
-
-def _outbox_has_rows(cur: cursor) -> bool:
-    cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
-    row = cur.fetchone()
-    return bool(row and row[0])
-
-
-def _first(cur: cursor) -> int:
-    row = cur.fetchone()
-    assert row is not None
-    return int(row[0])

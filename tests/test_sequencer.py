@@ -1,0 +1,63 @@
+"""The sequencer's cost on the user's database: an idle bridge backs its poll off, and
+comes back to fast polling as soon as something arrives."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import psycopg2
+import pytest
+
+from tests.helpers import execute
+
+TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
+
+
+def transactions(dsn: str) -> int:
+    """Transactions the test database has committed so far (every look at the outbox is one)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        count = int(cur.fetchone()[0])
+    conn.close()
+    return count
+
+
+@pytest.mark.slow
+def test_an_idle_bridge_backs_its_poll_off_and_comes_back_when_changes_arrive(
+    dsn, capture_table, bridge, receiver
+):
+    # Given a running bridge that delivered one change, then had nothing to do
+    capture_table(TABLE, "items")
+    bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    execute(dsn, "INSERT INTO items VALUES (0, 'warm-up')")
+    assert receiver.wait_for(1, timeout=30)
+    time.sleep(3)
+    # Then, idle, it looks at the database a few times a second, not every 2 ms
+    # (PostgreSQL publishes backends' counters about once a second: a long window)
+    before = transactions(dsn)
+    time.sleep(8)
+    idle = transactions(dsn) - before
+    assert idle < 400, f"{idle} transactions in 8 s of idling"
+
+    # When a change arrives after the quiet period, it is delivered
+    execute(dsn, "INSERT INTO items VALUES (1, 'after the quiet')")
+    assert receiver.wait_for(2, timeout=30)
+    # And once traffic resumes, changes arrive promptly again (fast polling, not one look
+    # per backed-off interval)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    committed = {}
+    with conn.cursor() as cur:
+        for row in range(2, 42):
+            cur.execute("INSERT INTO items VALUES (%s, 'x')", (row,))
+            committed[row] = time.time()
+            time.sleep(0.025)
+    conn.close()
+    assert receiver.wait_for(42, timeout=30)
+    latency = [r.at - committed[json.loads(r.body)["data"]["id"]]
+               for r in receiver.delivered() if json.loads(r.body)["data"]["id"] >= 2]
+    assert statistics.median(latency) < 0.12, sorted(latency)
