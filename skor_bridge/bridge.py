@@ -57,6 +57,7 @@ class Bridge:
         self.source: Source | None = None
         #: The capture mode in effect: WAL capture, once installed, replaces the default.
         self.mode = config.source.mode
+        self.pruner: Pruner | None = None
         self.active = False
         self.fatal: BaseException | None = None
         # The source whose `captured` count was last fed to metrics, and that count.
@@ -100,9 +101,11 @@ class Bridge:
         """What /readyz answers; called from the health server's threads."""
         source = self.source
         head = None if source is None else source.head
+        pruner = self.pruner
         ready, body = readiness(
             self.active, self.instance, source is not None and source.healthy(),
-            [(w.name, w.failed is not None, w.backlog(head)) for w in list(self.workers)])
+            [(w.name, w.failed is not None, w.backlog(head)) for w in list(self.workers)],
+            holding=pruner.last.holding if pruner is not None else [])
         slot_report = getattr(source, "slot_report", None)
         if self.active and slot_report is not None:  # WAL mode: the slot's retained WAL
             slot_ok, body["slot"] = slot_report()
@@ -169,7 +172,7 @@ class Bridge:
         ]
         # Feeds exist before capture starts, so notify mode misses nothing in between.
         source.start()
-        pruner = Pruner(self.config).start()
+        pruner = self.pruner = Pruner(self.config).start()
         for worker in self.workers:
             worker.start()
         self.active = True
@@ -222,6 +225,11 @@ class Bridge:
             self.metrics.captured_total.inc(captured - counted)
         self._counted = (source, captured)
         head = None if source is None else source.head
+        if self.pruner is not None:
+            found = self.pruner.last
+            self.metrics.log_bytes.set(found.log_bytes)
+            for output in self.config.outputs:
+                self.metrics.holding_log.labels(output.name).set(output.name in found.holding)
         for worker in self.workers:
             state = worker.backlog(head)
             self.metrics.pending.labels(worker.name).set(state.pending)

@@ -233,6 +233,9 @@ class Config:
     failover_timeout: float = 10.0
     #: Delivered events are kept this long for replay, then their partitions are dropped.
     retention_seconds: float = 7 * 24 * 3600.0
+    #: ... and the log is kept under this many bytes on disk, whichever limit comes first;
+    #: never by dropping what an output has not passed.
+    retention_bytes: int = 1024**3
     #: Positions per log partition; retention drops whole partitions.
     partition_size: int = 100_000
     #: Seconds between the active instance's retention passes (shorter in tests).
@@ -257,6 +260,8 @@ class Config:
             raise ConfigError(f"outputs: two outputs are named {duplicates[0]!r}")
         if self.max_in_flight < 1:
             raise ConfigError("max_in_flight: must be at least 1")
+        if self.retention_bytes < 1:
+            raise ConfigError("retention_size: must be positive")
 
 
 _TEMPLATE_FIELDS = {"schema", "table", "op"}

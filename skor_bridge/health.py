@@ -7,7 +7,8 @@
 Ready means: a standby is always ready (its body says `"role": "standby"`), so probes keep
 it in service to take over. The active instance is ready while its capture connection to
 PostgreSQL works and no output's oldest in-flight event has been failing for longer than
-`STUCK_AFTER` (an output that is merely behind, or retrying briefly, is still ready).
+`STUCK_AFTER` (an output that is merely behind, or retrying briefly, is still ready), and
+no output is so far behind that it holds the log over `--retention-size`.
 
 The server listens on 0.0.0.0 so that probes and scrapers from outside a container or pod
 reach it; it serves nothing but these figures. It starts before leader election, so a
@@ -46,17 +47,22 @@ HOST = "0.0.0.0"
 
 
 def readiness(active: bool, instance: str, database: bool,
-              outputs: list[tuple[str, bool, Backlog]]) -> tuple[bool, dict[str, Any]]:
+              outputs: list[tuple[str, bool, Backlog]],
+              holding: list[str] | None = None) -> tuple[bool, dict[str, Any]]:
     """(ready, body) as /readyz reports them; see the module docstring. `outputs` holds
-    (name, failed, backlog) per output of the active instance."""
+    (name, failed, backlog) per output of the active instance; `holding`, the outputs that
+    keep the log over --retention-size."""
     if not active:
         return True, {"ready": True, "role": "standby", "instance": instance}
     body: dict[str, Any] = {}
     for name, failed, state in outputs:
-        ok = not failed and state.failing_seconds < STUCK_AFTER
+        held = name in (holding or [])
+        ok = not failed and state.failing_seconds < STUCK_AFTER and not held
         body[name] = {"ready": ok, "pending": state.pending,
                       "lag_seconds": round(state.lag_seconds, 3),
                       "failing_seconds": round(state.failing_seconds, 3)}
+        if held:
+            body[name]["holding_log"] = True
     ready = database and all(o["ready"] for o in body.values())
     return ready, {"ready": ready, "role": "active", "instance": instance,
                    "database": database, "outputs": body}

@@ -43,6 +43,13 @@ class Metrics:
         self.slot_status = Gauge(
             "skor_wal_slot_status", "WAL mode: 1 for the slot's wal_status (reserved, "
             "extended, unreserved, lost, missing).", ["status"], registry=r)
+        self.log_bytes = Gauge(
+            "skor_log_bytes", "Size of the event log on disk, as of the last retention pass.",
+            registry=r)
+        self.holding_log = Gauge(
+            "skor_output_holding_log", "1 when the output has not delivered events that "
+            "--retention-size would drop, so the log is kept over its size limit.", ["output"],
+            registry=r)
         self.role = Gauge(
             "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
 
@@ -50,7 +57,7 @@ class Metrics:
         """Create the output's series at zero, so dashboards and alerts see them before
         the first event (a labelled series otherwise appears only when first used)."""
         for metric in (self.delivered_total, self.retried_total, self.dead_total, self.pending,
-                       self.lag, self.latency):
+                       self.lag, self.latency, self.holding_log):
             metric.labels(output)
 
     def clear_backlog(self, outputs: list[str]) -> None:

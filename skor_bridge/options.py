@@ -281,6 +281,9 @@ OPTIONS: tuple[Option, ...] = (
            "1GB", 1024**3, TUNING, key="max_slot_lag"),
     Option("retention", positive(), "Keep delivered events this long for replay.", "DURATION",
            "7d", 7 * 86400.0, TUNING, key="retention"),
+    Option("retention_size", size, "...and keep the log under this size on disk, whichever "
+           "comes first; never dropping what an output has not delivered.", "SIZE", "1GB",
+           1024**3, TUNING, key="retention_size"),
     Option("retention_interval", positive(), "Seconds between retention passes.", "SECONDS",
            "60", 60.0, TUNING, key="retention_interval", hidden=True),
     Option("partition_size", integer(1), "Positions per log partition.", "N", "100000",

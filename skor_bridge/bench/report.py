@@ -79,7 +79,11 @@ while `--flat-out-writers` pgbench clients insert, the backlog figure inserts th
 with the bridge stopped and times from the bridge's outputs being ready until the output
 has every event. *Latency*: two paced writer processes note when each INSERT's commit
 returned, the receiver when each row arrived (one clock), joined by row id. *Footprint*:
-the bridge's user+system CPU time and VmHWM from `/proc`. The webhook receiver is an
+the bridge's user+system CPU time and VmHWM from `/proc`. *Database cost*: the CPU time
+(from `/proc`) of the bridge's own PostgreSQL sessions (application_name `skor-bridge ...`)
+while it idles, while paced writers insert at `--rate`, and while writers insert flat out,
+per event delivered; log bytes per event are the log partitions' size on disk over their
+rows. The webhook receiver is an
 asyncio process of the benchmark's own; its ceiling is measured with its load client
 sharing the same cores.
 """

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg2
 
-from skor_bridge.bench import latency, machine, memory, throughput, write_cost
+from skor_bridge.bench import footprint, latency, machine, memory, throughput, write_cost
 from skor_bridge.bench.context import Context, Progress
 from skor_bridge.bench.outputs import AmqpCounter, KafkaCounter, Tansu, WebhookCounter, safe_url
 from skor_bridge.bench.receiver import FastReceiver, measure_ceiling
@@ -137,6 +137,8 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
         rows += latency.measure(ctx)
     if options.runs("memory"):
         rows += memory.measure(ctx)
+    if options.runs("database"):
+        rows += footprint.measure(ctx)
     if ceiling is not None:
         rows.append(_ceiling_row(ctx, ceiling))
     skipped = sorted(options.skip)

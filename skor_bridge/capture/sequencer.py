@@ -12,9 +12,10 @@ What it costs the user's database, and why it is shaped this way:
 - The moved events come back from the same statement and are kept in memory
   (`recent`), so an output that keeps up reads them from there instead of querying the
   log again.
-- An idle sequencer backs its poll off from `poll_interval` (2 ms) to `IDLE_POLL_MAX`,
-  doubling per empty look, and polls fast again as soon as a round finds something: the
-  first change after a quiet period waits at most `IDLE_POLL_MAX` longer than usual.
+- An idle sequencer (nothing found for `QUIET` seconds) backs its poll off from
+  `poll_interval` (2 ms) to `IDLE_POLL_MAX`, doubling per empty look, and polls fast again
+  as soon as a round finds something: the first change after a quiet period waits at most
+  `IDLE_POLL_MAX` longer than usual.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between two looks at an idle outbox.
 IDLE_POLL_MAX = 0.25
+
+#: Seconds of finding nothing before the poll starts to back off, so that the gaps of a
+#: steady trickle (a change every few milliseconds) never slow it down.
+QUIET = 0.1
 
 #: Bytes of moved events kept in memory for outputs that keep up; rows past this in one
 #: round come back without their data and are read from the log by the outputs instead.
@@ -159,17 +165,17 @@ class Sequencer:
     def _run(self) -> None:
         limit = self.config.source.batch_size
         fast = self.config.source.poll_interval
-        pause = fast
+        pause, quiet_since = fast, time.monotonic()
         try:
             while not self.stopping.is_set() and not self._stopped.is_set():
                 moved = self._db.run(lambda cur: self._round(cur, limit))
                 if moved:
                     self.captured += len(moved)
                     self._publish(moved)
-                    pause = fast
+                    pause, quiet_since = fast, time.monotonic()
                     if len(moved) >= limit:
                         continue  # a backlog: the next round at once
-                else:
+                elif time.monotonic() - quiet_since > QUIET:
                     pause = min(IDLE_POLL_MAX, pause * 2)
                 self._stopped.wait(pause)
         except Stopped:

@@ -96,6 +96,11 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
         f"the log's retention at position {row.position}; if it is gone for good: "
         f"skor-bridge outputs forget {row.name}"
         for row in lifecycle.values() if not row.served and row.holds_retention)
+    warnings += "".join(
+        f"\nwarning: output {o.name} holds the event log over --retention-size (since "
+        f"{duration((snapshot.taken_at - o.holding_log_since).total_seconds())} ago): it has "
+        "not delivered the events the size limit would drop"
+        for o in snapshot.outputs if o.holding_log_since is not None)
     text = f"{outputs}\n\n{instances}\n\n{log_line}"
     if snapshot.backfills:
         text += "\n\n" + table(

@@ -34,7 +34,9 @@ SELECT o.name, o.kind, o.position, o.delivered_total, o.last_error, o.last_error
         (SELECT l.captured_at FROM skor.log l WHERE l.pos > o.position ORDER BY l.pos LIMIT 1),
         (SELECT min(r.captured_at) FROM skor.redeliveries r
          WHERE r.output = o.name AND r.reason = 'parked'),
-        (SELECT b.captured_at FROM skor.outbox b ORDER BY b.id LIMIT 1)))::float8
+        (SELECT b.captured_at FROM skor.outbox b ORDER BY b.id LIMIT 1)))::float8,
+    -- through to_jsonb: a database that has not run migration 030 yet has no such column
+    (to_jsonb(o) ->> 'holding_log_since')::timestamptz
 FROM skor.outputs o ORDER BY o.name
 """
 
@@ -77,6 +79,9 @@ class OutputStatus:
     parked: int
     last_error: str | None
     last_error_at: datetime | None
+    #: Since when the output has held the log over --retention-size (it has not delivered
+    #: events the size limit would drop); None when it does not.
+    holding_log_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def _outputs(cur: cursor, log: LogStatus) -> list[OutputStatus]:
     cur.execute(_OUTPUTS)
     result = []
     for (name, kind, position, delivered_total, last_error, last_error_at, last_minute, dead,
-         retrying, parked, lag) in cur.fetchall():
+         retrying, parked, lag, holding) in cur.fetchall():
         result.append(OutputStatus(
             name=name, kind=kind, position=int(position),
             pending=max(0, log.head - int(position)) + int(parked) + log.outbox_rows,
@@ -165,7 +170,7 @@ def _outputs(cur: cursor, log: LogStatus) -> list[OutputStatus]:
             lag_seconds=max(0.0, float(lag or 0.0)),
             delivered_last_minute=int(last_minute), delivered_total=int(delivered_total),
             dead_letters=int(dead), retrying=int(retrying), last_error=last_error,
-            last_error_at=last_error_at,
+            last_error_at=last_error_at, holding_log_since=holding,
         ))
     return result
 
