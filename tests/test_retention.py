@@ -191,7 +191,8 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
                           'retention_interval = 0.3\n[retry]\ninitial_backoff = 0.05\n'
                           'max_backoff = 0.2\n')
         port = free_port()
-        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook", flaky.url,
+        process = bridge("--dsn", dsn, "--webhook", f"ok={receiver.url}",
+                         "--webhook", f"flaky={flaky.url}",
                          "--config", str(config), "--metrics-port", str(port))
         process.wait_active()
         limit = 600 * 1024
@@ -225,7 +226,7 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
 
         # When one webhook fails while 3,000 more are written
         failing.set()
-        held_from = scalar(dsn, "SELECT position FROM skor.outputs WHERE name = 'webhook-2'")
+        held_from = scalar(dsn, "SELECT position FROM skor.outputs WHERE name = 'flaky'")
         write(3001, 3000, pause=0.01)
         wait_until(lambda: receiver.count >= 6000, timeout=60, message="6000 at the healthy one")
         # Then nothing it still needs is dropped: the log grows past the limit for it
@@ -236,12 +237,12 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
         assert log_bytes(dsn) > limit
         # And status, /metrics and /readyz say which output holds it
         status = process_status(dsn)
-        assert "warning: output webhook-2 holds the event log over --retention-size" in status
-        wait_until(lambda: scrape(port).get(("skor_output_holding_log", "webhook-2")) == 1,
+        assert "warning: output flaky holds the event log over --retention-size" in status
+        wait_until(lambda: scrape(port).get(("skor_output_holding_log", "flaky")) == 1,
                    timeout=30, message="metric")
-        assert scrape(port)[("skor_output_holding_log", "webhook")] == 0
+        assert scrape(port)[("skor_output_holding_log", "ok")] == 0
         code, body = get(f"http://127.0.0.1:{port}/readyz")
-        assert code == 503 and json.loads(body)["outputs"]["webhook-2"]["holding_log"]
+        assert code == 503 and json.loads(body)["outputs"]["flaky"]["holding_log"]
 
         # When it recovers, Then it gets every event and the log shrinks back under the limit
         failing.clear()
