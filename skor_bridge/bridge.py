@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from skor_bridge.capture import inventory, registry
@@ -27,12 +28,14 @@ from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
 from skor_bridge.health import HealthServer, Readiness, readiness
-from skor_bridge.leader import Leadership
+from skor_bridge.leader import Leadership, instance_tag
 from skor_bridge.metrics import Metrics
 from skor_bridge.routing import route
 from skor_bridge.sinks import load_sink
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from skor_bridge.capture.base import Source
     from skor_bridge.config import Config
 
@@ -47,8 +50,10 @@ HEARTBEAT = 1.0
 
 class Bridge:
     def __init__(self, config: Config, instance: str | None = None) -> None:
-        self.config = config
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Every session of this instance carries its tag, for fencing (see `leader`).
+        self.config = replace(config, source=replace(
+            config.source, instance_tag=instance_tag(self.instance)))
         self.metrics = Metrics()
         for output in config.outputs:
             self.metrics.add_output(output.name)
@@ -141,34 +146,36 @@ class Bridge:
 
     # -- active term ------------------------------------------------------------------------
 
-    def _make_source(self, stopping: threading.Event) -> Source:
+    def _make_source(self, stopping: threading.Event, fence: Callable[[], bool]) -> Source:
         if self.mode == "notify":
             from skor_bridge.capture.notify import NotifySource
 
-            return NotifySource(self.config, stopping)
+            return NotifySource(self.config, stopping, fence)
         if self.mode == "wal":
             from skor_bridge.capture.wal.source import WalSource
 
-            return WalSource(self.config, stopping)
+            return WalSource(self.config, stopping, fence)
         from skor_bridge.capture.durable import DurableSource
 
-        return DurableSource(self.config, stopping)
+        return DurableSource(self.config, stopping, fence)
 
     def _run_active(self, leadership: Leadership) -> None:
         stopping = threading.Event()
-        source = self.source = self._make_source(stopping)
+        # Fencing: outputs send only while the lease holds (see `leader`).
+        source = self.source = self._make_source(stopping, leadership.may_send)
+        feeds = [source.feed(output.name, output.kind) for output in self.config.outputs]
         self.workers = [
             OutputWorker(
                 output,
                 route(load_sink(output.kind, output.name, output.settings), output,
                       self.config.source.dsn),
-                source.feed(output.name, output.kind),
+                feed,
                 self.metrics,
                 stopping,
                 self.config.max_in_flight,
                 self.config.source.batch_size,
             )
-            for output in self.config.outputs
+            for output, feed in zip(self.config.outputs, feeds, strict=True)
         ]
         # Feeds exist before capture starts, so notify mode misses nothing in between.
         source.start()
@@ -183,7 +190,7 @@ class Bridge:
                     lost = True
                     break
                 self._update_gauges()
-                self.stop_requested.wait(HEARTBEAT)
+                self.stop_requested.wait(min(HEARTBEAT, leadership.heartbeat_interval))
         finally:
             self.active = False
             pruner.stop()

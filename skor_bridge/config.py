@@ -83,6 +83,10 @@ class SourceConfig:
     channel: str = "skor"
     #: WAL mode: bytes of WAL the slot may hold back before /readyz fails (1 GiB).
     max_slot_lag: int = 1024**3
+    #: Set by the bridge: a tag of the running instance that every one of its database
+    #: sessions carries in application_name, so that an instance taking over can cut off
+    #: each session of the one it replaces (see `leader`).
+    instance_tag: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -96,6 +100,10 @@ class SourceConfig:
     @property
     def safe_dsn(self) -> str:
         return redact(self.dsn)
+
+    def session(self, purpose: str) -> str:
+        """The `purpose` of a database session of this instance (see `instance_tag`)."""
+        return f"[{self.instance_tag}] {purpose}" if self.instance_tag else purpose
 
 
 @dataclass(frozen=True)

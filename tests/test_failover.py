@@ -142,3 +142,47 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
     # And the saved position only ever moved forward, ending at the last event
     assert positions.seen == sorted(positions.seen)
     assert positions.seen[-1] == 300
+
+
+def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_one(
+    dsn, capture_table, bridge, tmp_path
+):
+    from skor_bridge.receiver import Receiver
+    from tests.helpers import short_retry_config
+
+    # Given a receiver that refuses version 1 of row 1 for now, and two bridges (2 s
+    # failover timeout) of which the active one keeps retrying version 1
+    capture_table("CREATE TABLE items (id int PRIMARY KEY, v int)", "items")
+    accept_v1 = threading.Event()
+
+    def respond(request):
+        data = json.loads(request.body)["data"]
+        return 200 if data["v"] != 1 or accept_v1.is_set() else 503
+
+    with Receiver(respond=respond) as receiver:
+        args = ("--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--failover-timeout", "2",
+                "--config", short_retry_config(tmp_path, max_backoff=0.3))
+        frozen, standby = active_and_standby(bridge, *args)
+        execute(dsn, "INSERT INTO items VALUES (1, 1)")
+        wait_until(lambda: receiver.count >= 3, message="version 1 tried")
+
+        # When the active instance freezes (SIGSTOP) with version 1 queued for a retry,
+        # the standby takes over and delivers versions 1 and 2
+        frozen.signal(signal.SIGSTOP)
+        try:
+            accept_v1.set()
+            execute(dsn, "UPDATE items SET v = 2 WHERE id = 1")
+            standby.wait_active(timeout=20)
+            wait_until(lambda: [json.loads(r.body)["data"]["v"] for r in receiver.delivered()]
+                       [-1:] == [2], timeout=20, message="version 2 delivered")
+        finally:
+            # And the frozen one resumes, its retry long due
+            frozen.signal(signal.SIGCONT)
+        frozen.wait_for_log("leadership lost", timeout=20)
+        time.sleep(2)
+
+    # Then the receiver never got version 1 after version 2
+    versions = [json.loads(r.body)["data"]["v"] for r in receiver.delivered()]
+    assert versions[versions.index(2):] == [2], versions
+    # And the new leader cut off every session of the old instance, not only its lock's
+    assert "cut off" in standby.log

@@ -19,6 +19,11 @@ class OutputFeed(Protocol):
 
     def start_position(self) -> int: ...
 
+    def may_send(self) -> bool:
+        """False once this instance cannot prove it still leads: nothing may be sent then
+        (fencing, see `leader`). Cheap: called before every send."""
+        ...
+
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
         """Events with position > `after`; waits up to `wait` seconds when there are none."""
         ...

@@ -14,6 +14,8 @@ from skor_bridge.capture.sequencer import Sequencer
 from skor_bridge.db import Reconnecting
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from psycopg2.extensions import connection, cursor
 
     from skor_bridge.config import Config
@@ -42,9 +44,12 @@ class DurableSource:
     rolled-back changes never appear (they never commit to the outbox).
     """
 
-    def __init__(self, config: Config, stop: threading.Event) -> None:
+    def __init__(self, config: Config, stop: threading.Event,
+                 fence: Callable[[], bool] = lambda: True) -> None:
         self.config = config
         self.stopping = stop
+        #: True while outputs may send (the leadership's lease, see `leader`).
+        self.fence = fence
         self.sequencer = Sequencer(config, stop)
 
     def start(self) -> None:
@@ -81,8 +86,13 @@ class LogFeed(progress.OutputRecords):
         self.source = source
         self.output = output
         self.kind = kind
-        self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
+        self._db = Reconnecting(source.config.source.dsn,
+                                source.config.source.session(f"output {output}"),
+                                source.stopping)
         self._prepared: connection | None = None
+
+    def may_send(self) -> bool:
+        return self.source.fence()
 
     def start_position(self) -> int:
         return self._db.run(self._start_position)

@@ -23,6 +23,7 @@ from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
 
     from skor_bridge.config import Config
 
@@ -35,9 +36,12 @@ MAX_QUEUED = 1_000_000
 class NotifySource:
     """Feeds every output each notification received while listening, in arrival order."""
 
-    def __init__(self, config: Config, stopping: threading.Event) -> None:
+    def __init__(self, config: Config, stopping: threading.Event,
+                 fence: Callable[[], bool] = lambda: True) -> None:
         self.config = config
         self.stopping = stopping
+        #: True while outputs may send (the leadership's lease, see `leader`).
+        self.fence = fence
         self._feeds: list[MemoryFeed] = []
         self._position = 0
         self._listening = threading.Event()
@@ -75,7 +79,7 @@ class NotifySource:
         attempt = 0
         while not self._stop_capture.is_set() and not self.stopping.is_set():
             try:
-                conn = connect(self.config.source.dsn, "listener")
+                conn = connect(self.config.source.dsn, self.config.source.session("listener"))
             except DatabaseError as exc:
                 attempt += 1
                 self._healthy = False
@@ -129,7 +133,10 @@ class MemoryFeed(progress.OutputRecords):
         self.kind = kind
         self._queue: deque[ChangeEvent] = deque()
         self._arrived = threading.Condition()
-        self._db = Reconnecting(source.config.source.dsn, f"output {output}", source.stopping)
+        self._db = Reconnecting(source.config.source.dsn,
+                                source.config.source.session(f"output {output}"),
+                                source.stopping)
+        self._source = source
         self.dropped = 0
 
     def push(self, event: ChangeEvent) -> None:
@@ -143,6 +150,9 @@ class MemoryFeed(progress.OutputRecords):
                               self.dropped)
             self._queue.append(event)
             self._arrived.notify()
+
+    def may_send(self) -> bool:
+        return self._source.fence()
 
     def start_position(self) -> int:
         # Registered so that status and metrics know the output; the position is unused.

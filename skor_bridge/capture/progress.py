@@ -43,6 +43,10 @@ class OutputRecords:
     _unsaved_position: int | None = None
     _saved_at = 0.0
 
+    def may_send(self) -> bool:
+        """Replaced by the bridge with its leadership's lease check (see `leader`)."""
+        return True
+
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
         self._unsaved_position = max(position, self._unsaved_position or position)
         self.record(delivered, error)

@@ -181,7 +181,8 @@ class Pruner:
         self.last = Pass()
         self.interval = max(0.1, config.retention_interval)
         self._stop = threading.Event()
-        self._db = Reconnecting(config.source.dsn, "retention", self._stop)
+        self._db = Reconnecting(config.source.dsn, config.source.session("retention"),
+                                self._stop)
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
     def start(self) -> Pruner:

@@ -95,7 +95,8 @@ class Sequencer:
         self.config = config
         self.stopping = stopping
         self._stopped = threading.Event()
-        self._db = Reconnecting(config.source.dsn, "sequencer", stopping)
+        self._db = Reconnecting(config.source.dsn, config.source.session("sequencer"),
+                                stopping)
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._head = 0
         self._install_id = ""

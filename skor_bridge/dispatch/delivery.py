@@ -347,6 +347,11 @@ class OutputWorker:
                 self.sink.send([])
                 self._last_send = now
             return
+        if not self.feed.may_send():
+            # Fenced: this instance cannot prove it still leads (it was frozen past its
+            # lease); send nothing until a heartbeat decides (see `leader`).
+            self.stopping.wait(0.05)
+            return
         self._last_send = now
         keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
         batch = [self.lanes[key][0] for key in keys]

@@ -88,11 +88,11 @@ def identify(dsn: str) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def replication_connect(dsn: str) -> Any:
+def replication_connect(dsn: str, purpose: str = "wal") -> Any:
     try:
         return psycopg2.connect(
             dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
-            connect_timeout=CONNECT_TIMEOUT, application_name="skor-bridge wal",
+            connect_timeout=CONNECT_TIMEOUT, application_name=f"skor-bridge {purpose}",
             keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
             options=replication_options(),
         )
@@ -128,8 +128,9 @@ class WalSource(DurableSource):
     durable source's; only what fills the log differs: this reader instead of the outbox
     sequencer."""
 
-    def __init__(self, config: Config, stop: threading.Event) -> None:
-        super().__init__(config, stop)
+    def __init__(self, config: Config, stop: threading.Event,
+                 fence: Callable[[], bool] = lambda: True) -> None:
+        super().__init__(config, stop, fence)
         self.reader = WalReader(config, stop)
         self.sequencer = self.reader
 
@@ -154,7 +155,7 @@ class WalReader(Sequencer):
 
     def __init__(self, config: Config, stop: threading.Event) -> None:
         super().__init__(config, stop)
-        self._db.purpose = "wal writer"
+        self._db.purpose = config.source.session("wal writer")
         self.failed: BaseException | None = None
         self.listeners: list[Callable[[protocol.Message, int], None]] = []
         self._state: WalState | None = None
@@ -259,7 +260,7 @@ class WalReader(Sequencer):
             raise slot_lost(self._slot, "WAL capture was uninstalled or reinstalled while "
                             "the bridge ran")
         self._state = state
-        conn = replication_connect(self.config.source.dsn)
+        conn = replication_connect(self.config.source.dsn, self.config.source.session("wal"))
         self._cursor = cur = conn.cursor()
         self._check_server(state)
         options = {"proto_version": proto_version(conn.server_version),
