@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint typecheck bench image clean
+.PHONY: install demo test test-fast lint typecheck bench bench-relay image clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ lint: install
 
 bench: install
 	$(BIN)/skor-bridge bench --big-backlog --update-readme README.md
+	$(BIN)/python -m skor_bridge.bench.relay
+
+# One relay worker vs two on a 4-partition topic, 50 ms receiver (README: Scaling out).
+bench-relay: install
+	$(BIN)/python -m skor_bridge.bench.relay
 
 image:
 	docker build -t skor-bridge .

@@ -283,3 +283,24 @@ def test_an_unknown_relay_key_in_the_file_is_named(tmp_path: Path):
     path.write_text('[relay]\nkafak = "k:9092"\n')
     with pytest.raises(ConfigError, match="relay.kafak"):
         build_relay_config(relay_options(), path, {})
+
+
+def test_the_relay_benchmark_receiver_counts_each_webhook_id_once_after_its_delay():
+    # Given the benchmark's slow receiver (a real HTTP server in its own process)
+    from skor_bridge.bench.relay import SlowReceiver
+    from skor_bridge.config import WebhookConfig
+    from skor_bridge.sinks.webhook import WebhookSink
+
+    receiver = SlowReceiver(0.05).start()
+    try:
+        sink = WebhookSink("bench", WebhookConfig(url=f"http://127.0.0.1:{receiver.port}/h"))
+        events = [ChangeEvent(id=f"e{i}", position=i, schema="public", table="t", op="INSERT",
+                              data="{}") for i in range(5)]
+        with sink:
+            # When five events are sent, one of them twice
+            assert all(r.outcome.value == "delivered" for r in sink.send(events))
+            assert sink.send(events[:1])[0].outcome.value == "delivered"
+        # Then it counts five distinct ids
+        assert receiver.ask("count") == 5
+    finally:
+        receiver.stop()
