@@ -292,6 +292,7 @@ def test_readyz_metrics_and_status_show_the_slot_and_its_lag(wal_dsn, bridge, re
 
 
 def test_logical_messages_reach_listeners_once_the_log_has_what_came_before(wal_dsn):
+    from skor_bridge.capture.wal.changes import MessageEvent
     from skor_bridge.capture.wal.source import WalSource
     from skor_bridge.config import Config, OutputConfig, SourceConfig, WebhookConfig
 
@@ -313,6 +314,9 @@ def test_logical_messages_reach_listeners_once_the_log_has_what_came_before(wal_
     source.reader.listeners.append(
         lambda message, position: seen.append((message.prefix, message.content, position,
                                                scalar(dsn, "SELECT count(*) FROM skor.log"))))
+    # and a handler that makes an event of the message, as backfill does with READ rows
+    source.reader.handlers["skor.backfill"] = lambda message: [MessageEvent(
+        "public", "items", "READ", json.dumps({"id": 99}), '{"id":99}')]
     source.start()
     try:
         wait_until(lambda: seen, timeout=30)
@@ -322,4 +326,8 @@ def test_logical_messages_reach_listeners_once_the_log_has_what_came_before(wal_
     prefix, content, position, in_log = seen[0]
     assert (prefix, content) == ("skor.backfill", b"low:7")
     # The message came after rows 1 and 2: the log had them, and they are at or before it
-    assert position == 2 and in_log == 3
+    assert position == 2 and in_log == 4
+    # and its event sits between them and row 3, with an id like every other event's
+    assert [(op, json.loads(data)) for op, data in _log(dsn)] == [
+        ("INSERT", {"id": 1}), ("INSERT", {"id": 2}), ("READ", {"id": 99}), ("INSERT", {"id": 3})]
+    assert scalar(dsn, "SELECT count(DISTINCT event_id) FROM skor.log") == 4

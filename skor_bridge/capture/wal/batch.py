@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from skor_bridge.capture.wal.changes import Change, MessageEvent
 from skor_bridge.capture.wal.render import SESSION_SETTINGS, quote, render
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
     from psycopg2.extensions import cursor
 
-    from skor_bridge.capture.wal.changes import Change, Row, Table
+    from skor_bridge.capture.wal.changes import Row, Table
     from skor_bridge.capture.wal.render import PgType
 
 _SETTINGS = "; ".join(f"SET {name} = '{value}'" for name, value in SESSION_SETTINGS.items())
@@ -62,11 +63,16 @@ class Renderer:
         self._run = run
         self._server: dict[tuple[int, str], str] = {}
 
-    def prepare(self, changes: list[Change]) -> list[Change]:
-        """The changes `when` keeps, with server-rendered values fetched."""
+    def prepare(self, items: list[Change | MessageEvent]) -> list[Change | MessageEvent]:
+        """The changes `when` keeps, with server-rendered values fetched; events made of
+        messages pass through in their place."""
+        changes = [item for item in items if isinstance(item, Change)]
         kept = self._apply_when(changes)
         self._fetch_server_values(kept)
-        return kept
+        if len(changes) == len(items) and len(kept) == len(changes):
+            return list(items)
+        keep = {id(change) for change in kept}
+        return [item for item in items if not isinstance(item, Change) or id(item) in keep]
 
     # -- when ------------------------------------------------------------------------------
 

@@ -97,6 +97,25 @@ class Change:
     commit: tuple[int, float] = (0, 0.0)
 
 
+@dataclass(slots=True)
+class MessageEvent:
+    """An event a message handler made of a logical decoding message (a backfill's READ
+    rows): written to the log at the message's place in the transaction, like a change.
+    `data` and `key` are already JSON; without `event_id` one is derived as for changes.
+    `outputs` limits the event to those outputs (None: every output)."""
+
+    schema: str
+    table: str
+    op: str
+    data: str
+    key: str | None = None
+    event_id: str | None = None
+    outputs: tuple[str, ...] | None = None
+    message: int = 0
+    sub: int = 0
+    commit: tuple[int, float] = (0, 0.0)
+
+
 def _fill(new: Tuple, old: Tuple | None) -> Row:
     if UNCHANGED not in new:
         return new  # type: ignore[return-value]

@@ -34,7 +34,7 @@ from skor_bridge.capture.sequencer import Sequencer
 from skor_bridge.capture.trigger_config import parse_config
 from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.batch import Renderer
-from skor_bridge.capture.wal.changes import Change, Table, changes_of
+from skor_bridge.capture.wal.changes import Change, MessageEvent, Table, changes_of
 from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog
 from skor_bridge.capture.wal.slot import SlotStatus, slot_lost, slot_status
 from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
@@ -157,14 +157,19 @@ class WalReader(Sequencer):
         super().__init__(config, stop)
         self._db.purpose = config.source.session("wal writer")
         self.failed: BaseException | None = None
+        #: Called with each logical decoding message whose prefix starts with "skor", and
+        #: the log position of the last event before it, once the log has that event.
         self.listeners: list[Callable[[protocol.Message, int], None]] = []
+        #: Prefix -> handler turning a transactional message into events written at the
+        #: message's place in the transaction (backfill's READ rows).
+        self.handlers: dict[str, Callable[[protocol.Message], list[MessageEvent]]] = {}
         self._state: WalState | None = None
         self._specs: dict[tuple[str, str], TableSpec] = {}
         self._tables: dict[int, Table] = {}
         self._catalog = TypeCatalog(self._lookup_types)
         self._renderer = Renderer(self._db.run)  # type: ignore[arg-type]
         self._tx: _Transaction | None = None
-        self._pending: list[Change] = []
+        self._pending: list[Change | MessageEvent] = []
         self._pending_bytes = 0
         #: Logical messages waiting for the chunk they follow: (message, changes before it).
         self._pending_messages: list[tuple[protocol.Message, int]] = []
@@ -345,6 +350,9 @@ class WalReader(Sequencer):
         elif isinstance(message, protocol.Message):
             if message.prefix.startswith("skor"):
                 self._pending_messages.append((message, len(self._pending)))
+            handler = self.handlers.get(message.prefix)
+            if handler is not None and message.transactional and self._tx is not None:
+                self._message_events(handler, message, self._tx)
         # Origin and Type messages need nothing: types are looked up by OID.
 
     def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete) -> None:
@@ -368,6 +376,19 @@ class WalReader(Sequencer):
             change.commit = commit
             self._pending.append(change)
             self._pending_bytes += sum(len(v) for v in change.row if v is not None)
+
+    def _message_events(self, handler: Callable[[protocol.Message], list[MessageEvent]],
+                        message: protocol.Message, tx: _Transaction) -> None:
+        # Numbered with the row messages, so a re-read skips it like them.
+        number = tx.messages
+        tx.messages += 1
+        if tx.skip or number < tx.skip_messages:
+            return
+        for sub, event in enumerate(handler(message)):
+            event.message, event.sub = number, sub
+            event.commit = (tx.begin.final_lsn, tx.begin.commit_time)
+            self._pending.append(event)
+            self._pending_bytes += len(event.data)
 
     def _relation(self, message: protocol.Relation) -> None:
         spec = self._specs.get((message.schema, message.table))
@@ -405,9 +426,14 @@ class WalReader(Sequencer):
         chunk = Chunk(self._head + 1)
         for change in changes:
             commit_lsn, commit_time = change.commit
-            chunk.add(event_id(self._install_id, commit_lsn, change.message, change.sub),
-                      commit_time, change.table.spec.schema, change.table.spec.table,
-                      change.op, render.key(change), render.data(change))
+            derived = event_id(self._install_id, commit_lsn, change.message, change.sub)
+            if isinstance(change, MessageEvent):
+                chunk.add(change.event_id or derived, commit_time, change.schema,
+                          change.table, change.op, change.key, change.data, change.outputs)
+            else:
+                chunk.add(derived, commit_time, change.table.spec.schema,
+                          change.table.spec.table, change.op, render.key(change),
+                          render.data(change))
         del changes
         # Everything read so far is in this chunk: an open transaction's row messages up
         # to here are in the log once it commits.

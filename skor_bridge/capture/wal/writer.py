@@ -65,6 +65,14 @@ def _copy_field(text: str | None) -> str:
     return "\\N" if text is None else text.translate(_COPY_ESCAPES)
 
 
+def _array(items: tuple[str, ...] | None) -> str | None:
+    """A text[] literal."""
+    if items is None:
+        return None
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for i in items) + "}"
+
+
 class Chunk:
     """Log rows encoded for COPY as they are made, so a chunk is held once, as bytes.
 
@@ -76,15 +84,29 @@ class Chunk:
         self.base = base
         self.count = 0
         self._buffer = io.BytesIO()
+        #: Whether an event carries `outputs` (a column backfill's migration adds).
+        self._outputs = False
 
     def add(self, event: str, captured_at: float, schema: str, table: str, op: str,
-            key: str | None, data: str) -> None:
+            key: str | None, data: str, outputs: tuple[str, ...] | None = None) -> None:
         stamp = datetime.fromtimestamp(captured_at, UTC).isoformat()
         line = "\t".join((str(self.base + self.count), event, stamp, _copy_field(schema),
                           _copy_field(table), op, _copy_field(key), _copy_field(data)))
+        if outputs is not None and not self._outputs:
+            self._with_outputs()
+        if self._outputs:
+            line += "\t" + _copy_field(_array(outputs))
         self._buffer.write(line.encode())
         self._buffer.write(b"\n")
         self.count += 1
+
+    def _with_outputs(self) -> None:
+        """Add an `outputs` column (NULL: every output) to the rows so far."""
+        self._outputs = True
+        lines = self._buffer.getvalue().split(b"\n")[:-1]
+        self._buffer = io.BytesIO()
+        for line in lines:
+            self._buffer.write(line + b"\t\\N\n")
 
     def renumber(self, base: int) -> None:
         delta = base - self.base
@@ -97,9 +119,10 @@ class Chunk:
 
     def copy(self, cur: cursor) -> None:
         self._buffer.seek(0)
+        extra = ", outputs" if self._outputs else ""
         cur.copy_expert(
             "COPY skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,"
-            " data) FROM STDIN", self._buffer)
+            f" data{extra}) FROM STDIN", self._buffer)
 
 
 def write_chunk(cur: cursor, chunk: Chunk, base: int, lsn: int,
