@@ -304,3 +304,11 @@ def test_the_relay_benchmark_receiver_counts_each_webhook_id_once_after_its_dela
         assert receiver.ask("count") == 5
     finally:
         receiver.stop()
+
+
+def test_a_relay_webhook_with_its_own_format_is_refused(tmp_path: Path):
+    # The relay sends the record's value as the bridge's kafka output rendered it
+    path = tmp_path / "relay.toml"
+    path.write_text('[[outputs]]\ntype = "webhook"\nurl = "http://h/x"\nformat = "envelope"\n')
+    with pytest.raises(ConfigError, match="set format and tables on the bridge's kafka output"):
+        build_relay_config(relay_options(webhook=[]), path, {})

@@ -116,6 +116,11 @@ class RelayConfig:
             if output.kind != "webhook":
                 raise ConfigError(f"outputs: the relay delivers to webhooks only; "
                                   f"{output.name!r} is {output.kind}")
+            # The body is the record as the bridge's Kafka output rendered and routed it.
+            if output.format != "skor" or output.tables:
+                raise ConfigError(f"outputs: {output.name!r}: the relay sends each record's "
+                                  "value as it is; set format and tables on the bridge's "
+                                  "kafka output instead")
         if self.dead_letter_topic is not None and self.reads(self.dead_letter_topic):
             raise ConfigError(f"--dead-letter-topic: {self.dead_letter_topic!r} is one of the "
                               "topics read; dead letters would be delivered again")
