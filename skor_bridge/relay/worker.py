@@ -158,7 +158,11 @@ class RelayWorker:
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in assigned]
         self.partitions.assign(tps)
-        self._paused = False
+        if self._paused:
+            # With the cooperative protocol the partitions kept from before stay paused;
+            # resume them, and flow control pauses everything again if still needed.
+            consumer.resume(consumer.assignment())
+            self._paused = False
         self.metrics.assigned.set(len(self.partitions.owned()))
         self.assigned.set()
         log.info("assigned %s", _names(tps) or "no partitions")
