@@ -9,11 +9,13 @@ retried after it."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 
@@ -25,7 +27,7 @@ from skor_bridge.event import ChangeEvent
 from skor_bridge.receiver import Receiver
 from skor_bridge.sinks.kafka import KafkaSink
 from tests.fixtures_bridge import BridgeProcess
-from tests.fixtures_kafka import consume
+from tests.fixtures_kafka import consume, free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -184,8 +186,9 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
     dead = f"{kafka_topic}.dead"
 
     # When a relay with a dead-letter topic delivers them
+    port = free_port()
     worker = relay(f"g-{uuid.uuid4().hex[:8]}", kafka_topic, receiver.url,
-                   "--dead-letter-topic", dead)
+                   "--dead-letter-topic", dead, "--metrics-port", str(port))
     assert receiver.wait_for(45, timeout=60)
 
     # Then every other row's versions arrive, in order
@@ -212,7 +215,22 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
         original = source[event_id]
         assert letter.headers["dlq-original-partition"] == str(original.partition).encode()
         assert letter.headers["dlq-original-offset"] == str(original.offset).encode()
-    # And the partitions moved on: the lag falls to zero once committed
+    # And the partitions moved on: /metrics shows no lag on any of the 4 partitions, and
+    # the five dead letters
+    def metrics() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    def caught_up() -> bool:
+        lags = re.findall(r'^skor_relay_lag_records\{partition="(\d)",topic="([^"]+)"\} (\S+)$',
+                          metrics(), re.M)
+        return len(lags) == 4 and all(float(v) == 0 and t == kafka_topic for _, t, v in lags)
+
+    wait_until(caught_up, timeout=30, message="lag 0 on every partition")
+    assert re.search(r'^skor_events_dead_lettered_total\{output="webhook[^"]*"\} 5\.0$',
+                     metrics(), re.M)
+    assert re.search(r"^skor_relay_partitions 4\.0$", metrics(), re.M)
+    ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read())
+    assert ready["ready"] is True and ready["partitions"] == 4
     assert worker.stop() == 0
 
 
