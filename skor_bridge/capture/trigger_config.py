@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from skor_bridge.capture.trigger_sql import MAX_NAME_BYTES, quote_ident
 from skor_bridge.errors import ConfigError
+from skor_bridge.sqlquote import CONTROL_CHARS, MAX_NAME_BYTES, qualified
 
 Op = Literal["insert", "update", "delete"]
 #: The operations a table can capture, in the order specs and scripts list them.
@@ -68,7 +68,7 @@ class TableSpec:
     @property
     def qualified(self) -> str:
         """The table as a quoted SQL name, `"public"."orders"`."""
-        return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+        return qualified(self.schema, self.table)
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.table}"
@@ -211,8 +211,8 @@ def _check_columns(field: str, value: object) -> tuple[str, ...]:
 def _name_problem(name: str) -> str | None:
     if not name:
         return "is empty"
-    if "\x00" in name:
-        return "contains a NUL character"
+    if (control := CONTROL_CHARS.search(name)) is not None:
+        return f"contains the control character {ord(control[0]):#04x}"
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
@@ -243,8 +243,10 @@ def _condition_problem(sql: str) -> str | None:
     """
     if not sql.strip():
         return "is empty"
-    if "\x00" in sql:
-        return "contains a NUL character"
+    # Tab and line feed are plain white space; \r would end a -- comment early for
+    # PostgreSQL but not for this scanner, and the rest have no business in a condition.
+    if (control := CONTROL_CHARS.search(sql.replace("\t", " ").replace("\n", " "))):
+        return f"contains the control character {ord(control[0]):#04x}"
     try:
         sql.encode("utf-8")
     except UnicodeEncodeError:
