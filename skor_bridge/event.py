@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 #: READ is a row that existed before capture began, sent by `skor-bridge backfill`.
+#: Anything else is refused where events are built (see `known_op`).
 OPS = ("INSERT", "UPDATE", "DELETE", "READ")
 
 
@@ -48,6 +49,11 @@ class ChangeEvent:
             return f"{self.schema}.{self.table}:{self.key}"
         return f"{self.schema}.{self.table}"
 
+    @staticmethod
+    def known_op(op: object) -> bool:
+        """Whether `op` is one the bridge emits; a source drops (and logs) any other."""
+        return op in OPS
+
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
@@ -64,7 +70,7 @@ class ChangeEvent:
             + json.dumps(self.table, ensure_ascii=False)
             + ', "schema": '
             + json.dumps(self.schema, ensure_ascii=False)
-            + ', "op": "'
-            + self.op
-            + '"}'
+            + ', "op": '
+            + json.dumps(self.op, ensure_ascii=False)
+            + "}"
         ).encode("utf-8")

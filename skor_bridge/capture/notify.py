@@ -109,6 +109,9 @@ class NotifySource:
         try:
             parsed = json.loads(payload)
             schema, table, op = parsed["schema"], parsed["table"], parsed["op"]
+            if not (isinstance(schema, str) and isinstance(table, str)
+                    and ChangeEvent.known_op(op)):
+                raise ValueError("not a Skor payload")
         except (ValueError, KeyError, TypeError):
             log.error("listener: ignoring a notification that is not a Skor payload: %.200s",
                       payload)
