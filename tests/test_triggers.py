@@ -121,7 +121,7 @@ def test_a_per_operation_map_captures_only_the_listed_operations(db, dsn):
     # Given a table whose map lists only insert (in Skor's upper case) and delete
     execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     install_config(dsn, [{"table": "t", "columns": {"INSERT": ["v"], "delete": "*"}}])
-    assert user_triggers(db) == [("t", "skor_capture_delete"), ("t", "skor_capture_insert")]
+    assert user_triggers(db) == [("t", "!skor_capture_delete"), ("t", "!skor_capture_insert")]
     # When all three operations happen
     execute(db, "INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b'; DELETE FROM t")
     # Then the update is not captured
@@ -211,11 +211,13 @@ def test_row_key_is_the_primary_key_as_compact_json_in_key_order(db, dsn):
         INSERT INTO keyless VALUES (1, 'a');
     """)
     execute(db, "INSERT INTO texty VALUES (%s, 'a'); DELETE FROM texty", (odd,))
-    # Then row_key is NEW's key for INSERT/UPDATE and OLD's for DELETE, keys in PK order
+    # Then row_key is NEW's key for INSERT/UPDATE and OLD's for DELETE, keys in PK order;
+    # a key change is a DELETE of the old key and an INSERT of the new one
     keys = [(e[2], e[0], e[3]) for e in outbox(db)]
     assert keys == [
         ("single", "INSERT", '{"id":9223372036854775807}'),
-        ("single", "UPDATE", '{"id":42}'),
+        ("single", "DELETE", '{"id":9223372036854775807}'),
+        ("single", "INSERT", '{"id":42}'),
         ("single", "DELETE", '{"id":42}'),
         ("composite", "INSERT", '{"b":1,"a":"x"}'),
         ("keyless", "INSERT", None),
@@ -315,7 +317,7 @@ EVIL = [
     "'; DROP TABLE victim; --",
     "$$; DROP TABLE victim; $$",
     "$skor$; DROP TABLE victim; $skor$",
-    "a\nDROP TABLE victim; --",
+    "a */ DROP TABLE victim; /* --",
     "%s %I %L \\'; DROP TABLE victim; --",
 ]
 
@@ -417,8 +419,8 @@ def test_installing_again_replaces_what_was_installed_before(db, dsn):
     # When only b is installed, with other columns
     install_config(dsn, [{"table": "b", "columns": ["v"]}])
     # Then a and c lost their triggers and b captures the new columns
-    assert user_triggers(db) == [("b", f"skor_capture_{op}") for op in ("delete", "insert",
-                                                                         "update")]
+    assert user_triggers(db) == [("b", f"!skor_capture_{op}") for op in ("delete", "insert",
+                                                                          "update")]
     assert len(capture_functions(db)) == 1
     execute(db, "INSERT INTO a VALUES (1, 'x'); INSERT INTO b VALUES (1, 'y'); "
                 "INSERT INTO c VALUES (1)")
@@ -669,6 +671,8 @@ def test_generated_sql_applied_with_psql_installs_working_triggers(db, dsn, tmp_
     assert [(e[0], e[2], e[3], e[4]) for e in outbox(db)] == [
         ("INSERT", "a", '{"y":1,"x":"k"}', '{"x":"k","y":1}'),
         ("UPDATE", "b", '{"id":1}', '{"v":"w"}'),
+        ("DELETE", "b", '{"id":1}', '{"v":"w"}'),
+        ("INSERT", "b", '{"id":2}', '{"v":"w"}'),
     ]
 
 

@@ -1,37 +1,42 @@
 """Capture triggers: triggers.json -> TableSpec -> one SQL script -> installed atomically.
 
 Durable mode (the default) gives each table one function, `skor.capture_<slug>_<hash>()`,
-and one AFTER ... FOR EACH ROW trigger per captured operation (`skor_capture_insert`,
-`skor_capture_update`, `skor_capture_delete`). The function appends the change to
-skor.outbox inside the writer's transaction, so a change is captured exactly when it
-commits. It neither notifies nor limits sizes, so it cannot fail a write because a row is
-large; it has no EXCEPTION block either, since that costs a subtransaction per row.
+and one AFTER ... FOR EACH ROW trigger per captured operation (`!skor_capture_insert`,
+`!skor_capture_update`, `!skor_capture_delete`: the "!" makes them fire before any user
+AFTER trigger, see trigger_sql). The function appends the change to skor.outbox inside the
+writer's transaction, so a change is captured exactly when it commits. It neither
+notifies nor limits sizes, so it cannot fail a write because a row is large; it has no
+EXCEPTION block either, since that costs a subtransaction per row.
 
-Notify mode installs Skor's own triggers: `<schema>.notify_skor_<table>_<op>()` sending
+The functions are SECURITY DEFINER, owned by the installing role, with a fixed
+search_path: writers need no privilege on schema skor, so they cannot write the outbox
+directly and forge events.
+
+Notify mode installs Skor's own functions, `<schema>.notify_skor_<table>_<op>()`, sending
 `pg_notify('skor', json_build_object('table', ..., 'schema', ..., 'op', ..., 'data', ...))`.
 That payload is limited to 8000 bytes, and a larger row makes the write fail (as in Skor).
 
-Every script first drops what either mode installed before, so running `install` again
-replaces the previous configuration, and tables dropped from triggers.json stop being
-captured. Names from the config reach SQL only as quoted identifiers or string literals.
+Installing again replaces the previous configuration in place: what did not change is not
+touched, changed functions and triggers are replaced (CREATE OR REPLACE), tables dropped
+from triggers.json lose their triggers. Locks on the user's tables are taken with a short
+lock_timeout and the whole install is retried, so it never queues the application behind
+a long transaction for more than a moment.
 
-The functions run with the writer's privileges, as Skor's did: a role that writes a
-captured table needs USAGE on schema skor and INSERT on skor.outbox. Primary keys are
-read when the script runs, so install again after changing a table's primary key.
-
-This module writes the script and runs it. Reading triggers.json is trigger_config's job,
-quoting and naming trigger_sql's; their public names are re-exported here, so callers
+This module writes the script and runs it; reading triggers.json is trigger_config's job,
+the per-table SQL trigger_sql's. Their public names are re-exported here, so callers
 import only `skor_bridge.capture.triggers`.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psycopg2
+import psycopg2.errors
 
-from skor_bridge.capture import inventory
 from skor_bridge.capture.schema import _DDL_LOCK, DDL, ensure_schema
 from skor_bridge.capture.trigger_config import (
     ENTRY_KEYS,
@@ -43,33 +48,37 @@ from skor_bridge.capture.trigger_config import (
 )
 from skor_bridge.capture.trigger_sql import (
     MAX_NAME_BYTES,
+    TRIGGER_PREFIX,
     capture_function_name,
-    data_expr,
     dollar_quote,
+    durable_block,
+    notify_block,
     notify_name,
     quote_ident,
     quote_literal,
-    row_record,
     sql_comment,
-    when_clause,
+    trigger_name,
 )
 from skor_bridge.config import MODES, Mode
 from skor_bridge.db import connect, describe
 from skor_bridge.errors import ConfigError, DatabaseError, StartupError, TriggerError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-    from psycopg2.extensions import connection
+    from psycopg2.extensions import connection, cursor
 
 # Includes the re-exports: without them listed, the imports look unused and get pruned.
 __all__ = [
     "ENTRY_KEYS",
     "MAX_NAME_BYTES",
     "OPS",
+    "CapturedTable",
     "Op",
     "TableSpec",
     "capture_function_name",
+    "capture_problems",
+    "captured_tables",
     "describe_spec",
     "dollar_quote",
     "ensure_schema",
@@ -84,7 +93,13 @@ __all__ = [
 ]
 
 #: Name of the durable trigger for each operation; trigger names are per table.
-DURABLE_TRIGGER = {op: f"skor_capture_{op}" for op in OPS}
+DURABLE_TRIGGER = {op: trigger_name(op) for op in OPS}
+
+#: How long one attempt waits for a lock on a user's table before letting go of all it
+#: holds (so the application waits on us at most this long), and how long install keeps
+#: retrying by default.
+LOCK_TIMEOUT = 0.2
+LOCK_WAIT = 60.0
 
 
 # -- SQL script ----------------------------------------------------------------------------
@@ -102,170 +117,73 @@ DO $skor$ BEGIN PERFORM pg_advisory_xact_lock({_DDL_LOCK}); END $skor$;
 
 #: Trigger functions either mode installed: ours in schema skor, Skor's anywhere.
 _INSTALLED_FUNCTIONS = """
-    SELECT p.oid::regprocedure
-    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-    WHERE p.prorettype = 'trigger'::regtype
+    SELECT p.oid::regprocedure AS fn, n.nspname, p.proname
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
       AND ((n.nspname = 'skor' AND starts_with(p.proname, 'capture_'))
            OR starts_with(p.proname, 'notify_skor_'))"""
 
-_DROP_INSTALLED = f"""\
--- Drop the capture functions either mode installed before, and with them their triggers:
--- tables no longer configured stop being captured.
-DO $skor$
+
+def _drop_functions(keep: list[tuple[str, str]]) -> str:
+    """Drop the capture functions either mode installed that `keep` does not name, and with
+    them their triggers: tables no longer configured stop being captured."""
+    schemas = "ARRAY[" + ", ".join(quote_literal(s) for s, _ in keep) + "]::text[]"
+    names = "ARRAY[" + ", ".join(quote_literal(f) for _, f in keep) + "]::text[]"
+    block = f"""\
 DECLARE
     fn regprocedure;
 BEGIN
-    FOR fn IN {_INSTALLED_FUNCTIONS.strip()}
+    FOR fn IN SELECT installed.fn FROM ({_INSTALLED_FUNCTIONS.strip()}) AS installed
+              WHERE NOT EXISTS (SELECT FROM unnest({schemas}, {names}) AS k(s, f)
+                                WHERE k.s = installed.nspname AND k.f = installed.proname)
     LOOP
         EXECUTE format('DROP FUNCTION %s CASCADE', fn);
     END LOOP;
-END
-$skor$;
-"""
+END"""
+    return f"DO {dollar_quote(block)};\n"
 
 
-def _checks(spec: TableSpec) -> str:
-    """plpgsql that raises unless the table and every configured column exist.
-
-    It runs in the script itself, so `psql` on generated output checks as much as install.
-    """
-    table = spec.qualified
-    columns: list[str] = []
-    for _, cols in spec.columns:
-        columns.extend(col for col in cols or () if col not in columns)
-    columns.extend(col for col in spec.update_columns if col not in columns)
-    text = f"""\
-    IF target IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
-            MESSAGE = {quote_literal(f"table {table} does not exist")};
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = target) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION USING ERRCODE = 'wrong_object_type',
-            MESSAGE = {quote_literal(f"{table} is not a table")};
-    END IF;
-"""
-    if columns:
+def _record(specs: Sequence[TableSpec], mode: Mode) -> str:
+    """SQL recording what is installed in skor.captures (read by `capture_problems`)."""
+    keep = ", ".join(f"({quote_literal(s.schema)}, {quote_literal(s.table)})" for s in specs)
+    text = ("DELETE FROM skor.captures"
+            + (f" WHERE (schema_name, table_name) NOT IN ({keep})" if specs else "") + ";\n")
+    for spec in specs:
+        columns = json.dumps({op: list(cols) if cols is not None else "*"
+                              for op, cols in spec.columns}, ensure_ascii=False)
+        update_columns = "ARRAY[" + ", ".join(map(quote_literal, spec.update_columns)) + \
+            "]::text[]"
         text += f"""\
-    FOREACH col IN ARRAY ARRAY[{", ".join(map(quote_literal, columns))}]::text[] LOOP
-        IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = target AND attname = col
-                       AND attnum > 0 AND NOT attisdropped) THEN
-            RAISE EXCEPTION USING ERRCODE = 'undefined_column',
-                MESSAGE = format('column %s of table %s does not exist',
-                                 '"' || replace(col, '"', '""') || '"', {quote_literal(table)});
-        END IF;
-    END LOOP;
+INSERT INTO skor.captures AS c (schema_name, table_name, mode, ops, columns, update_columns,
+                                condition, key_columns)
+SELECT {quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{mode}',
+       ARRAY[{", ".join(f"'{op}'" for op in spec.ops)}]::text[], {quote_literal(columns)}::jsonb,
+       {update_columns}, {quote_literal(spec.when) if spec.when is not None else "NULL"},
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = to_regclass({quote_literal(spec.qualified)}) AND i.indisprimary
+             ORDER BY k.n)
+ON CONFLICT (schema_name, table_name) DO UPDATE SET
+    mode = excluded.mode, ops = excluded.ops, columns = excluded.columns,
+    update_columns = excluded.update_columns, condition = excluded.condition,
+    key_columns = excluded.key_columns, installed_at = now()
+WHERE (c.mode, c.ops, c.columns, c.update_columns, c.condition, c.key_columns)
+      IS DISTINCT FROM (excluded.mode, excluded.ops, excluded.columns,
+                        excluded.update_columns, excluded.condition, excluded.key_columns);
 """
     return text
-
-
-# The row key is the primary key as compact JSON ({"id":42}, {"a":1,"b":"x"}), built by
-# concatenating JSON-escaped names (to_json of the name, as json.dumps would write them)
-# with to_json(NEW.col)::text. The primary key is read from pg_index by the script itself,
-# while it runs, rather than by Python beforehand: `triggers generate` needs no database,
-# and the psql-applied output is exactly what `install` runs. Only the key is dynamic; the
-# rest of the function body is fixed text from Python, passed in as string literals.
-_KEY_LOOP = """\
-    FOR col IN
-        SELECT a.attname
-        FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = target AND i.indisprimary
-        ORDER BY k.n
-    LOOP
-        sep := CASE WHEN new_key IS NULL THEN '{' ELSE ',' END || to_json(col)::text || ':';
-        new_key := concat_ws(' || ', new_key, quote_literal(sep),
-                             format('to_json(NEW.%I)::text', col));
-        old_key := concat_ws(' || ', old_key, quote_literal(sep),
-                             format('to_json(OLD.%I)::text', col));
-    END LOOP;
-    new_key := coalesce(new_key || ' || ''}''', 'NULL');
-    old_key := coalesce(old_key || ' || ''}''', 'NULL');
-"""
-
-# Markers where the DO block splices in the key expressions; no name can hold a NUL.
-_NEW_KEY, _OLD_KEY = "\x00NEW\x00", "\x00OLD\x00"
-
-
-def _durable_body(spec: TableSpec) -> str:
-    lines = ["BEGIN"]
-    for index, (op, cols) in enumerate(spec.columns):
-        record = row_record(op)
-        key = _OLD_KEY if op == "delete" else _NEW_KEY
-        lines += [
-            f"    {'IF' if index == 0 else 'ELSIF'} TG_OP = '{op.upper()}' THEN",
-            "        INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)",
-            f"        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, {key},",
-            f"                {data_expr(record, cols)}::text);",
-        ]
-    lines += ["    END IF;", "    RETURN NULL;", "END"]
-    return "\n".join(lines)
-
-
-def _durable_table(spec: TableSpec) -> str:
-    function = f"skor.{quote_ident(capture_function_name(spec.schema, spec.table))}"
-    pieces = re.split(f"({_NEW_KEY}|{_OLD_KEY})", _durable_body(spec))
-    body_expr = "\n        || ".join(
-        {_NEW_KEY: "new_key", _OLD_KEY: "old_key"}.get(piece) or quote_literal(piece)
-        for piece in pieces
-        if piece
-    )
-    block = f"""\
-DECLARE
-    target regclass := to_regclass({quote_literal(spec.qualified)});
-    col text;
-    sep text;
-    new_key text;
-    old_key text;
-BEGIN
-{_checks(spec)}{_KEY_LOOP}    EXECUTE format(
-        'CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L',
-        {quote_literal(function)},
-        {body_expr});
-END"""
-    triggers = "".join(
-        f"CREATE TRIGGER {DURABLE_TRIGGER[op]} AFTER {op.upper()} ON {spec.qualified}\n"
-        f"    FOR EACH ROW{when_clause(spec, op)}\n"
-        f"    EXECUTE FUNCTION {function}();\n"
-        for op in spec.ops
-    )
-    return f"DO {dollar_quote(block)};\n{triggers}"
-
-
-def _notify_table(spec: TableSpec) -> str:
-    checks = f"""\
-DECLARE
-    target regclass := to_regclass({quote_literal(spec.qualified)});
-    col text;
-BEGIN
-{_checks(spec)}END"""
-    parts = [f"DO {dollar_quote(checks)};\n"]
-    for op, cols in spec.columns:
-        name = notify_name(spec.schema, spec.table, op)
-        function = f"{quote_ident(spec.schema)}.{quote_ident(name)}"
-        body = f"""\
-BEGIN
-    PERFORM pg_notify('skor', json_build_object(
-        'table', TG_TABLE_NAME,
-        'schema', TG_TABLE_SCHEMA,
-        'op', TG_OP,
-        'data', {data_expr(row_record(op), cols)}
-    )::text);
-    RETURN NULL;
-END"""
-        parts.append(
-            f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
-            f"{dollar_quote(body)};\n"
-            f"CREATE TRIGGER {quote_ident(name)} AFTER {op.upper()} ON {spec.qualified}\n"
-            f"    FOR EACH ROW{when_clause(spec, op)}\n"
-            f"    EXECUTE FUNCTION {function}();\n"
-        )
-    return "".join(parts)
 
 
 def describe_spec(spec: TableSpec) -> str:
     """One summary line, `public.orders: insert, update, delete`."""
     return f"{spec}: {', '.join(spec.ops)}"
+
+
+def _functions(specs: Sequence[TableSpec], mode: Mode) -> list[tuple[str, str]]:
+    if mode == "durable":
+        return [("skor", capture_function_name(s.schema, s.table)) for s in specs]
+    return [(s.schema, notify_name(s.schema, s.table, op)) for s in specs for op in s.ops]
 
 
 def _steps(specs: Sequence[TableSpec], mode: Mode) -> list[tuple[TableSpec | None, str]]:
@@ -277,19 +195,20 @@ def _steps(specs: Sequence[TableSpec], mode: Mode) -> list[tuple[TableSpec | Non
         if (spec.schema, spec.table) in seen:
             raise ConfigError(f"table {spec} is configured twice")
         seen.add((spec.schema, spec.table))
-    render = _durable_table if mode == "durable" else _notify_table
-    steps: list[tuple[TableSpec | None, str]] = [(None, _DROP_INSTALLED)]
+    render = durable_block if mode == "durable" else notify_block
+    steps: list[tuple[TableSpec | None, str]] = [(None, _drop_functions(_functions(specs, mode)))]
     steps += [(spec, f"\n-- {sql_comment(describe_spec(spec))}\n{render(spec)}") for spec in specs]
+    steps.append((None, _record(specs, mode)))
     return steps
 
 
 def generate_sql(specs: Sequence[TableSpec], mode: Mode = "durable") -> str:
     """The whole installation as one script, for `psql --single-transaction`.
 
-    It creates the skor schema if needed (notify mode too: dead letters live there), drops
-    every capture trigger installed before, checks that each table and column exists, then
-    creates the functions and triggers. Applied outside one transaction, a failure would
-    leave a partial installation; `install()` always runs it in one.
+    It creates or upgrades the skor schema (notify mode too: dead letters live there),
+    drops capture of tables no longer configured, checks that each table and column
+    exists, then creates or replaces what changed. Applied outside one transaction, a
+    failure would leave a partial installation; `install()` always runs it in one.
     """
     header = (
         f"-- skor-bridge capture triggers, {mode} mode, {len(specs)} table(s).\n"
@@ -321,65 +240,249 @@ def _failure(exc: psycopg2.Error, spec: TableSpec | None) -> DatabaseError | Tri
     return TriggerError(message)
 
 
+class _LockBusy(Exception):
+    def __init__(self, spec: TableSpec | None) -> None:
+        self.spec = spec
+
+
+def _run_steps(conn: connection, steps: list[tuple[TableSpec | None, str]],
+               after: str = "") -> None:
+    with conn.cursor() as cur:
+        spec: TableSpec | None = None
+        try:
+            cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
+            cur.execute(_PREAMBLE)
+            ensure_schema(cur)
+            for step_spec, sql in steps:
+                spec = step_spec
+                cur.execute(sql)
+            spec = None
+            if after:
+                cur.execute(after)
+        except psycopg2.errors.LockNotAvailable:
+            raise _LockBusy(spec) from None
+        except psycopg2.Error as exc:
+            raise _failure(exc, spec) from None
+
+
+def _with_retries(dsn: str, lock_wait: float, attempt: Callable[[connection], None]) -> None:
+    """Run `attempt` in one transaction, again after a pause while a lock is busy."""
+    deadline = time.monotonic() + lock_wait
+    pause = 0.1
+    while True:
+        conn = _connect(dsn)
+        try:
+            attempt(conn)
+            conn.commit()
+            return
+        except _LockBusy as busy:
+            conn.rollback()
+            if time.monotonic() + pause > deadline:
+                what = f"table {busy.spec.qualified}" if busy.spec else "a captured table"
+                raise TriggerError(
+                    f"could not lock {what} within {lock_wait:g} s: other transactions kept "
+                    "using it (look for long or idle-in-transaction sessions); nothing was "
+                    "changed, install again later") from None
+        finally:
+            conn.close()  # without a commit, PostgreSQL rolls everything back
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
 def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable",
-            grant_to: Sequence[str] = ()) -> None:
-    """Replace the installed capture triggers with `specs`, in one transaction.
+            grant_to: Sequence[str] = (), lock_wait: float = LOCK_WAIT) -> list[str]:
+    """Install `specs` in one transaction, replacing what was installed before in place.
 
-    `grant_to` names roles that write to the captured tables without owning schema skor:
-    the capture functions run with the writer's privileges (as Skor's did), so those roles
-    need to insert into the outbox, and nothing more.
+    Returns notes for the user: other AFTER ROW triggers on captured tables, and what
+    `grant_to` no longer does (writers need no privilege: the capture functions run as
+    their owner; the roles' old INSERT on skor.outbox is revoked).
 
-    Raises TriggerError when a table or column is missing or PostgreSQL rejects a `when`
-    condition, StartupError when the database cannot be reached. On any error nothing
-    changes.
+    Raises TriggerError when a table or column is missing, PostgreSQL rejects a `when`
+    condition, a key is DEFERRABLE, or a table stayed locked for `lock_wait` seconds;
+    StartupError when the database cannot be reached. On any error nothing changes.
     """
     steps = _steps(specs, mode)
+    revoke = "".join(f"REVOKE ALL ON skor.outbox FROM {quote_ident(role)};\n"
+                     for role in grant_to)
+    _with_retries(dsn, lock_wait, lambda conn: _run_steps(conn, steps, revoke))
+    notes = [f"note: --grant {role}: writers need no privilege any more (capture runs as "
+             "the installing role); its access to skor.outbox was revoked" for role in grant_to]
+    return notes + _other_triggers(dsn, specs)
+
+
+_OTHER_TRIGGERS = """
+SELECT t.tgname
+FROM pg_catalog.pg_trigger t
+WHERE t.tgrelid = to_regclass(%s) AND NOT t.tgisinternal AND t.tgparentid = 0
+  AND t.tgtype & 1 = 1 AND t.tgtype & 2 = 0 AND t.tgtype & 64 = 0
+  AND NOT starts_with(t.tgname, %s)
+ORDER BY t.tgname
+"""
+
+
+def _other_triggers(dsn: str, specs: Sequence[TableSpec]) -> list[str]:
+    """A note per captured table that has AFTER ROW triggers of the user's."""
     conn = _connect(dsn)
+    notes = []
     try:
         with conn.cursor() as cur:
-            try:
-                cur.execute(_PREAMBLE)
-                ensure_schema(cur)
-            except psycopg2.Error as exc:
-                raise _failure(exc, None) from None
-            for spec, sql in steps:
-                try:
-                    cur.execute(sql)
-                except psycopg2.Error as exc:
-                    raise _failure(exc, spec) from None
-            inventory.record(cur, specs, mode)
-            for role in grant_to:
-                try:
-                    cur.execute(f"GRANT USAGE ON SCHEMA skor TO {quote_ident(role)};"
-                                f" GRANT INSERT ON skor.outbox TO {quote_ident(role)}")
-                except psycopg2.Error as exc:
-                    raise _failure(exc, None) from None
-        conn.commit()
+            for spec in specs:
+                cur.execute(_OTHER_TRIGGERS, (spec.qualified, TRIGGER_PREFIX))
+                names = [row[0] for row in cur.fetchall()]
+                if not names:
+                    continue
+                first = [n for n in names if n.encode() < TRIGGER_PREFIX.encode()]
+                order = (f"{', '.join(map(quote_ident, first))} fire(s) BEFORE capture: "
+                         "rename to keep each change recorded before the changes it causes"
+                         if first else "capture fires first, so a change is recorded before "
+                         "the changes they make")
+                notes.append(f"note: {spec.qualified} has other AFTER ROW triggers: "
+                             f"{', '.join(map(quote_ident, names))}; {order}")
     finally:
-        conn.close()  # without a commit, PostgreSQL rolls everything back
+        conn.close()
+    return notes
 
 
-def uninstall(dsn: str, purge: bool = False) -> int:
+def uninstall(dsn: str, purge: bool = False, lock_wait: float = LOCK_WAIT) -> int:
     """Drop every capture trigger and function of both modes (Skor's included).
 
     With `purge`, also drop schema skor and everything in it: outbox, log, dead letters.
     Returns how many trigger functions were dropped.
     """
-    conn = _connect(dsn)
-    try:
+    counted: list[int] = []
+
+    def attempt(conn: connection) -> None:
         with conn.cursor() as cur:
             try:
+                cur.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT * 1000)}ms'")
                 cur.execute(_PREAMBLE)
                 cur.execute(f"SELECT count(*) FROM ({_INSTALLED_FUNCTIONS}) AS installed")
                 row = cur.fetchone()
-                cur.execute(_DROP_INSTALLED)
-                cur.execute("DO $$ BEGIN IF to_regclass('skor.captured_tables') IS NOT NULL"
-                            " THEN DELETE FROM skor.captured_tables; END IF; END $$")
+                counted[:] = [int(row[0]) if row else 0]
+                cur.execute(_drop_functions([]))
                 if purge:
                     cur.execute("DROP SCHEMA IF EXISTS skor CASCADE")
+                else:
+                    cur.execute("DO $skor$ BEGIN IF to_regclass('skor.captures') IS NOT NULL"
+                                " THEN DELETE FROM skor.captures; END IF; END $skor$")
+            except psycopg2.errors.LockNotAvailable:
+                raise _LockBusy(None) from None
             except psycopg2.Error as exc:
                 raise _failure(exc, None) from None
-        conn.commit()
-    finally:
-        conn.close()
-    return int(row[0]) if row else 0
+
+    _with_retries(dsn, lock_wait, attempt)
+    return counted[0] if counted else 0
+
+
+# -- what is installed, and what needs a look ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapturedTable:
+    """One table as `triggers install` recorded it, with what no longer matches."""
+
+    schema: str
+    table: str
+    mode: str
+    ops: tuple[str, ...]
+    #: Per captured operation, the columns its events carry; None for every column.
+    columns: dict[str, tuple[str, ...] | None]
+    update_columns: tuple[str, ...] = ()
+    when: str | None = None
+    problems: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+_CAPTURES = """
+SELECT c.schema_name, c.table_name, c.mode, c.ops, c.columns::text, c.update_columns,
+       c.condition, c.key_columns,
+       to_regclass(quote_ident(c.schema_name) || '.' || quote_ident(c.table_name))::oid AS rel
+FROM skor.captures c ORDER BY c.schema_name, c.table_name
+"""
+
+_TABLE_STATE = """
+SELECT
+    ARRAY(SELECT attname::text FROM pg_catalog.pg_attribute
+          WHERE attrelid = %(rel)s AND attnum > 0 AND NOT attisdropped),
+    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = %(rel)s AND i.indisprimary ORDER BY k.n),
+    ARRAY(SELECT tgname::text FROM pg_catalog.pg_trigger
+          WHERE tgrelid = %(rel)s AND NOT tgisinternal AND tgenabled <> 'D'),
+    (SELECT conname::text FROM pg_catalog.pg_constraint
+     WHERE conrelid = %(rel)s AND contype = 'p' AND condeferrable)
+"""
+
+
+def captured_tables(cur: cursor) -> list[CapturedTable]:
+    """Every table `triggers install` captures, with its problems (see capture_problems).
+
+    Empty when nothing was installed by this version (or the skor schema is missing).
+    """
+    cur.execute("SELECT to_regclass('skor.captures') IS NOT NULL")
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return []
+    cur.execute(_CAPTURES)
+    tables = []
+    for schema, table, mode, ops, columns_text, update_columns, when, key, rel in cur.fetchall():
+        columns = {op: None if cols == "*" else tuple(cols)
+                   for op, cols in json.loads(columns_text).items()}
+        problems: list[str] = []
+        if rel is None:
+            problems.append("the table does not exist any more (renamed or dropped); "
+                            "nothing is captured: reinstall capture")
+        else:
+            cur.execute(_TABLE_STATE, {"rel": rel})
+            state = cur.fetchone()
+            assert state is not None
+            problems += _problems(mode, tuple(ops), columns, tuple(update_columns),
+                                  tuple(key), schema, table, state)
+        tables.append(CapturedTable(schema, table, mode, tuple(ops), columns,
+                                    tuple(update_columns), when, tuple(problems)))
+    return tables
+
+
+def _problems(mode: str, ops: tuple[str, ...], columns: dict[str, tuple[str, ...] | None],
+              update_columns: tuple[str, ...], key: tuple[str, ...], schema: str, table: str,
+              state: tuple[list[str], list[str], list[str], str | None]) -> list[str]:
+    existing, current_key, trigger_names, deferrable = state
+    problems = []
+    wanted: list[str] = []
+    for cols in columns.values():
+        wanted += [c for c in cols or () if c not in wanted]
+    wanted += [c for c in update_columns if c not in wanted]
+    missing = [c for c in wanted if c not in existing]
+    if missing:
+        problems.append(f"captured column(s) {', '.join(map(quote_ident, missing))} no longer "
+                        "exist; events leave them out: update triggers.json and reinstall")
+    if tuple(current_key) != key:
+        def show(cols: Sequence[str]) -> str:
+            return f"({', '.join(map(quote_ident, cols))})" if cols else "none"
+        problems.append(f"primary key changed from {show(key)} to {show(current_key)}; events "
+                        "are keyed by the old one (or not at all): reinstall capture")
+    if deferrable:
+        problems.append(f"primary key {quote_ident(deferrable)} is DEFERRABLE now; per-row "
+                        "order is not guaranteed: make it NOT DEFERRABLE")
+    if mode == "durable":
+        expected = [trigger_name(op) for op in ops]
+    else:
+        expected = [TRIGGER_PREFIX + notify_name(schema, table, op) for op in ops]  # type: ignore[arg-type]
+    absent = [name for name in expected if name not in trigger_names]
+    if absent:
+        problems.append(f"capture trigger(s) {', '.join(map(quote_ident, absent))} missing or "
+                        "disabled; those changes are not captured: reinstall capture")
+    return problems
+
+
+def capture_problems(cur: cursor) -> list[str]:
+    """One line per problem of an installed capture, `schema.table: what and what to do`.
+
+    For `status`, `triggers list` and the bridge's log: a captured column renamed or
+    dropped, the primary key changed or made DEFERRABLE, the table gone, a capture trigger
+    dropped or disabled. Writes never fail because of these; events carry what exists.
+    """
+    return [f"{table}: {problem}" for table in captured_tables(cur) for problem in table.problems]

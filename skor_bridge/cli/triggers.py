@@ -72,9 +72,9 @@ def install(
     dsn: DsnOpt,
     mode: ModeOpt = ModeChoice.durable,
     grant: Annotated[list[str] | None, typer.Option(
-        metavar="ROLE", help="Let this role's writes be captured (USAGE on schema skor, "
-        "INSERT on skor.outbox); repeatable. Needed for roles other than the installer.")
-    ] = None,
+        metavar="ROLE", help="No longer needed (writers need no privilege: capture runs as "
+        "the installing role); revokes what earlier releases granted this role on "
+        "skor.outbox.")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Install even a file that lists no table, removing every capture "
         "trigger.")] = False,
@@ -94,17 +94,19 @@ def install(
             raise ConfigError(f"{config} lists no table: installing it would remove every "
                               f"capture trigger ({len(before)} table(s) captured now); give "
                               "--force to do that")
+        notes: list[str] = []
         if mode is ModeChoice.wal:
             slot = wal_install.install(dsn, specs)
             triggers.uninstall(dsn)  # the triggers of an earlier install, if any
             typer.echo(f"replication slot {slot} (set max_slot_wal_keep_size)", err=True)
         else:
-            triggers.install(dsn, specs, _trigger_mode(mode), grant_to=tuple(grant or ()))
+            notes = triggers.install(dsn, specs, _trigger_mode(mode),
+                                     grant_to=tuple(grant or ()))
             wal_install.uninstall(dsn)  # the slot of an earlier WAL install, if any
         after = _installed(dsn)
     for spec in specs:
         typer.echo(triggers.describe_spec(spec))
-    for line in changes(before, after):
+    for line in [*changes(before, after), *notes]:
         typer.echo(line, err=True)
     typer.echo(f"installed {mode.value} capture on {len(specs)} table(s)", err=True)
 
