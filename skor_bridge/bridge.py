@@ -24,6 +24,7 @@ from skor_bridge.capture import inventory, registry
 from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.capture.wal.slot import wal_installed
+from skor_bridge.capture.triggers import capture_problems
 from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
@@ -137,6 +138,8 @@ class Bridge:
                     log.warning("nothing is captured: this database has no capture trigger; "
                                 "install them with: skor-bridge triggers install "
                                 "triggers.json --dsn ...")
+                for problem in capture_problems(cur):
+                    log.warning("capture needs a look: %s", problem)
             conn.commit()
         finally:
             conn.close()

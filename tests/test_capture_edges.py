@@ -349,3 +349,66 @@ def test_an_install_that_cannot_get_its_locks_gives_up_with_one_line(db, dsn):
         blocker.close()
     message = str(info.value)
     assert "\n" not in message and '"public"."a"' in message and "lock" in message
+
+
+# -- notify mode gets the same fixes -------------------------------------------------------
+
+
+def test_notify_mode_names_the_root_table_and_tells_key_changes(db, dsn):
+    from tests.test_triggers import listen, notifications
+
+    execute(db, PARTITIONED + "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    install_config(dsn, [{"table": "m"}, {"table": "t", "columns": ["v"]}], mode="notify")
+    listener = listen(dsn)
+    try:
+        # (one statement per transaction: PostgreSQL folds equal payloads of one transaction)
+        for sql in ("INSERT INTO m VALUES (1, 'eu', 'a')", "UPDATE m SET region = 'us'",
+                    "INSERT INTO t VALUES (1, 'a')", "UPDATE t SET id = 2",
+                    "UPDATE t SET v = 'b'"):
+            execute(db, sql)
+        payloads = [json.loads(p) for p in notifications(listener, 7)]
+    finally:
+        listener.close()
+    assert [(p["op"], p["table"], p["data"]) for p in payloads] == [
+        ("INSERT", "m", {"id": 1, "region": "eu", "v": "a"}),
+        ("DELETE", "m", {"id": 1, "region": "eu", "v": "a"}),
+        ("INSERT", "m", {"id": 1, "region": "us", "v": "a"}),
+        ("INSERT", "t", {"v": "a"}),
+        ("DELETE", "t", {"v": "a"}), ("INSERT", "t", {"v": "a"}),
+        ("UPDATE", "t", {"v": "b"}),
+    ]
+    assert user_triggers(db)[0][1].startswith("!notify_skor_")
+
+
+def test_row_key_sql_gives_other_producers_the_triggers_key(db, dsn):
+    # Given rows captured by the triggers
+    execute(db, "CREATE EXTENSION IF NOT EXISTS citext;"
+                "CREATE TABLE k (at timestamptz, n numeric, c citext, i int,"
+                " PRIMARY KEY (at, n, c, i))")
+    install_config(dsn, [{"table": "k"}])
+    execute(db, "SET TimeZone = 'Asia/Tokyo'; INSERT INTO k VALUES (now(), 2.50, 'Ab', 1)")
+    # When another producer computes the key with row_key_sql from a session elsewhere
+    from skor_bridge.capture.trigger_sql import row_key_sql
+
+    key = [("at", "timestamp with time zone"), ("n", "numeric(10,2)"), ("c", "public.citext"),
+           ("i", "integer")]
+    execute(db, "SET TimeZone = 'America/New_York'")
+    (computed,) = execute(db, f"SELECT {row_key_sql('row_to_json(k)', key)} FROM k")[0]
+    # Then it is the triggers' key, byte for byte
+    assert computed == outbox(db)[0][3]
+    assert '"n":2.5,"c":"ab","i":1}' in computed
+
+
+def test_reinstall_replaces_an_earlier_releases_trigger_names(db, dsn):
+    # Given a table captured by triggers named as release 0.1 named them
+    execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    install_config(dsn, [{"table": "t"}])
+    for op in ("insert", "update", "delete"):
+        execute(db, f'ALTER TRIGGER "!skor_capture_{op}" ON t RENAME TO skor_capture_{op}')
+    # When installed again
+    install_config(dsn, [{"table": "t"}])
+    # Then only the new names remain, and each change is captured once
+    assert [name for _, name in user_triggers(db)] == [
+        "!skor_capture_delete", "!skor_capture_insert", "!skor_capture_update"]
+    execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert len(outbox(db)) == 1

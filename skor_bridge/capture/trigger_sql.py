@@ -32,18 +32,22 @@ from skor_bridge.sqlquote import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from skor_bridge.capture.trigger_config import Op, TableSpec
 
 __all__ = [
     "MAX_NAME_BYTES",
     "SEARCH_PATH",
     "capture_function_name",
+    "data_expr",
     "dollar_quote",
     "durable_block",
     "notify_block",
     "notify_name",
     "quote_ident",
     "quote_literal",
+    "row_key_sql",
     "sql_comment",
     "trigger_name",
 ]
@@ -179,6 +183,45 @@ _KEY_LOOP = f"""\
     old_key := coalesce(old_key || ' || ''}}''', 'NULL');
 """
 
+def key_kind(type_name: str) -> str:
+    """The canonical form a key column of this type gets (a `_CANONICAL` key): the type as
+    `format_type` or `regtype` writes it, domains resolved by the caller."""
+    name = type_name.rsplit(".", 1)[-1].strip('"')
+    if name in ("timestamp with time zone", "timestamptz"):
+        return "utc"
+    if name == "numeric" or name.startswith("numeric("):
+        return "numeric"
+    return "lower" if name == "citext" else "plain"
+
+
+def row_key_sql(json_expr: str, key: Sequence[tuple[str, str]]) -> str:
+    """SQL for the canonical `row_key` of a row whose JSON `json_expr` evaluates to, with
+    `key` the primary key's (column, type) in key order: the same text the capture
+    triggers write, for other producers of events (backfill, WAL) to key rows alike."""
+    if not key:
+        return "NULL"
+    parts = []
+    for number, (col, type_name) in enumerate(key):
+        prefix = ("{" if number == 0 else ",") + json.dumps(col, ensure_ascii=False) + ":"
+        template = _CANONICAL[key_kind(type_name)]
+        value = template.replace("%1$s", f"({json_expr})").replace("%2$L", quote_literal(col))
+        parts += [quote_literal(prefix), value]
+    return " || ".join([*parts, "'}'"])
+
+
+def data_expr(record: str, columns: tuple[str, ...] | None) -> str:
+    """Skor's data expression with quoted names: the row, or only `columns` of it."""
+    if columns is None:
+        return f"row_to_json({record})"
+    # The alias must not equal a selected column: PostgreSQL would pick the column.
+    alias, number = "r", 0
+    while alias in columns:
+        number += 1
+        alias = f"r{number}"
+    picked = ", ".join(f"{record}.{quote_ident(col)}" for col in columns)
+    return f"row_to_json((SELECT {alias} FROM (SELECT {picked}) AS {alias}))"
+
+
 # Placeholders the block replaces in the function body with the key expressions; config
 # text cannot hold control characters, so they cannot occur in it otherwise.
 _NEW_KEY, _OLD_KEY = "\x01NEW_KEY\x01", "\x01OLD_KEY\x01"
@@ -244,7 +287,8 @@ def _trigger(name: str, timing: str, level: str, when: str, call: str) -> str:
     fp := left(md5(def), 16);
     wanted := wanted || {quote_literal(name)}::name;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgrelid = target
-                   AND tgname = {quote_literal(name)} AND tgparentid = 0 AND tgnargs = 1
+                   AND tgname = {quote_literal(name)} AND tgparentid = 0 AND tgenabled = 'O'
+                   AND tgnargs = 1
                    AND tgargs = convert_to(fp, 'UTF8') || decode('00', 'hex')) THEN
         EXECUTE format('CREATE OR REPLACE TRIGGER %I %s(%L)', {quote_literal(name)}, def, fp);
     END IF;

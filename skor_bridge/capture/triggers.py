@@ -247,6 +247,9 @@ class _LockBusy(Exception):
 
 def _run_steps(conn: connection, steps: list[tuple[TableSpec | None, str]],
                after: str = "") -> None:
+    if conn.server_version < 140000:  # CREATE OR REPLACE TRIGGER
+        raise TriggerError("triggers install needs PostgreSQL 14 or newer; this server is "
+                           f"{conn.server_version // 10000}")
     with conn.cursor() as cur:
         spec: TableSpec | None = None
         try:
@@ -429,8 +432,8 @@ def captured_tables(cur: cursor) -> list[CapturedTable]:
     cur.execute(_CAPTURES)
     tables = []
     for schema, table, mode, ops, columns_text, update_columns, when, key, rel in cur.fetchall():
-        columns = {op: None if cols == "*" else tuple(cols)
-                   for op, cols in json.loads(columns_text).items()}
+        by_op = json.loads(columns_text)
+        columns = {op: None if by_op[op] == "*" else tuple(by_op[op]) for op in ops}
         problems: list[str] = []
         if rel is None:
             problems.append("the table does not exist any more (renamed or dropped); "

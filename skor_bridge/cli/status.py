@@ -109,7 +109,8 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
               f"{b.rows_sent}/{b.rows_total}",
               b.updated.astimezone().strftime("%Y-%m-%d %H:%M:%S")] for b in snapshot.backfills],
             right={"ROWS"})
-    return text + warnings
+    problems = "".join(f"\ncapture needs a look: {p}" for p in snapshot.capture_problems)
+    return text + warnings + problems
 
 
 def _last_error(error: str | None, at: datetime | None, now: datetime) -> str:

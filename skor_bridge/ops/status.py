@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from skor_bridge.backfill.status import BackfillStatus, backfills
+from skor_bridge.capture.triggers import capture_problems
 from skor_bridge.capture.wal.slot import SlotStatus, slot_status
 
 if TYPE_CHECKING:
@@ -119,6 +120,9 @@ class Status:
     backfills: list[BackfillStatus] = field(default_factory=list)
     #: WAL capture's replication slot; None when WAL capture is not installed.
     slot: SlotStatus | None = None
+    #: Captured tables whose shape no longer matches their capture config (see
+    #: `capture.triggers.capture_problems`), one line each.
+    capture_problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types; times as ISO-8601 strings."""
@@ -138,11 +142,12 @@ def collect(conn: connection) -> Status:
             instances = _instances(cur)
             slot = slot_status(cur)
             running = backfills(cur)
+            problems = capture_problems(cur)
             cur.execute("SELECT now()")
             row = cur.fetchone()
             assert row is not None
         return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log,
-                      slot=slot, backfills=running)
+                      slot=slot, backfills=running, capture_problems=problems)
     finally:
         conn.rollback()
 
