@@ -204,6 +204,15 @@ def test_renaming_or_dropping_captured_columns_never_fails_a_write(db, dsn):
     assert any(p.startswith("public.u: ") and '"a"' in p and '"b"' in p for p in problems)
     assert any(p.startswith("public.u: ") and "primary key" in p for p in problems)
     assert not any(p.startswith("public.t: ") for p in problems)
+    # And `skor-bridge status` shows them
+    from typer.testing import CliRunner
+
+    from skor_bridge.cli import app
+
+    shown = CliRunner().invoke(app, ["status", "--dsn", dsn])
+    assert shown.exit_code == 0, shown.output
+    assert "capture needs a look: public.u: " in shown.stdout
+    assert shown.stdout.count("capture needs a look") == len(problems)
 
 
 # -- 9.8 injection through `when` ----------------------------------------------------------
