@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from skor_bridge.capture import inventory, registry
 from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
-from skor_bridge.capture.wal.slot import wal_installed
 from skor_bridge.capture.triggers import capture_problems
+from skor_bridge.capture.wal.slot import wal_installed
 from skor_bridge.db import connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError

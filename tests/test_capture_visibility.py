@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import psycopg2
 import pytest
 from typer.testing import CliRunner
 
@@ -61,19 +60,18 @@ def test_triggers_list_shows_tables_ops_columns_and_problems(dsn, tmp_path):
                                                    "insert,update,delete", "*", "-"]
     # When a captured column is renamed, a trigger disabled and a table dropped
     execute(dsn, "ALTER TABLE orders RENAME COLUMN status TO state",
-            "ALTER TABLE orders DISABLE TRIGGER skor_capture_update",
+            'ALTER TABLE orders DISABLE TRIGGER "!skor_capture_update"',
             "DROP TABLE customers")
     # Then each is a problem, and the command exits 1
     problems = listed(dsn)["public.orders"]["problems"]
     assert problems == ["update trigger is disabled",
-                        "column status does not exist any more (renamed or dropped?): writes "
-                        "to the table fail until triggers are installed again"]
+                        "column status does not exist any more (renamed or dropped?): events "
+                        "leave it out until triggers.json is updated and installed again"]
     assert listed(dsn)["public.customers"]["problems"] == [
         "table does not exist any more (dropped or renamed?): nothing is captured"]
     assert cli("triggers", "list", "--dsn", dsn).exit_code == 1
-    # (and the renamed column really does break writes)
-    with pytest.raises(psycopg2.Error):
-        execute(dsn, "INSERT INTO orders (id, state) VALUES (1, 'new')")
+    # (while writes keep working: issue 9.6)
+    execute(dsn, "INSERT INTO orders (id, state) VALUES (1, 'new')")
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ SELECT n.nspname, c.relname, t.tgtype, t.tgenabled,
 FROM pg_trigger t
 JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace
-WHERE NOT t.tgisinternal
+WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND t.tgtype & 1 = 1
   AND ((pn.nspname = 'skor' AND starts_with(p.proname, 'capture_'))
        OR starts_with(p.proname, 'notify_skor_'))
 ORDER BY 1, 2
@@ -42,7 +42,7 @@ WHERE p.pubname = 'skor_capture' ORDER BY 1, 2
 """
 
 _RECORDED = """
-SELECT schema_name, table_name, mode, ops, columns, update_columns, condition
+SELECT schema_name, table_name, mode, ops, columns, update_columns, condition, key_columns
 FROM skor.captured_tables ORDER BY 1, 2
 """
 
@@ -93,11 +93,13 @@ def captured(cur: cursor) -> list[Captured]:
         cur.execute(_RECORDED)
         recorded = cur.fetchall()
     seen = set()
-    for schema, table, mode, ops, columns, _update_columns, condition in recorded:
+    for schema, table, mode, ops, columns, _update_columns, condition, key in recorded:
         seen.add((schema, table))
         entry = tables.setdefault((schema, table), Captured(schema, table, mode))
         entry.columns, entry.condition = dict(columns), condition
         entry.problems += _problems(cur, entry, list(ops), disabled.get((schema, table), []))
+        if key is not None and _GONE not in entry.problems:
+            entry.problems += _key_problems(cur, entry, list(key))
     cur.execute(_WAL)
     for schema, table, insert, update, delete in cur.fetchall():
         entry = tables.setdefault((schema, table), Captured(schema, table, "wal"))
@@ -117,7 +119,7 @@ def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str])
                 (entry.schema, entry.table))
     row = cur.fetchone()
     if not row or row[0] is None:
-        return ["table does not exist any more (dropped or renamed?): nothing is captured"]
+        return [_GONE]
     problems = [f"{op} trigger is disabled" for op in disabled]
     problems += [f"{op} trigger is missing" for op in ops
                  if op not in entry.ops and op not in disabled]
@@ -125,8 +127,40 @@ def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str])
                 " AND NOT attisdropped", (row[0],))
     existing = {name for (name,) in cur.fetchall()}
     wanted = sorted({c for cols in entry.columns.values() if cols for c in cols} - existing)
-    problems += [f"column {name} does not exist any more (renamed or dropped?): writes to "
-                 f"the table fail until triggers are installed again" for name in wanted]
+    problems += [f"column {name} does not exist any more (renamed or dropped?): events "
+                 "leave it out until triggers.json is updated and installed again"
+                 for name in wanted]
+    return problems
+
+
+_GONE = "table does not exist any more (dropped or renamed?): nothing is captured"
+
+_KEY = """
+SELECT ARRAY(SELECT a.attname::text FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = %(rel)s::regclass AND i.indisprimary ORDER BY k.n),
+       (SELECT conname::text FROM pg_constraint
+        WHERE conrelid = %(rel)s::regclass AND contype = 'p' AND condeferrable)
+"""
+
+
+def _key_problems(cur: cursor, entry: Captured, key: list[str]) -> list[str]:
+    """The primary key changed since install (events stay keyed by the old one), or was
+    made DEFERRABLE (per-row order no longer holds)."""
+    cur.execute(_KEY, {"rel": f'"{entry.schema.replace(chr(34), chr(34) * 2)}".'
+                              f'"{entry.table.replace(chr(34), chr(34) * 2)}"'})
+    row = cur.fetchone()
+    assert row is not None
+    current, deferrable = list(row[0]), row[1]
+    problems = []
+    if current != key:
+        problems.append(f"primary key changed from ({', '.join(key) or 'none'}) to "
+                        f"({', '.join(current) or 'none'}): events are keyed by the old one "
+                        "until triggers are installed again")
+    if deferrable:
+        problems.append(f"primary key {deferrable} is DEFERRABLE now: per-row order is not "
+                        "guaranteed; make it NOT DEFERRABLE")
     return problems
 
 

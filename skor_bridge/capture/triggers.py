@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psycopg2
 import psycopg2.errors
 
+from skor_bridge.capture import inventory
 from skor_bridge.capture.schema import _DDL_LOCK, DDL, ensure_schema
 from skor_bridge.capture.trigger_config import (
     ENTRY_KEYS,
@@ -73,12 +73,10 @@ __all__ = [
     "ENTRY_KEYS",
     "MAX_NAME_BYTES",
     "OPS",
-    "CapturedTable",
     "Op",
     "TableSpec",
     "capture_function_name",
     "capture_problems",
-    "captured_tables",
     "describe_spec",
     "dollar_quote",
     "ensure_schema",
@@ -144,18 +142,19 @@ END"""
 
 
 def _record(specs: Sequence[TableSpec], mode: Mode) -> str:
-    """SQL recording what is installed in skor.captures (read by `capture_problems`)."""
+    """SQL recording what is installed in skor.captured_tables (read by `inventory`), in
+    the script itself, so that an install applied with psql is recorded too."""
     keep = ", ".join(f"({quote_literal(s.schema)}, {quote_literal(s.table)})" for s in specs)
-    text = ("DELETE FROM skor.captures"
+    text = ("DELETE FROM skor.captured_tables"
             + (f" WHERE (schema_name, table_name) NOT IN ({keep})" if specs else "") + ";\n")
     for spec in specs:
-        columns = json.dumps({op: list(cols) if cols is not None else "*"
+        columns = json.dumps({op: list(cols) if cols is not None else None
                               for op, cols in spec.columns}, ensure_ascii=False)
         update_columns = "ARRAY[" + ", ".join(map(quote_literal, spec.update_columns)) + \
             "]::text[]"
         text += f"""\
-INSERT INTO skor.captures AS c (schema_name, table_name, mode, ops, columns, update_columns,
-                                condition, key_columns)
+INSERT INTO skor.captured_tables AS c (schema_name, table_name, mode, ops, columns,
+                                       update_columns, condition, key_columns)
 SELECT {quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{mode}',
        ARRAY[{", ".join(f"'{op}'" for op in spec.ops)}]::text[], {quote_literal(columns)}::jsonb,
        {update_columns}, {quote_literal(spec.when) if spec.when is not None else "NULL"},
@@ -366,8 +365,8 @@ def uninstall(dsn: str, purge: bool = False, lock_wait: float = LOCK_WAIT) -> in
                 if purge:
                     cur.execute("DROP SCHEMA IF EXISTS skor CASCADE")
                 else:
-                    cur.execute("DO $skor$ BEGIN IF to_regclass('skor.captures') IS NOT NULL"
-                                " THEN DELETE FROM skor.captures; END IF; END $skor$")
+                    cur.execute("DO $skor$ BEGIN IF to_regclass('skor.captured_tables') IS NOT"
+                                " NULL THEN DELETE FROM skor.captured_tables; END IF; END $skor$")
             except psycopg2.errors.LockNotAvailable:
                 raise _LockBusy(None) from None
             except psycopg2.Error as exc:
@@ -377,115 +376,16 @@ def uninstall(dsn: str, purge: bool = False, lock_wait: float = LOCK_WAIT) -> in
     return counted[0] if counted else 0
 
 
-# -- what is installed, and what needs a look ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class CapturedTable:
-    """One table as `triggers install` recorded it, with what no longer matches."""
-
-    schema: str
-    table: str
-    mode: str
-    ops: tuple[str, ...]
-    #: Per captured operation, the columns its events carry; None for every column.
-    columns: dict[str, tuple[str, ...] | None]
-    update_columns: tuple[str, ...] = ()
-    when: str | None = None
-    problems: tuple[str, ...] = field(default=())
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-_CAPTURES = """
-SELECT c.schema_name, c.table_name, c.mode, c.ops, c.columns::text, c.update_columns,
-       c.condition, c.key_columns,
-       to_regclass(quote_ident(c.schema_name) || '.' || quote_ident(c.table_name))::oid AS rel
-FROM skor.captures c ORDER BY c.schema_name, c.table_name
-"""
-
-_TABLE_STATE = """
-SELECT
-    ARRAY(SELECT attname::text FROM pg_catalog.pg_attribute
-          WHERE attrelid = %(rel)s AND attnum > 0 AND NOT attisdropped),
-    ARRAY(SELECT a.attname::text FROM pg_catalog.pg_index i
-          CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-          WHERE i.indrelid = %(rel)s AND i.indisprimary ORDER BY k.n),
-    ARRAY(SELECT tgname::text FROM pg_catalog.pg_trigger
-          WHERE tgrelid = %(rel)s AND NOT tgisinternal AND tgenabled <> 'D'),
-    (SELECT conname::text FROM pg_catalog.pg_constraint
-     WHERE conrelid = %(rel)s AND contype = 'p' AND condeferrable)
-"""
-
-
-def captured_tables(cur: cursor) -> list[CapturedTable]:
-    """Every table `triggers install` captures, with its problems (see capture_problems).
-
-    Empty when nothing was installed by this version (or the skor schema is missing).
-    """
-    cur.execute("SELECT to_regclass('skor.captures') IS NOT NULL")
-    row = cur.fetchone()
-    if not row or not row[0]:
-        return []
-    cur.execute(_CAPTURES)
-    tables = []
-    for schema, table, mode, ops, columns_text, update_columns, when, key, rel in cur.fetchall():
-        by_op = json.loads(columns_text)
-        columns = {op: None if by_op[op] == "*" else tuple(by_op[op]) for op in ops}
-        problems: list[str] = []
-        if rel is None:
-            problems.append("the table does not exist any more (renamed or dropped); "
-                            "nothing is captured: reinstall capture")
-        else:
-            cur.execute(_TABLE_STATE, {"rel": rel})
-            state = cur.fetchone()
-            assert state is not None
-            problems += _problems(mode, tuple(ops), columns, tuple(update_columns),
-                                  tuple(key), schema, table, state)
-        tables.append(CapturedTable(schema, table, mode, tuple(ops), columns,
-                                    tuple(update_columns), when, tuple(problems)))
-    return tables
-
-
-def _problems(mode: str, ops: tuple[str, ...], columns: dict[str, tuple[str, ...] | None],
-              update_columns: tuple[str, ...], key: tuple[str, ...], schema: str, table: str,
-              state: tuple[list[str], list[str], list[str], str | None]) -> list[str]:
-    existing, current_key, trigger_names, deferrable = state
-    problems = []
-    wanted: list[str] = []
-    for cols in columns.values():
-        wanted += [c for c in cols or () if c not in wanted]
-    wanted += [c for c in update_columns if c not in wanted]
-    missing = [c for c in wanted if c not in existing]
-    if missing:
-        problems.append(f"captured column(s) {', '.join(map(quote_ident, missing))} no longer "
-                        "exist; events leave them out: update triggers.json and reinstall")
-    if tuple(current_key) != key:
-        def show(cols: Sequence[str]) -> str:
-            return f"({', '.join(map(quote_ident, cols))})" if cols else "none"
-        problems.append(f"primary key changed from {show(key)} to {show(current_key)}; events "
-                        "are keyed by the old one (or not at all): reinstall capture")
-    if deferrable:
-        problems.append(f"primary key {quote_ident(deferrable)} is DEFERRABLE now; per-row "
-                        "order is not guaranteed: make it NOT DEFERRABLE")
-    if mode == "durable":
-        expected = [trigger_name(op) for op in ops]
-    else:
-        expected = [TRIGGER_PREFIX + notify_name(schema, table, op) for op in ops]  # type: ignore[arg-type]
-    absent = [name for name in expected if name not in trigger_names]
-    if absent:
-        problems.append(f"capture trigger(s) {', '.join(map(quote_ident, absent))} missing or "
-                        "disabled; those changes are not captured: reinstall capture")
-    return problems
+# -- what needs a look -----------------------------------------------------------------
 
 
 def capture_problems(cur: cursor) -> list[str]:
     """One line per problem of an installed capture, `schema.table: what and what to do`.
 
-    For `status`, `triggers list` and the bridge's log: a captured column renamed or
-    dropped, the primary key changed or made DEFERRABLE, the table gone, a capture trigger
-    dropped or disabled. Writes never fail because of these; events carry what exists.
+    For `status` and the bridge's log (`triggers list` shows the same per table, from
+    `inventory.captured`): a captured column renamed or dropped, the primary key changed or
+    made DEFERRABLE, the table gone, a capture trigger dropped or disabled. Writes never
+    fail because of these; events carry what exists.
     """
-    return [f"{table}: {problem}" for table in captured_tables(cur) for problem in table.problems]
+    return [f"{entry.schema}.{entry.table}: {problem}"
+            for entry in inventory.captured(cur) for problem in entry.problems]
