@@ -57,7 +57,8 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped. `max_attempts=None` retries forever."""
+    """Exponential backoff with jitter (see `skor_bridge.backoff`), capped. `max_attempts=None`
+    retries forever."""
 
     max_attempts: int | None = None
     initial_backoff: float = 0.5
@@ -112,9 +113,12 @@ class WebhookConfig:
     #: Standard Webhooks signing key, "whsec_<base64>".
     secret: str | None = field(default=None, repr=False)
     headers: tuple[tuple[str, str], ...] = ()
+    #: Seconds one request may take (connecting, sending, the answer); past it, that row's
+    #: event is retried. An event's attempts together are bounded by the retry policy.
     timeout: float = 10.0
-    #: Connections kept alive to the receiver; also the most events in flight at once.
-    concurrency: int = 16
+    #: Most requests in flight at once (each on its own kept-alive connection); the
+    #: engine adapts below it to the receiver's latency and pushback.
+    concurrency: int = 256
     #: PEM file of the CA(s) that sign an https receiver's certificate, instead of the
     #: public bundle (certifi): for receivers behind a private CA.
     ca_file: str | None = None

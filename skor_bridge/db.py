@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, TypeVar
 import psycopg2
 import psycopg2.extensions
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.config import redact
-from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.errors import DatabaseError
 
 if TYPE_CHECKING:

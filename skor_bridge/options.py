@@ -218,10 +218,12 @@ OPTIONS: tuple[Option, ...] = (
            "Standard Webhooks do.", "whsec_KEY", panel=WEBHOOK, scope="webhook", key="secret"),
     Option("header", checked(config.parse_header), "Extra request header; repeatable.",
            "NAME:VALUE", panel=WEBHOOK, style="multi", scope="webhook", key="headers"),
-    Option("webhook_timeout", positive(), "Seconds per request.", "SECONDS", "10", 10.0,
+    Option("webhook_timeout", positive(), "Seconds per request (connect, send, answer); past "
+           "it, that row's event is retried.", "SECONDS", "10", 10.0,
            WEBHOOK, scope="webhook", key="timeout"),
-    Option("webhook_concurrency", integer(1), "Requests in flight (different rows).", "N", "16",
-           16, WEBHOOK, scope="webhook", key="concurrency"),
+    Option("webhook_concurrency", integer(1), "Most requests in flight (different rows); "
+           "adapts below it to the receiver's latency.", "N", "256",
+           256, WEBHOOK, scope="webhook", key="concurrency"),
     Option("webhook_ca_file", checked(_file), "PEM file of the CA that signs an https receiver's "
            "certificate.", "FILE", "the public CA bundle", panel=WEBHOOK, scope="webhook",
            key="ca_file"),

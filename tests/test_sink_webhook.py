@@ -177,7 +177,8 @@ def test_idle_connections_the_receiver_closed_are_replaced_without_a_failure(ser
     # When the receiver closes them while the sink is idle
     server.close_idle()
     # Then the next batch is delivered on new connections, without a retry
-    assert outcomes(sink.send(events(8, 8))) == [Outcome.DELIVERED] * 8
+    results = sink.send(events(8, 8))
+    assert outcomes(results) == [Outcome.DELIVERED] * 8, [r.error for r in results]
     assert len({r.body for r in server.requests}) == 16
 
 

@@ -16,9 +16,9 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.capture import progress
 from skor_bridge.db import CONNECTION_ERRORS, Reconnecting, connect, describe
-from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
 

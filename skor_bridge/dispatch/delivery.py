@@ -1,13 +1,21 @@
-"""Delivery to one output: ordering per row, retries with backoff, dead letters, progress.
+"""Delivery to one output: each event completes on its own, in order per row.
 
 Each output has its own worker thread, feed position and retry state, so a webhook that
 answers 503 for an hour does not hold up RabbitMQ or Kafka; it catches up, in order,
 when it recovers.
 
 Ordering: events are grouped into lanes by ordering key (the row's primary key, or the
-table when it has none). Only the head of a lane is ever in flight, and a batch holds at
-most one event per lane, so a row's changes are delivered one after the other, in log
-order, even while retries happen. A failing event holds back only its own lane.
+table when it has none). Only the head of a lane is ever in flight, so a row's changes
+are delivered one after the other, in log order, even while retries happen. Every other
+lane is submitted as soon as its previous event completes: a request that is slow, hangs
+until its timeout or backs off holds only its own row, never a batch.
+
+Progress: completions arrive in any order; the saved position is the end of the
+contiguous prefix of finished events (`Window`), so a crash loses nothing.
+
+Concurrency: up to the sink's `max_in_flight` requests at once, adapted to the receiver's
+latency and pushback for webhooks (`AdaptiveLimit`), paused for a receiver's Retry-After;
+a receiver down as a whole is probed one event at a time (`Outage`).
 """
 
 from __future__ import annotations
@@ -18,21 +26,24 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.config import redact
 from skor_bridge.db import Stopped
-from skor_bridge.dispatch.backoff import backoff_delay
+from skor_bridge.dispatch.concurrency import AdaptiveLimit
+from skor_bridge.dispatch.outage import Outage
+from skor_bridge.dispatch.window import Backlog, Pending, Window
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import Outcome, Result
 
 if TYPE_CHECKING:
     from skor_bridge.capture.base import OutputFeed
     from skor_bridge.config import OutputConfig
-    from skor_bridge.event import ChangeEvent
     from skor_bridge.metrics import Metrics
-    from skor_bridge.sinks.base import Sink
+    from skor_bridge.sinks.base import Completion, Sink
+
+__all__ = ["Backlog", "OutputWorker", "Pending", "Window"]
 
 log = logging.getLogger("skor_bridge.delivery")
 
@@ -42,8 +53,19 @@ IDLE_WAIT = 0.5
 #: Bytes of event data an output holds in memory before it stops reading ahead.
 MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 
-#: Sends' worth of ready rows past which a worker stops reading ahead of its sink.
-READ_AHEAD_BATCHES = 2
+#: Ready rows, in multiples of the concurrency limit, past which a worker stops reading
+#: ahead of its sink (a backlog of a million rows would otherwise fill the whole window).
+READ_AHEAD = 2
+
+#: While requests are in flight the worker cannot block on the feed, so it looks for
+#: new events at most this often (seconds) once the feed came back empty.
+FETCH_INTERVAL = 0.003
+
+#: Longest single wait for completions, so due retries and the feed are not left waiting.
+MAX_POLL = 0.05
+
+#: Progress is saved at most this often while requests are in flight (one write each).
+COMMIT_INTERVAL = 0.05
 
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
@@ -51,62 +73,15 @@ REDELIVERY_POLL = 1.0
 #: Redelivery rows read per query.
 REDELIVERY_CHUNK = 1000
 
-#: An idle worker calls `send([])` this often, so sinks can keep connections alive
+#: An idle worker polls its sink this often, so sinks can keep connections alive
 #: (AMQP heartbeats are serviced only while pika runs).
 KEEPALIVE = 10.0
 
+#: Longest Retry-After honoured (seconds); a receiver asking for more is retried sooner.
+RETRY_AFTER_CAP = 300.0
 
-@dataclass(slots=True)
-class Pending:
-    event: ChangeEvent
-    attempts: int = 0
-    first_try: float = 0.0
-    last_error: str | None = None
-    #: Set for an operator's retry or replay, or for a parked event; such events are
-    #: outside the position window and are finished by deleting their redelivery row.
-    redelivery_id: int | None = None
-    parked: bool = False
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """One output's backlog as its worker reports it (see `OutputWorker.backlog`)."""
-
-    #: Events in the worker's window not finished yet, log events it has not read, and
-    #: parked events.
-    pending: int
-    #: Age of the oldest event the worker holds; 0 when it holds none.
-    lag_seconds: float
-    #: How long the oldest failing in-flight event has been failing; 0 when none fails.
-    failing_seconds: float
-
-
-@dataclass
-class Window:
-    """Events fetched but not yet finished, and the contiguous finished prefix."""
-
-    order: deque[tuple[int, str]] = field(default_factory=deque)
-    finished: set[int] = field(default_factory=set)
-
-    def add(self, position: int, key: str) -> None:
-        self.order.append((position, key))
-
-    def oldest(self) -> tuple[int, str] | None:
-        return self.order[0] if self.order else None
-
-    def finish(self, position: int) -> None:
-        self.finished.add(position)
-
-    def advance(self) -> int | None:
-        """Drop the finished prefix; return the last position dropped, if any."""
-        last = None
-        while self.order and self.order[0][0] in self.finished:
-            last = self.order.popleft()[0]
-            self.finished.discard(last)
-        return last
-
-    def __len__(self) -> int:
-        return len(self.order)
+#: Failed attempts are logged at most this often per output; outages are logged apart.
+FAILURE_LOG_INTERVAL = 10.0
 
 
 class OutputWorker:
@@ -130,9 +105,18 @@ class OutputWorker:
         self.max_in_flight = max_in_flight
         self.fetch_size = fetch_size
         self.lanes: dict[str, deque[Pending]] = {}
+        #: Lanes whose head may be submitted now; a lane is in at most one of `ready`,
+        #: `delayed` (backing off) and `in_flight` (its head is with the sink).
         self.ready: deque[str] = deque()
         self.delayed: list[tuple[float, int, str]] = []
+        self.in_flight: dict[int, tuple[str, Pending, bool]] = {}
+        self._tickets = itertools.count(1)
         self._tiebreak = itertools.count()
+        cap = max(1, sink.max_in_flight)
+        self.limit = AdaptiveLimit(cap) if sink.adaptive else None
+        self._fixed_limit = cap
+        self.outage = Outage(output.name)
+        self._paused_until = 0.0
         self.window = Window()
         self.window_bytes = 0
         self.read_position = 0
@@ -140,12 +124,16 @@ class OutputWorker:
         self.last_error: str | None = None
         self._new_error: str | None = None
         self._delivered_since_commit = 0
+        self._last_commit = 0.0
+        self._last_empty_fetch = -FETCH_INTERVAL
         self._redelivery_seen = 0
         self._redelivery_checked = -REDELIVERY_POLL
         #: Positions of parked events loaded at start-up; the log copy is then skipped.
         self._parked_positions: set[int] = set()
         self._started = False
-        self._last_send = time.monotonic()
+        self._last_poll = time.monotonic()
+        self._failure_logged = -FAILURE_LOG_INTERVAL
+        self._failures_unlogged = 0
         #: Set when the worker should finish what is in flight and exit (graceful stop).
         self.draining = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"output-{output.name}", daemon=True)
@@ -154,6 +142,11 @@ class OutputWorker:
     @property
     def name(self) -> str:
         return self.output.name
+
+    @property
+    def concurrency(self) -> int:
+        """The current in-flight limit (adaptive for webhooks)."""
+        return self.limit.limit if self.limit is not None else self._fixed_limit
 
     def start(self) -> None:
         self.thread.start()
@@ -192,15 +185,11 @@ class OutputWorker:
             self._open_sink()
             self.committed = self.read_position = self.feed.start_position()
             while not self.stopping.is_set():
-                if self.draining.is_set() and not self.lanes:
+                if self.draining.is_set() and not self.in_flight:
+                    # Graceful stop: what is in flight is finished; lanes in backoff or not
+                    # yet sent stay after the committed position and go out next time.
                     break
-                self._fill()
-                self._deliver_ready()
-                self._commit()
-                if self.draining.is_set() and not self.ready:
-                    # Graceful stop: in-flight lanes in backoff are handed back, not waited on;
-                    # they stay after the committed position and are delivered next time.
-                    break
+                self.step()
         except Stopped:
             pass
         except SinkError as exc:
@@ -213,13 +202,30 @@ class OutputWorker:
             self.stopping.set()
         finally:
             try:
-                self._commit()
+                self._commit(force=True)
             except Stopped:
                 pass
             self.sink.close()
             self.feed.close()
 
-    # -- steps ------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One turn: read, submit what may go, wait a little for completions, save progress."""
+        draining = self.draining.is_set()
+        waited = False
+        if not draining:
+            waited = self._fill()
+            self._release_due(time.monotonic())
+            self._dispatch(time.monotonic())
+        if self.in_flight:
+            for ticket, result in self._poll(self._poll_timeout()):
+                self._settle(ticket, result)
+        elif not waited and not draining:
+            self.stopping.wait(self._next_wake(time.monotonic()))
+        if not self.in_flight and time.monotonic() - self._last_poll > KEEPALIVE:
+            self._poll(0)
+        self._commit(force=not self.in_flight)
+
+    # -- reading ----------------------------------------------------------------------------
 
     def _open_sink(self) -> None:
         attempt = 0
@@ -237,7 +243,8 @@ class OutputWorker:
                 if self.stopping.wait(delay):
                     raise Stopped from None
 
-    def _fill(self) -> None:
+    def _fill(self) -> bool:
+        """Read new events into their lanes; True when it blocked waiting for the feed."""
         now = time.monotonic()
         if not self._started:
             # Parked events are older than anything after the committed position, so they
@@ -246,35 +253,35 @@ class OutputWorker:
             self._load_redeliveries(now, include_parked=True)
         elif now - self._redelivery_checked >= REDELIVERY_POLL:
             self._load_redeliveries(now, include_parked=False)
-        full = (len(self.window) >= self.max_in_flight
-                or self.window_bytes >= MAX_IN_FLIGHT_BYTES)
-        if full and not self.draining.is_set():
-            full = not self._park_stuck_lane()
-        if full or self.draining.is_set():
-            if not self.ready:
-                self._sleep_until_due()
-            return
-        if len(self.ready) >= READ_AHEAD_BATCHES * self.sink.max_batch:
-            # The next sends are ready already; reading further ahead would only hold more
-            # events in memory (a backlog of a million rows filled the whole window).
-            return
+        if not self._may_read():
+            return False
+        busy = bool(self.in_flight or self.ready)
+        if busy and now - self._last_empty_fetch < FETCH_INTERVAL:
+            return False
         room = self.max_in_flight - len(self.window)
-        wait = 0.0 if self.ready else self._idle_wait()
+        wait = 0.0 if busy else self._next_wake(now)
         events = self.feed.fetch(self.read_position, min(room, self.fetch_size), wait)
         now = time.monotonic()
+        if not events:
+            self._last_empty_fetch = now
         for event in events:
             self.window.add(event.position, event.ordering_key)
             if event.position in self._parked_positions:
                 self._parked_positions.discard(event.position)
                 self.window.finish(event.position)
                 continue
-            if not event.is_for(self.name):  # a backfill meant for other outputs
-                self.window.finish(event.position)
-                continue
             self.window_bytes += len(event.data)
             self._enqueue(Pending(event, first_try=now))
         if events:
             self.read_position = events[-1].position
+        return wait > 0
+
+    def _may_read(self) -> bool:
+        full = (len(self.window) >= self.max_in_flight
+                or self.window_bytes >= MAX_IN_FLIGHT_BYTES)
+        if full:
+            full = not self._park_stuck_lane()
+        return not full and len(self.ready) < READ_AHEAD * self.concurrency
 
     def _load_redeliveries(self, now: float, include_parked: bool) -> None:
         self._redelivery_checked = now
@@ -326,65 +333,104 @@ class OutputWorker:
         else:
             lane.append(pending)
 
-    def _idle_wait(self) -> float:
-        if not self.delayed:
-            return IDLE_WAIT
-        return max(0.0, min(IDLE_WAIT, self.delayed[0][0] - time.monotonic()))
+    # -- sending ----------------------------------------------------------------------------
 
-    def _sleep_until_due(self) -> None:
-        if self.delayed:
-            self.stopping.wait(max(0.0, self.delayed[0][0] - time.monotonic()))
-        else:
-            self.stopping.wait(0.05)
-
-    def _deliver_ready(self) -> None:
-        now = time.monotonic()
+    def _release_due(self, now: float) -> None:
         while self.delayed and self.delayed[0][0] <= now:
             _, _, key = heapq.heappop(self.delayed)
             self.ready.append(key)
-        if not self.ready:
-            if now - self._last_send > KEEPALIVE:
-                self.sink.send([])
-                self._last_send = now
-            return
-        if not self.feed.may_send():
+
+    def _dispatch(self, now: float) -> None:
+        if (self.ready or self.delayed) and not self.feed.may_send():
             # Fenced: this instance cannot prove it still leads (it was frozen past its
             # lease); send nothing until a heartbeat decides (see `leader`).
             self.stopping.wait(0.05)
             return
-        self._last_send = now
-        keys = [self.ready.popleft() for _ in range(min(len(self.ready), self.sink.max_batch))]
-        batch = [self.lanes[key][0] for key in keys]
-        results = self._send([p.event for p in batch])
-        if len(results) != len(batch):
-            raise RuntimeError(f"sink {self.sink.kind} returned {len(results)} results "
-                               f"for {len(batch)} events")
-        for key, pending, result in zip(keys, batch, results, strict=True):
-            self._settle(key, pending, result)
+        if self.outage.failing:
+            # One probe at a time: the lane that has waited longest goes first.
+            if self.outage.may_probe(now) and (self.ready or self.delayed):
+                key = self.ready.popleft() if self.ready else heapq.heappop(self.delayed)[2]
+                self.outage.probe_sent()
+                self._submit(key, now, probe=True)
+            return
+        if now < self._paused_until:
+            return
+        limit = self.concurrency
+        while self.ready and len(self.in_flight) < limit:
+            self._submit(self.ready.popleft(), now, probe=False)
 
-    def _send(self, events: list[ChangeEvent]) -> list[Result]:
-        """A sink that raises (a bug, or a library surprise) fails the batch, not the bridge."""
+    def _submit(self, key: str, now: float, probe: bool) -> None:
+        pending = self.lanes[key][0]
+        pending.submitted = now
+        ticket = next(self._tickets)
+        self.in_flight[ticket] = (key, pending, probe)
+        if self.limit is not None:
+            self.limit.on_submit(len(self.in_flight))
         try:
-            return self.sink.send(events)
+            self.sink.submit(ticket, pending.event)
         except SinkError:
             raise
         except Exception as exc:
-            log.exception("output %s: sink raised; retrying the batch", self.name)
-            self.sink.close()
-            error = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            return [Result(Outcome.RETRY, error)] * len(events)
+            # A sink that raises (a bug, or a library surprise) fails this attempt only.
+            log.exception("output %s: sink raised on submit; retrying the event", self.name)
+            self._settle(ticket, Result(Outcome.RETRY, _one_line(exc)))
 
-    def _settle(self, key: str, pending: Pending, result: Result) -> None:
+    def _poll(self, timeout: float) -> list[Completion]:
+        self._last_poll = time.monotonic()
+        try:
+            return self.sink.poll(timeout)
+        except SinkError:
+            raise
+        except Exception as exc:
+            log.exception("output %s: sink raised; retrying what was in flight", self.name)
+            self.sink.close()
+            failed = Result(Outcome.RETRY, _one_line(exc))
+            return [(ticket, failed) for ticket in list(self.in_flight)]
+
+    def _poll_timeout(self) -> float:
+        now = time.monotonic()
+        if not self.draining.is_set() and not self.outage.failing and self._may_read():
+            return max(0.0, FETCH_INTERVAL - (now - self._last_empty_fetch))
+        if self.ready and not self.outage.failing and now >= self._paused_until:
+            return MAX_POLL  # waiting for a free slot: any completion wakes us
+        return min(MAX_POLL, self._next_wake(now))
+
+    def _next_wake(self, now: float) -> float:
+        """Seconds until something is due: a retry, a probe, the end of a pause."""
+        wake = IDLE_WAIT
+        if self.delayed:
+            wake = min(wake, self.delayed[0][0] - now)
+        if self.outage.failing and (self.ready or self.delayed):
+            wake = min(wake, self.outage.next_probe_in(now))
+        elif self.ready and now < self._paused_until:
+            wake = min(wake, self._paused_until - now)
+        return max(0.0, wake)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _settle(self, ticket: int, result: Result) -> None:
+        entry = self.in_flight.pop(ticket, None)
+        if entry is None:
+            return  # abandoned when the sink was closed after raising
+        key, pending, probe = entry
+        now = time.monotonic()
+        if self.limit is not None:
+            self.limit.on_complete(now - pending.submitted, result.backpressure)
         pending.attempts += 1
         event = pending.event
         if result.outcome is Outcome.DELIVERED:
             self.metrics.delivered(self.name, event)
             self._delivered_since_commit += 1
+            self._succeeded(now, probe)
             self._finish(key, delivered=True)
             return
         error = result.error or result.outcome.value
         pending.last_error = self.last_error = self._new_error = error
         limit = self.output.retry.max_attempts
+        if result.outcome is Outcome.REJECTED:
+            self._succeeded(now, probe)  # the receiver answered: it is up
+        else:
+            self.outage.failed(key, error, now, probe)
         if result.outcome is Outcome.REJECTED or (limit is not None and pending.attempts >= limit):
             self.feed.dead_letter(event, pending.attempts, error)
             self.metrics.dead_lettered(self.name, event)
@@ -394,12 +440,34 @@ class OutputWorker:
             self._finish(key, delivered=False)
             return
         self.metrics.retried(self.name, event)
-        delay = backoff_delay(pending.attempts, self.output.retry.initial_backoff,
-                              self.output.retry.max_backoff)
-        if pending.attempts == 1 or pending.attempts % 10 == 0:
-            log.warning("output %s: event %s attempt %d failed (%s); retrying in %.2fs",
-                        self.name, event.id, pending.attempts, error, delay)
-        heapq.heappush(self.delayed, (time.monotonic() + delay, next(self._tiebreak), key))
+        retry = self.output.retry
+        delay = backoff_delay(pending.attempts, retry.initial_backoff, retry.max_backoff)
+        if result.retry_after is not None:
+            wait = min(result.retry_after, RETRY_AFTER_CAP)
+            delay = max(delay, wait)
+            self._paused_until = max(self._paused_until, now + wait)
+        self._log_failure(event.id, pending.attempts, error, delay)
+        heapq.heappush(self.delayed, (now + delay, next(self._tiebreak), key))
+
+    def _succeeded(self, now: float, probe: bool) -> None:
+        waiting = sum(len(lane) for lane in self.lanes.values()) if self.outage.failing else 0
+        if self.outage.succeeded(now, probe, waiting):
+            # The receiver is back: every row waiting out its backoff goes now.
+            while self.delayed:
+                self.ready.append(heapq.heappop(self.delayed)[2])
+            self._paused_until = 0.0
+
+    def _log_failure(self, event_id: str, attempts: int, error: str, delay: float) -> None:
+        now = time.monotonic()
+        if self.outage.failing or now - self._failure_logged < FAILURE_LOG_INTERVAL:
+            self._failures_unlogged += 1
+            return
+        more = (f" ({self._failures_unlogged} more failed attempt(s) since the last line)"
+                if self._failures_unlogged else "")
+        log.warning("output %s: event %s attempt %d failed (%s); retrying in %.2fs%s",
+                    self.name, event_id, attempts, error, delay, more)
+        self._failure_logged = now
+        self._failures_unlogged = 0
 
     def _finish(self, key: str, delivered: bool) -> None:
         lane = self.lanes[key]
@@ -414,7 +482,10 @@ class OutputWorker:
         else:
             del self.lanes[key]
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL:
+            return
         position = self.window.advance()
         delivered, error = self._delivered_since_commit, self._new_error
         if position is not None and position > self.committed:
@@ -424,4 +495,10 @@ class OutputWorker:
             self.feed.record(delivered, error)
         else:
             return
+        self._last_commit = now
         self._delivered_since_commit, self._new_error = 0, None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return redact(f"{type(exc).__name__}: {text}")

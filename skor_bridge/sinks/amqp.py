@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pika
@@ -17,7 +18,7 @@ from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from pika.channel import Channel
     from pika.connection import Connection
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from skor_bridge.config import AmqpConfig
     from skor_bridge.event import ChangeEvent
+    from skor_bridge.sinks.base import Completion
 
 log = logging.getLogger("skor_bridge.sinks.amqp")
 
@@ -41,17 +43,20 @@ CLOSE_TIMEOUT = 2.0
 FLUSH_EVERY = 128
 #: AMQP short strings (routing key, message id) hold at most this many bytes.
 SHORTSTR_MAX = 255
+#: How RabbitMQ words a 406 for a message over its max_message_size.
+_MAX_SIZE = re.compile(r"larger than configured max size (\d+)")
 
 
-@dataclass
-class _InFlight:
-    """The batch being published: what the broker's acks, nacks and returns refer to."""
+@dataclass(slots=True)
+class _Sent:
+    """A published message the broker has not confirmed yet."""
 
-    results: list[Result | None]
-    keys: list[str]
-    tags: dict[int, int] = field(default_factory=dict)  # unconfirmed delivery tag -> index
-    ids: dict[str, int] = field(default_factory=dict)  # message_id -> index
-    returned: set[int] = field(default_factory=set)
+    ticket: int
+    key: str
+    message_id: str
+    size: int
+    at: float
+    returned: bool = False
 
 
 class AmqpSink(Sink):
@@ -60,19 +65,25 @@ class AmqpSink(Sink):
     Guarantee: an event is DELIVERED only after RabbitMQ confirmed it with basic.ack (for a
     persistent message in durable queues: written to disk). A nack, an unroutable message
     when `mandatory` is set, a lost connection or a confirm timeout make the event RETRY.
-    Messages are published in batch order on one channel, so a queue sees them in send order.
+    Messages are published in submission order on one channel, so a queue sees them in that
+    order. A message over the broker's max_message_size (406 PRECONDITION_FAILED) is REJECTED;
+    so is every later one larger than the size the broker named.
+
+    After the exchange was declared once, reconnects only check it (passive declare): an
+    exchange deleted while the bridge runs is an output failure (RETRY) until someone
+    restores it with its bindings, never silently re-created without them.
 
     Unroutable messages with `mandatory` off are DELIVERED, counted in `unroutable` and logged.
 
-    The thread calling `send` drives the connection; nothing runs between calls, so one
-    thread at a time. `send([])` only services the connection (heartbeats, noticing a closed
-    socket); calling it on idle ticks keeps the broker from dropping a quiet connection.
+    The thread calling `submit`/`poll` drives the connection; nothing runs between calls, so
+    one thread at a time. `poll(0)` only services the connection (heartbeats, noticing a
+    closed socket); calling it on idle ticks keeps the broker from dropping a quiet one.
     """
 
     kind = "amqp"
-    #: Messages published per send before waiting for confirms: the broker confirms
-    #: persistent messages after a disk sync, which larger batches share.
-    max_batch = 2000
+    #: Messages awaiting confirms at once: the broker confirms persistent messages after a
+    #: disk sync, which many messages in flight share.
+    max_in_flight = 2000
     #: Per instance, so tests can shorten it.
     confirm_timeout: float = CONFIRM_TIMEOUT
 
@@ -92,7 +103,14 @@ class AmqpSink(Sink):
         self._until: Callable[[], bool] | None = None
         self._floor = 1  # lowest delivery tag a multiple-ack may still cover
         self._next_tag = 1
-        self._batch: _InFlight | None = None
+        self._sent: dict[int, _Sent] = {}  # delivery tag -> message, in publish order
+        self._ids: dict[str, int] = {}  # message_id -> delivery tag (for basic.return)
+        self._done: list[Completion] = []
+        #: Largest message the broker takes, once a 406 told us; larger ones are REJECTED.
+        self._max_size: int | None = None
+        #: After the first declare, reconnects only check the exchange exists.
+        self._declared = False
+        self.completion_bound = self.confirm_timeout
 
     def connection_parameters(self) -> pika.URLParameters:
         """pika's parameters for the URL, with our timeouts unless the URL sets its own."""
@@ -123,74 +141,86 @@ class AmqpSink(Sink):
         except Exception:  # close() must not raise; the sink is done with this connection
             log.debug("amqp output %s: error while closing", self.name, exc_info=True)
 
-    def send(self, batch: Sequence[ChangeEvent]) -> list[Result]:
-        inflight = self._prepare(batch)
-        if self._ready:
+    def submit(self, ticket: int, event: ChangeEvent) -> None:
+        try:
+            key = self.config.routing_key.format(
+                schema=event.schema, table=event.table, op=event.op.lower())
+        except (ValueError, KeyError, IndexError) as exc:
+            return self._complete(ticket, Result(Outcome.REJECTED,
+                                                 f"bad routing key template: {exc}"))
+        if len(key.encode()) > SHORTSTR_MAX or len(event.id.encode()) > SHORTSTR_MAX:
+            return self._complete(ticket, Result(
+                Outcome.REJECTED, f"routing key or message id over {SHORTSTR_MAX} bytes"))
+        body = render(event)
+        if self._max_size is not None and len(body) > self._max_size:
+            return self._complete(ticket, self._too_large(len(body)))
+        if self._ready and not self._sent:
             # Reads what arrived while we were idle: a broker that closed this connection
             # (restart, missed heartbeats) is noticed now, not after publishing into it.
             self._run(lambda: self._failure is not None, 0)
-            if self._failure is not None:
-                self._drop()
-        if not batch:
-            return []
+        if self._failure is not None or (not self._ready and self._sent):
+            self._fail_all()
         if not self._ready and (error := self._connect()) is not None:
-            return self._finish(inflight, error)
-        self._batch = inflight
-        try:
-            self._publish(batch, inflight)
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            self._failure = self._failure or f"publish failed: {self._scrub(exc)}"
-        if not self._run(lambda: not inflight.tags or self._failure is not None,
-                         self.confirm_timeout):
-            self._failure = f"no confirm from broker within {self.confirm_timeout:g}s"
-        return self._finish(inflight, self._failure)
-
-    def _prepare(self, batch: Sequence[ChangeEvent]) -> _InFlight:
-        inflight = _InFlight(results=[None] * len(batch), keys=[""] * len(batch))
-        for i, event in enumerate(batch):
-            try:
-                key = self.config.routing_key.format(
-                    schema=event.schema, table=event.table, op=event.op.lower())
-            except (ValueError, KeyError, IndexError) as exc:
-                inflight.results[i] = Result(Outcome.REJECTED, f"bad routing key template: {exc}")
-                continue
-            if len(key.encode()) > SHORTSTR_MAX or len(event.id.encode()) > SHORTSTR_MAX:
-                inflight.results[i] = Result(
-                    Outcome.REJECTED, f"routing key or message id over {SHORTSTR_MAX} bytes")
-            inflight.keys[i] = key
-        return inflight
-
-    def _publish(self, batch: Sequence[ChangeEvent], inflight: _InFlight) -> None:
+            return self._complete(ticket, Result(Outcome.RETRY, error))
         assert self._channel is not None
-        now = int(time.time())
-        for i, event in enumerate(batch):
-            if inflight.results[i] is not None:
-                continue
-            properties = pika.BasicProperties(
-                content_type=dict(event.headers).get("content-type", "application/json"),
-                delivery_mode=2, message_id=event.id,
-                timestamp=int(event.captured_at) or now,
-                headers={"schema": event.schema, "table": event.table, "op": event.op})
+        properties = pika.BasicProperties(
+            content_type=dict(event.headers).get("content-type", "application/json"),
+            delivery_mode=2, message_id=event.id,
+            timestamp=int(event.captured_at) or int(time.time()), headers=headers(event))
+        tag = self._next_tag
+        self._sent[tag] = _Sent(ticket, key, event.id, len(body), time.monotonic())
+        self._ids[event.id] = tag
+        self._next_tag += 1
+        try:
             # Always mandatory: otherwise an unroutable message is acked like any other and
             # could be neither counted nor retried.
-            self._channel.basic_publish(self.config.exchange, inflight.keys[i], event.body(),
-                                        properties, mandatory=True)
-            inflight.tags[self._next_tag] = i
-            inflight.ids[event.id] = i
-            self._next_tag += 1
-            if self._next_tag % FLUSH_EVERY == 0:
-                # Writing as we go lets the broker work while we encode the rest of the batch.
-                if self._run(lambda: self._failure is not None, 0):
-                    return
+            self._channel.basic_publish(self.config.exchange, key, body, properties,
+                                        mandatory=True)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._failure = self._failure or f"publish failed: {self._scrub(exc)}"
+            return self._fail_all()
+        if self._next_tag % FLUSH_EVERY == 0:
+            # Writing as we go lets the broker work while we encode the next messages.
+            self._run(lambda: self._failure is not None, 0)
 
-    def _finish(self, inflight: _InFlight, error: str | None) -> list[Result]:
-        self._batch = None
-        if error is None:
-            return [r or DELIVERED for r in inflight.results]
-        # Late acks for this batch would be ambiguous; a new channel starts its tags afresh.
+    def poll(self, timeout: float) -> list[Completion]:
+        if self._ioloop is not None:
+            if self._sent:
+                oldest = next(iter(self._sent.values())).at
+                left = oldest + self.confirm_timeout - time.monotonic()
+                self._run(lambda: bool(self._done) or self._failure is not None,
+                          max(0.0, min(timeout, left)))
+                if self._sent and time.monotonic() - oldest >= self.confirm_timeout:
+                    self._failure = self._failure or (
+                        f"no confirm from broker within {self.confirm_timeout:g}s")
+            else:
+                self._run(lambda: self._failure is not None, 0)
+            if self._failure is not None:
+                self._fail_all()
+        done, self._done = self._done, []
+        return done
+
+    def _complete(self, ticket: int, result: Result) -> None:
+        self._done.append((ticket, result))
+
+    def _fail_all(self) -> None:
+        """The connection or channel failed: every unconfirmed message is in doubt."""
+        error = self._failure or "broker connection lost"
+        # "message size 2097152 is larger than configured max size 1048576"
+        if (match := _MAX_SIZE.search(error)) is not None:
+            self._max_size = int(match[1])
+        sent, self._sent, self._ids = self._sent, {}, {}
+        for message in sent.values():
+            if self._max_size is not None and message.size > self._max_size:
+                self._complete(message.ticket, self._too_large(message.size))
+            else:
+                self._complete(message.ticket, Result(Outcome.RETRY, error))
+        # Late acks would be ambiguous; a new channel starts its tags afresh.
         self._drop()
-        retry = Result(Outcome.RETRY, error)
-        return [r or retry for r in inflight.results]
+
+    def _too_large(self, size: int) -> Result:
+        return Result(Outcome.REJECTED, f"message of {size} bytes is over the broker's "
+                      f"max_message_size ({self._max_size} bytes)")
 
     # Confirms cost no round trip per message: the whole batch is written, then one wait
     # collects the acks (mostly multiple=True). SelectConnection is driven in the calling thread
@@ -263,10 +293,13 @@ class AmqpSink(Sink):
         assert self._channel is not None
         if not self.config.exchange:  # the default exchange, which cannot be declared
             return self._on_declared(None)
+        # Passive once declared: re-creating a deleted exchange would bring it back without
+        # its bindings, and every later message would be unroutable.
         self._channel.exchange_declare(self.config.exchange, "topic", durable=True,
-                                       callback=self._on_declared)
+                                       passive=self._declared, callback=self._on_declared)
 
     def _on_declared(self, _frame: Method | None) -> None:
+        self._declared = True
         self._ready = True
         self._wake()
 
@@ -276,41 +309,50 @@ class AmqpSink(Sink):
 
     def _on_closed(self, _conn_or_channel: object, exc: BaseException) -> None:
         # The first cause wins: a channel closed by the broker (404, 406) then closes all.
-        self._failure = self._failure or f"broker connection closed: {self._scrub(exc)}"
+        if (self._declared and isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+                and exc.reply_code == 404 and "exchange" in exc.reply_text):
+            reason = (f"exchange {self.config.exchange!r} does not exist (deleted?); it is "
+                      "not re-created without its bindings: restore it to resume")
+        else:
+            reason = f"broker connection closed: {self._scrub(exc)}"
+        self._failure = self._failure or reason
         self._ready = False
         self._wake()
 
     def _on_return(self, _channel: Channel, _method: Basic.Return,
                    properties: BasicProperties, _body: bytes) -> None:
         # RabbitMQ sends basic.return before the ack of the same message.
-        if self._batch is not None and properties.message_id in self._batch.ids:
-            self._batch.returned.add(self._batch.ids[properties.message_id])
+        tag = self._ids.get(properties.message_id or "")
+        if tag is not None and tag in self._sent:
+            self._sent[tag].returned = True
 
     def _on_confirm(self, frame: Method) -> None:
-        batch, method = self._batch, frame.method
-        if batch is None:
-            return
+        method = frame.method
         tag: int = method.delivery_tag
         tags = range(self._floor, tag + 1) if method.multiple else (tag,)
         if method.multiple:
             self._floor = max(self._floor, tag + 1)
         acked = isinstance(method, pika.spec.Basic.Ack)
         for t in tags:
-            if (i := batch.tags.pop(t, None)) is not None:
-                batch.results[i] = self._confirmed(batch, i) if acked else Result(
-                    Outcome.RETRY, "nacked by broker (basic.nack)")
+            if (message := self._sent.pop(t, None)) is not None:
+                if self._ids.get(message.message_id) == t:
+                    del self._ids[message.message_id]
+                self._complete(message.ticket, self._confirmed(message) if acked else Result(
+                    Outcome.RETRY, "nacked by broker (basic.nack)"))
         self._wake()
 
-    def _confirmed(self, batch: _InFlight, i: int) -> Result:
-        if i not in batch.returned:
+    def _confirmed(self, message: _Sent) -> Result:
+        if not message.returned:
             return DELIVERED
-        key, exchange = batch.keys[i], self.config.exchange
+        key, exchange = message.key, self.config.exchange
         if self.config.mandatory:
             return Result(Outcome.RETRY, f"unroutable: no queue bound for routing key {key!r} "
                           f"on exchange {exchange!r}")
         self.unroutable += 1
-        log.warning("amqp output %s: unroutable message, no queue bound for routing key %r on "
-                    "exchange %r; counted as delivered", self.name, key, exchange)
+        if self.unroutable == 1 or self.unroutable % 1000 == 0:
+            log.warning("amqp output %s: unroutable message, no queue bound for routing key %r "
+                        "on exchange %r; counted as delivered (%d so far)", self.name, key,
+                        exchange, self.unroutable)
         return DELIVERED
 
     def _scrub(self, exc: BaseException | str) -> str:
@@ -324,6 +366,15 @@ class AmqpSink(Sink):
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def render(event: ChangeEvent) -> bytes:
+    """The message body for one event (Skor's JSON body)."""
+    return event.body()
+
+
+def headers(event: ChangeEvent) -> dict[str, object]:
+    return {"schema": event.schema, "table": event.table, "op": event.op}
 
 
 def _root_cause(exc: BaseException) -> BaseException:

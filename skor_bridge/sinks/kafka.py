@@ -22,14 +22,13 @@ from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from confluent_kafka import Message
 
     Headers = list[tuple[str, str | bytes | None]]
 
     from skor_bridge.config import KafkaConfig
     from skor_bridge.event import ChangeEvent
+    from skor_bridge.sinks.base import Completion
 
 log = logging.getLogger(__name__)
 #: librdkafka's own log lines (e.g. a refused connection, once per reconnect attempt).
@@ -106,27 +105,20 @@ def _session_ended(err: KafkaError) -> bool:
     return err.fatal() or err.code() in _SESSION_ENDED
 
 
+def render(event: ChangeEvent) -> bytes:
+    """The record's value for one event (Skor's JSON body)."""
+    return event.body()
+
+
+def headers(event: ChangeEvent) -> Headers:
+    return [("event-id", event.id), ("schema", event.schema), ("table", event.table),
+            ("op", event.op)]
+
+
 def result_for(err: KafkaError) -> Result:
     """The Result for a failed delivery or produce call; the text is one line, no secrets."""
     text = " ".join(redact(f"{err.name()}: {err.str()}").split())
     return Result(OUTCOMES.get(err.code(), Outcome.RETRY), f"kafka {text}")
-
-
-class _Reports:
-    """Delivery reports of one batch, filled in by callbacks served from poll()."""
-
-    def __init__(self, size: int) -> None:
-        self.results: list[Result | None] = [None] * size
-        self.waiting = 0
-        self.session_ended = False
-
-    def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
-        self.waiting -= 1
-        if err is None:
-            self.results[index] = DELIVERED
-        else:
-            self.results[index] = result_for(err)
-            self.session_ended = self.session_ended or _session_ended(err)
 
 
 class KafkaSink(Sink):
@@ -140,8 +132,8 @@ class KafkaSink(Sink):
     """
 
     kind = "kafka"
-    #: Records handed to librdkafka per send; large batches fill produce requests.
-    max_batch = 2000
+    #: Records in flight at once; librdkafka batches them into produce requests.
+    max_in_flight = 10000
 
     def __init__(self, name: str, config: KafkaConfig) -> None:
         super().__init__(name)
@@ -159,6 +151,12 @@ class KafkaSink(Sink):
         if self._message_timeout <= 0:  # librdkafka's "never"; send() still needs a bound
             self._message_timeout = 30.0
         self._wait = self._message_timeout + _REPORT_GRACE
+        self.completion_bound = self._wait
+        #: Tickets in flight -> when to give up waiting for their report.
+        self._deadlines: dict[int, float] = {}
+        #: Topics whose creation failed -> when to try again (not once per event).
+        self._create_after: dict[str, float] = {}
+        self._done: list[Completion] = []
         self._producer: Producer | None = None
         self._known_topics: set[str] = set()
         self._create_logged: set[str] = set()
@@ -194,44 +192,59 @@ class KafkaSink(Sink):
         else:
             log.debug("kafka output %r: %s", self.name, result_for(err).error)
 
-    def send(self, batch: Sequence[ChangeEvent]) -> list[Result]:
+    def submit(self, ticket: int, event: ChangeEvent) -> None:
         self.open()
         producer = self._producer
         assert producer is not None
-        topics = [self.config.topic.format(schema=e.schema, table=e.table, op=e.op) for e in batch]
-        self._create_topics(set(topics) - self._known_topics)
-        deadline = time.monotonic() + self._wait
-        reports = _Reports(len(batch))
-        for i, event in enumerate(batch):
-            key = event.key if event.key is not None else event.qualified_table
-            headers: Headers = [("event-id", event.id), ("schema", event.schema),
-                                ("table", event.table), ("op", event.op), *event.headers]
-            while True:
-                try:
-                    producer.produce(topics[i], event.body(), key,
-                                     on_delivery=functools.partial(reports.report, i),
-                                     headers=headers)
-                    reports.waiting += 1
-                    break
-                except BufferError:
-                    # The local queue is full: serve reports to make room. Flow control,
-                    # not a delivery retry, so the record is produced exactly once here.
-                    if time.monotonic() >= deadline:
-                        reports.results[i] = Result(Outcome.RETRY, "kafka: local queue full")
-                        break
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    reports.results[i] = result_for(exc.args[0])
-                    reports.session_ended = reports.session_ended or _session_ended(exc.args[0])
-                    break
-        # poll() rather than flush(): flush would also wait for records of earlier batches
-        # that already came back RETRY.
-        while reports.waiting > 0 and (left := deadline - time.monotonic()) > 0:
-            producer.poll(min(left, 0.2))
-        if reports.session_ended or self._session_ended:
+        topic = self.config.topic.format(schema=event.schema, table=event.table, op=event.op)
+        if topic not in self._known_topics and time.monotonic() >= self._create_after.get(
+                topic, 0.0):
+            self._create_topics({topic})
+        key = event.key if event.key is not None else event.qualified_table
+        self._deadlines[ticket] = time.monotonic() + self._wait
+        while True:
+            try:
+                producer.produce(topic, render(event), key, headers=headers(event),
+                                 on_delivery=functools.partial(self._report, ticket))
+                return
+            except BufferError:
+                # The local queue is full: serve reports to make room. Flow control,
+                # not a delivery retry, so the record is produced exactly once here.
+                if time.monotonic() >= self._deadlines[ticket]:
+                    self._complete(ticket, Result(Outcome.RETRY, "kafka: local queue full"))
+                    return
+                producer.poll(0.05)
+            except KafkaException as exc:
+                self._complete(ticket, result_for(exc.args[0]))
+                self._session_ended = self._session_ended or _session_ended(exc.args[0])
+                return
+
+    def poll(self, timeout: float) -> list[Completion]:
+        producer = self._producer
+        if producer is not None and not self._done and (self._deadlines or timeout == 0):
+            producer.poll(timeout)
+        now = time.monotonic()
+        # librdkafka reports every record within message.timeout.ms; this is the backstop.
+        late = [t for t, deadline in self._deadlines.items() if deadline <= now]
+        for ticket in late:
+            self._complete(ticket, Result(
+                Outcome.RETRY, f"kafka: no delivery report within {self._wait:.0f}s"))
+        if self._session_ended:
             self._discard_producer()
-        late = Result(Outcome.RETRY, f"kafka: no delivery report within {self._wait:.0f}s")
-        return [r if r is not None else late for r in reports.results]
+        done, self._done = self._done, []
+        return done
+
+    def _report(self, ticket: int, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self._complete(ticket, DELIVERED)
+        else:
+            self._session_ended = self._session_ended or _session_ended(err)
+            self._complete(ticket, result_for(err))
+
+    def _complete(self, ticket: int, result: Result) -> None:
+        # A report after the backstop gave up on the record is not reported twice.
+        if self._deadlines.pop(ticket, None) is not None:
+            self._done.append((ticket, result))
 
     def _create_topics(self, topics: set[str]) -> None:
         """Create topics seen for the first time. A failure is logged once per topic and
@@ -259,9 +272,12 @@ class KafkaSink(Sink):
                 if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     self._log_create_failure(topic, result_for(err).error or "")
                     if err.code() in _CREATE_AGAIN or err.retriable():
-                        continue  # broker unreachable: try again with the next batch
+                        # Broker unreachable: try again later, not for every event.
+                        self._create_after[topic] = time.monotonic() + self._message_timeout
+                        continue
             except Exception as exc:  # a future that never resolved
                 self._log_create_failure(topic, type(exc).__name__)
+                self._create_after[topic] = time.monotonic() + self._message_timeout
                 continue
             self._known_topics.add(topic)
         admin.poll(0)  # hand its log lines to Python logging
@@ -274,9 +290,10 @@ class KafkaSink(Sink):
 
     def _discard_producer(self) -> None:
         # After a fatal error or fencing (see _SESSION_ENDED) this producer
-        # refuses every record; the next send() builds a new one.
+        # refuses every record; the next submit() builds a new one.
         log.warning("kafka output %r: producer fenced or failed; starting a new one", self.name)
         producer, self._producer = self._producer, None
+        self._session_ended = False
         if producer is not None:
             try:
                 producer.purge()
@@ -286,6 +303,8 @@ class KafkaSink(Sink):
 
     def close(self) -> None:
         producer, self._producer = self._producer, None
+        self._deadlines.clear()
+        self._done.clear()
         if producer is None:
             return
         try:
