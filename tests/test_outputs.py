@@ -7,10 +7,11 @@ import threading
 import time
 from collections import defaultdict
 
+import pika.exceptions
 import pytest
 
 from skor_bridge.receiver import Receiver
-from tests.fixtures_amqp import start_rabbitmq, stop_rabbitmq, wait_for_rabbitmq
+from tests.fixtures_amqp import amqp_channel, start_rabbitmq, stop_rabbitmq, wait_for_rabbitmq
 from tests.fixtures_kafka import consume
 from tests.helpers import execute, short_retry_config, wait_delivered
 
@@ -35,7 +36,8 @@ def test_inserts_updates_and_deletes_reach_rabbitmq_with_routing_keys_and_proper
         keys[method.routing_key] += 1
         assert method.routing_key == f"public.items.{event['op'].lower()}"
         assert props.content_type == "application/json" and props.delivery_mode == 2
-        assert props.headers == {"schema": "public", "table": "items", "op": event["op"]}
+        assert {k: props.headers[k] for k in ("schema", "table", "op")} == {
+            "schema": "public", "table": "items", "op": event["op"]}
         assert len(props.message_id) == 36
     assert dict(keys) == {"public.items.insert": 1000, "public.items.update": 100,
                           "public.items.delete": 50}
@@ -75,7 +77,7 @@ def test_inserts_and_repeated_updates_reach_kafka_one_partition_per_row_in_order
     assert b'{"id":1}' in by_key
 
 
-def test_fan_out_sends_each_event_to_every_output_with_the_same_id(
+def test_fan_out_sends_each_event_to_every_output_with_the_same_id_position_and_time(
     dsn, capture_table, bridge, amqp_queue, amqp_url, kafka_broker, kafka_topic, receiver
 ):
     # Given one bridge with a webhook, RabbitMQ and Kafka
@@ -88,12 +90,25 @@ def test_fan_out_sends_each_event_to_every_output_with_the_same_id(
     # Then each output got all 200, and an event has the same id everywhere
     assert receiver.wait_for(200)
     wait_delivered(dsn, "kafka", 200)
-    webhook = {r.headers["webhook-id"]: r.body for r in receiver.delivered()}
-    amqp = {p.message_id: body for _, p, body in amqp_queue.drain(200, timeout=30)}
-    kafka = {m.headers["event-id"].decode(): m.value
+    webhook = {r.headers["webhook-id"]: (r.body, (r.headers["webhook-position"],
+                                                   r.headers["webhook-captured-at"]))
+               for r in receiver.delivered()}
+    amqp = {p.message_id: (body, (str(p.headers["position"]), p.headers["captured_at"]))
+            for _, p, body in amqp_queue.drain(200, timeout=30)}
+    kafka = {m.headers["event-id"].decode(): (m.value, (m.headers["position"].decode(),
+                                                        m.headers["captured-at"].decode()))
              for m in consume(kafka_broker.bootstrap, kafka_topic, 200, timeout=30)}
     assert len(webhook) == 200
-    assert webhook == amqp == kafka
+    assert {i: body for i, (body, _) in webhook.items()} == {
+        i: body for i, (body, _) in amqp.items()} == {i: body for i, (body, _) in kafka.items()}
+    # And every output carries the event's log position and capture time, the same
+    # everywhere, so a receiver can keep the newest version of a row
+    assert {i: meta for i, (_, meta) in webhook.items()} == {
+        i: meta for i, (_, meta) in amqp.items()} == {i: meta for i, (_, meta) in kafka.items()}
+    positions = sorted(int(position) for position, _ in (m for _, m in webhook.values()))
+    assert positions == list(range(positions[0], positions[0] + 200))
+    assert all(at.endswith("Z") and at.startswith("20") for _, at in
+               (m for _, m in webhook.values()))
 
 
 def test_a_failing_webhook_does_not_hold_up_rabbitmq_and_catches_up_in_order(
@@ -150,6 +165,38 @@ def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
         for _, _, body in queue.drain(timeout=2):
             seen.add(json.loads(body)["data"]["id"])
     assert seen == set(range(1, 601))
+
+
+@pytest.mark.slow
+def test_events_written_while_the_exchange_was_deleted_arrive_once_it_is_restored(
+    dsn, capture_table, bridge, make_amqp_queue, amqp_url, tmp_path
+):
+    # Given a bridge publishing to an exchange with one bound queue
+    queue = make_amqp_queue(durable=True)
+    capture_table(TABLE, "items")
+    process = bridge("--dsn", dsn, "--amqp", amqp_url, "--amqp-exchange", queue.exchange,
+                     "--config", short_retry_config(tmp_path, 0.5))
+    execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 10) g")
+    assert len(queue.drain(10, timeout=30)) == 10
+    # When someone deletes the exchange (and its queue) and rows are written meanwhile
+    queue.delete()
+    execute(dsn, "INSERT INTO items (id, name) SELECT g, 'b' FROM generate_series(11, 60) g")
+    # Then the output fails (it does not re-create an empty exchange and count the events
+    # as delivered while nobody receives them)
+    process.wait_for_log("does not exist")
+    time.sleep(2)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker), \
+            amqp_channel(amqp_url) as channel:
+        channel.exchange_declare(queue.exchange, "topic", passive=True)
+    assert "unroutable" not in process.log
+    # When the exchange is restored with its binding
+    queue.declare()
+    # Then every event written while it was missing arrives
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(seen) < 50:
+        seen |= {json.loads(body)["data"]["id"] for _, _, body in queue.drain(timeout=2)}
+    assert seen == set(range(11, 61)), process.log
 
 
 def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(

@@ -59,7 +59,9 @@ def test_batches_of_events_arrive_in_order_with_exact_properties(amqp_url, amqp_
         assert method.routing_key == f"public.{event.table}.{event.op.lower()}"
         assert properties.content_type == "application/json"
         assert properties.delivery_mode == 2
-        assert properties.headers == {"schema": "public", "table": event.table, "op": event.op}
+        assert properties.headers == {"schema": "public", "table": event.table, "op": event.op,
+                                      "position": event.position,
+                                      "captured_at": "2023-11-14T22:13:20.750000Z"}
         assert properties.timestamp == 1_700_000_000
     assert amqp_queue.drain(timeout=0.3) == []
     assert sink.unroutable == 0
@@ -307,3 +309,44 @@ def test_a_broker_that_stops_confirming_makes_send_retry_within_the_confirm_time
 def _set_memory_watermark(fraction):
     subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", fraction], check=True,
                    capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_max_message_size():
+    """RabbitMQ's max_message_size set to 1 MiB for channels opened meanwhile (runtime only,
+    restored after the test)."""
+    def set_size(size: int) -> None:
+        subprocess.run(["rabbitmqctl", "eval",
+                        f"application:set_env(rabbit, max_message_size, {size})."],
+                       check=True, capture_output=True, timeout=60)
+
+    set_size(1024 * 1024)
+    try:
+        yield 1024 * 1024
+    finally:
+        set_size(128 * 1024 * 1024)
+
+
+def test_a_message_over_max_message_size_is_rejected_at_once_and_the_rest_go_on(
+    amqp_url, amqp_queue, small_max_message_size
+):
+    # Given a broker taking at most 1 MiB per message, and a 2 MB event between small ones
+    events = make_events(3)
+    events[1] = ChangeEvent(id=events[1].id, position=1, schema="public", table="orders",
+                            op="INSERT", data=json.dumps({"id": 1, "blob": "x" * 2_000_000}),
+                            key='{"id":1}')
+    sink = AmqpSink("rabbit", AmqpConfig(url=amqp_url, exchange=amqp_queue.exchange))
+    with sink:
+        # When they are sent (the broker closes the channel with 406 PRECONDITION_FAILED)
+        first = sink.send(events)
+        # Then the big one is a dead letter at once (REJECTED), naming the limit
+        assert first[1].outcome is Outcome.REJECTED
+        assert "max_message_size" in (first[1].error or "") and "\n" not in first[1].error
+        # And the others are delivered, at once or on their retry
+        retried = [e for e, r in zip(events, first, strict=True) if r.outcome is Outcome.RETRY]
+        assert all(r.outcome is Outcome.DELIVERED for r in sink.send(retried))
+        # And a later oversized event is rejected without costing the channel
+        again = sink.send([events[1], *make_events(1)])
+    assert [r.outcome for r in again] == [Outcome.REJECTED, Outcome.DELIVERED]
+    bodies = [json.loads(body)["data"]["id"] for _, _, body in amqp_queue.drain(3)]
+    assert sorted(bodies) == [0, 0, 2]

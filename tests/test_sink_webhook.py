@@ -245,6 +245,8 @@ def test_request_line_and_headers(serve, sinks):
     assert request.header("content-type") == "application/json"
     assert request.header("x-team") == "orders"
     assert request.header("webhook-id") == "id-0"
+    assert request.header("webhook-position") == "1"
+    assert request.header("webhook-captured-at") == ""  # unknown for this test event
     assert request.header("authorization") == "Basic " + base64.b64encode(b"user:p@ss").decode()
     assert request.body == events(1)[0].body()
 

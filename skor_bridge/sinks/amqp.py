@@ -15,7 +15,7 @@ from pika.adapters.select_connection import IOLoop, SelectConnection
 
 from skor_bridge.config import redact
 from skor_bridge.errors import SinkError
-from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
+from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink, captured_at_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -374,7 +374,8 @@ def render(event: ChangeEvent) -> bytes:
 
 
 def headers(event: ChangeEvent) -> dict[str, object]:
-    return {"schema": event.schema, "table": event.table, "op": event.op}
+    return {"schema": event.schema, "table": event.table, "op": event.op,
+            "position": event.position, "captured_at": captured_at_text(event)}
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -19,6 +19,7 @@ A sink reports what happened. It never sleeps between attempts and never retries
 
 from __future__ import annotations
 
+import datetime
 import enum
 import time
 from dataclasses import dataclass
@@ -52,6 +53,17 @@ class Result:
 
 
 DELIVERED = Result(Outcome.DELIVERED)
+
+def captured_at_text(event: ChangeEvent) -> str:
+    """The event's capture time as RFC 3339 in UTC with microseconds ("" when unknown).
+
+    Sent with the log position on every output, so a receiver can keep the newest version
+    of a row when a retried dead letter arrives after newer changes."""
+    if not event.captured_at:
+        return ""
+    when = datetime.datetime.fromtimestamp(event.captured_at, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 #: What `poll()` returns: the ticket given to `submit()` and how that event fared.
 Completion = tuple[int, Result]

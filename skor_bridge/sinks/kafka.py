@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from skor_bridge.config import redact
 from skor_bridge.errors import SinkError
-from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
+from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink, captured_at_text
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -112,7 +112,8 @@ def render(event: ChangeEvent) -> bytes:
 
 def headers(event: ChangeEvent) -> Headers:
     return [("event-id", event.id), ("schema", event.schema), ("table", event.table),
-            ("op", event.op)]
+            ("op", event.op), ("position", str(event.position)),
+            ("captured-at", captured_at_text(event))]
 
 
 def result_for(err: KafkaError) -> Result:

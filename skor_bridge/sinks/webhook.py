@@ -25,7 +25,7 @@ import yarl
 
 from skor_bridge.config import redact, signing_key
 from skor_bridge.errors import SinkError
-from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink
+from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink, captured_at_text
 
 if TYPE_CHECKING:
     from skor_bridge.config import WebhookConfig
@@ -183,7 +183,9 @@ class WebhookSink(Sink):
             return self._result(response.status, response.headers.get("Retry-After"))
 
     def _headers(self, event: ChangeEvent, body: bytes) -> list[tuple[str, str]]:
-        headers = [*self._headers_fixed, ("webhook-id", event.id)]
+        headers = [*self._headers_fixed, ("webhook-id", event.id),
+                   ("webhook-position", str(event.position)),
+                   ("webhook-captured-at", captured_at_text(event))]
         if self._key is not None:
             timestamp = str(int(time.time()))
             signed = f"{event.id}.{timestamp}.".encode() + body
