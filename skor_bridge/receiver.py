@@ -29,6 +29,9 @@ class Received:
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    #: socketserver's default backlog is 5: hundreds of connections opened at once by the
+    #: bridge would overflow it and wait for SYN retransmits (1 s, 3 s, ...).
+    request_queue_size = 1024
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

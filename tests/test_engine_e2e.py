@@ -34,7 +34,8 @@ def test_one_hanging_row_does_not_hold_up_a_thousand_others(dsn, capture_table, 
 
     capture_table(TABLE, "items")
     with Receiver(respond=respond) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook-timeout", "30").wait_active()
+        process = bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook-timeout", "30")
+        process.wait_active()
         # When row 1 changes, and then 1,000 other rows
         execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'hangs')")
         time.sleep(0.3)
@@ -42,7 +43,7 @@ def test_one_hanging_row_does_not_hold_up_a_thousand_others(dsn, capture_table, 
         execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 1001) g")
         # Then all 1,000 arrive while row 1's request is still hanging (a batch-synchronous
         # engine would hold each batch for it)
-        assert receiver.wait_for(1000, timeout=15)
+        assert receiver.wait_for(1000, timeout=15), (receiver.count, process.log[-3000:])
         assert time.monotonic() - written < 15 and not release.is_set()
         assert 1 not in {row_of(r) for r in receiver.delivered()}
         release.set()
