@@ -117,7 +117,8 @@ def test_a_crash_with_hundreds_of_requests_in_flight_loses_nothing(dsn, capture_
     # Given a receiver that takes 300 ms per request, and 3,000 rows written
     capture_table(TABLE, "items")
     with Receiver(respond=lambda r: (time.sleep(0.3), 200)[1]) as slow:
-        process = bridge("--dsn", dsn, "--webhook", slow.url).wait_active()
+        # (named, so that the restarted bridge's new URL is the same output)
+        process = bridge("--dsn", dsn, "--webhook", f"hook={slow.url}").wait_active()
         execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(1, 3000) g")
         # When the bridge is killed (-9) while hundreds of requests are in flight
         wait_until(lambda: slow.count >= 300, timeout=30)
@@ -126,6 +127,6 @@ def test_a_crash_with_hundreds_of_requests_in_flight_loses_nothing(dsn, capture_
     assert len(before) < 3000
     # Then a restarted bridge delivers every row that was not confirmed: nothing is lost
     with Receiver() as fast:
-        bridge("--dsn", dsn, "--webhook", fast.url).wait_active()
+        bridge("--dsn", dsn, "--webhook", f"hook={fast.url}").wait_active()
         wait_until(lambda: before | {row_of(r) for r in fast.delivered()}
                    == set(range(1, 3001)), timeout=60, message="every row delivered")
