@@ -113,7 +113,7 @@ def render(event: ChangeEvent) -> bytes:
 def headers(event: ChangeEvent) -> Headers:
     return [("event-id", event.id), ("schema", event.schema), ("table", event.table),
             ("op", event.op), ("position", str(event.position)),
-            ("captured-at", captured_at_text(event))]
+            ("captured-at", captured_at_text(event)), *event.headers]
 
 
 def result_for(err: KafkaError) -> Result:

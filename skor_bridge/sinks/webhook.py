@@ -23,7 +23,7 @@ import aiohttp
 import certifi
 import yarl
 
-from skor_bridge.config import redact, signing_key
+from skor_bridge.config import redact, shown_url, signing_key
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink, captured_at_text
 
@@ -84,7 +84,7 @@ class WebhookSink(Sink):
         self.max_in_flight = config.concurrency
         self.completion_bound = config.timeout + 1.0
         self._key = signing_key(config.secret) if config.secret else None
-        self._safe_url = redact(config.url)
+        self._safe_url = shown_url(config)
         self._url = yarl.URL(config.url, encoded=True)
         self._headers_fixed: list[tuple[str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -183,7 +183,11 @@ class WebhookSink(Sink):
             return self._result(response.status, response.headers.get("Retry-After"))
 
     def _headers(self, event: ChangeEvent, body: bytes) -> list[tuple[str, str]]:
-        headers = [*self._headers_fixed, ("webhook-id", event.id),
+        fixed = self._headers_fixed
+        if event.headers:  # the output's format (e.g. CloudEvents' content type) wins
+            names = {name.lower() for name, _ in event.headers}
+            fixed = [h for h in fixed if h[0].lower() not in names] + list(event.headers)
+        headers = [*fixed, ("webhook-id", event.id),
                    ("webhook-position", str(event.position)),
                    ("webhook-captured-at", captured_at_text(event))]
         if self._key is not None:
