@@ -52,7 +52,8 @@ class SummarisingFilter(logging.Filter):
         self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, "transition", False):
+            # State changes (an output starts failing, recovers) are each worth a line.
             return True
         key = (record.name, record.levelno, re.sub(r"\d+", "#", str(record.msg)))
         now = self.clock()

@@ -209,3 +209,21 @@ def test_draining_finishes_what_is_in_flight_and_sends_nothing_new():
     worker.draining.set()
     run_until(worker, lambda: not worker.in_flight)
     assert len(sink.attempts) == 10 and feed.committed == 10
+
+
+def test_outage_transitions_are_never_summarised_as_repeats():
+    # Given the log's repeat summariser (a warning repeating within a minute is held back)
+    from skor_bridge.logs import SummarisingFilter
+
+    summariser = SummarisingFilter(window=60.0)
+
+    def record(transition: bool) -> logging.LogRecord:
+        made = logging.LogRecord("skor_bridge.delivery", logging.WARNING, __file__, 1,
+                                 "output %s is failing (%s)", ("out", "HTTP 503"), None)
+        if transition:
+            made.transition = True
+        return made
+
+    # Then an output failing twice within a minute says so twice
+    assert [summariser.filter(record(True)) for _ in range(3)] == [True, True, True]
+    assert [summariser.filter(record(False)) for _ in range(2)] == [True, False]

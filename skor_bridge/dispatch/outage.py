@@ -16,6 +16,9 @@ from collections import deque
 
 log = logging.getLogger("skor_bridge.delivery")
 
+#: Marks a log record as a state change, which the log's repeat summariser lets through.
+TRANSITION = {"transition": True}
+
 #: Consecutive failed attempts, with no success between them, that make an outage...
 FAILURES = 8
 #: ...when they come from at least this many different rows (one stuck row is not one).
@@ -53,7 +56,7 @@ class Outage:
             self._probes = 0
             self._schedule(now)
             log.warning("output %s is failing (%s); holding every row and probing it with one "
-                        "event every few seconds", self.output, error)
+                        "event every few seconds", self.output, error, extra=TRANSITION)
 
     def succeeded(self, now: float, probe: bool, waiting: int) -> bool:
         """Record a success; True when it ends an outage (release the waiting rows)."""
@@ -63,7 +66,7 @@ class Outage:
         if self.since is None:
             return False
         log.warning("output %s recovered after %.1fs; %d event(s) waited and go out now",
-                    self.output, now - self.since, waiting)
+                    self.output, now - self.since, waiting, extra=TRANSITION)
         self.since = None
         return True
 
