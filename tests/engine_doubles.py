@@ -38,6 +38,9 @@ class MemoryFeed:
     def start_position(self) -> int:
         return self.committed
 
+    def may_send(self) -> bool:
+        return True
+
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
         found = [e for e in self.events if e.position > after][:limit]
         if not found and wait > 0:

@@ -84,6 +84,7 @@ class AmqpSink(Sink):
     #: Messages awaiting confirms at once: the broker confirms persistent messages after a
     #: disk sync, which many messages in flight share.
     max_in_flight = 2000
+    max_batch = 2000
     #: Per instance, so tests can shorten it.
     confirm_timeout: float = CONFIRM_TIMEOUT
 

@@ -85,6 +85,8 @@ class Sink:
     adaptive: bool = False
     #: Longest a submitted event may take to come back from `poll()`; `send()` relies on it.
     completion_bound: float = 60.0
+    #: Most events a caller of `send()` should hand over at once (the relay batches by it).
+    max_batch: int = 1000
 
     def __init__(self, name: str) -> None:
         self.name = name

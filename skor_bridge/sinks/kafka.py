@@ -135,6 +135,8 @@ class KafkaSink(Sink):
     kind = "kafka"
     #: Records in flight at once; librdkafka batches them into produce requests.
     max_in_flight = 10000
+    #: Records per send() call of the relay (the engine uses submit/poll).
+    max_batch = 2000
 
     def __init__(self, name: str, config: KafkaConfig) -> None:
         super().__init__(name)

@@ -82,6 +82,7 @@ class WebhookSink(Sink):
         super().__init__(name)
         self.config = config
         self.max_in_flight = config.concurrency
+        self.max_batch = config.concurrency
         self.completion_bound = config.timeout + 1.0
         self._key = signing_key(config.secret) if config.secret else None
         self._safe_url = shown_url(config)
