@@ -423,3 +423,24 @@ def test_reinstall_replaces_an_earlier_releases_trigger_names(db, dsn):
         "!skor_capture_delete", "!skor_capture_insert", "!skor_capture_update"]
     execute(db, "INSERT INTO t VALUES (1, 'a')")
     assert len(outbox(db)) == 1
+
+
+@pytest.mark.slow
+def test_reinstalling_takes_no_lock_that_stalls_a_running_bridge(db, dsn):
+    # Given capture installed, and a bridge-like session writing every skor table
+    execute(db, "CREATE TABLE a (id int PRIMARY KEY)")
+    install_config(dsn, [{"table": "a"}])
+    tables = [r[0] for r in execute(db, "SELECT format('skor.%I', relname) FROM pg_class "
+                                        "WHERE relnamespace = 'skor'::regnamespace "
+                                        "AND relkind IN ('r', 'p')")]
+    bridge = psycopg2.connect(dsn)
+    execute(bridge, "".join(f"LOCK TABLE {t} IN ROW EXCLUSIVE MODE;" for t in tables))
+    try:
+        # When the same config and a changed one are installed
+        started = time.monotonic()
+        install(dsn, [TableSpec(table="a")], lock_wait=5)
+        install(dsn, [TableSpec(table="a", columns=(("insert", ("id",)),))], lock_wait=5)
+        # Then neither waited on the bridge's tables
+        assert time.monotonic() - started < 5
+    finally:
+        bridge.close()
