@@ -56,9 +56,13 @@ def connect(dsn: str, purpose: str, autocommit: bool = True) -> psycopg2.extensi
 
 
 def describe(exc: BaseException) -> str:
-    """The first line of a database error, with any password removed."""
+    """The first line of a database error, with any password removed; says EMFILE when the
+    cause is this process running out of file descriptors (libpq only says "Too many open
+    files", which reads like a server problem)."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
+    if "Too many open files" in first:
+        first += " (EMFILE: this process is out of file descriptors; raise its limit, ulimit -n)"
     return redact(first)
 
 
