@@ -444,3 +444,11 @@ def test_reinstalling_takes_no_lock_that_stalls_a_running_bridge(db, dsn):
         assert time.monotonic() - started < 5
     finally:
         bridge.close()
+
+
+def test_the_generated_script_holds_no_control_characters():
+    specs = [TableSpec(table="t", update_columns=("v",), when="NEW.v > 0 -- note"),
+             TableSpec(table="u", columns=(("update", ("a", "b")),))]
+    for mode in ("durable", "notify"):
+        script = triggers.generate_sql(specs, mode)
+        assert not [c for c in script if c < " " and c not in "\n\t"]

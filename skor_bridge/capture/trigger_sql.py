@@ -350,9 +350,14 @@ DECLARE
 
 
 def _splice_keys(body: str) -> str:
-    """plpgsql expression: `body` with the key placeholders replaced by the key SQL."""
-    return f"replace(replace({quote_literal(body)}, {quote_literal(_NEW_KEY)}, new_key), " \
-           f"{quote_literal(_OLD_KEY)}, old_key)"
+    """plpgsql expression: `body` with the key placeholders replaced by the key SQL.
+
+    Split here rather than replaced in SQL, so the script holds no control characters.
+    """
+    pieces = re.split(f"({_NEW_KEY}|{_OLD_KEY})", body)
+    return "\n        || ".join(
+        {_NEW_KEY: "new_key", _OLD_KEY: "old_key"}.get(piece) or quote_literal(piece)
+        for piece in pieces if piece)
 
 
 # -- durable mode --------------------------------------------------------------------------
