@@ -116,6 +116,10 @@ def retry(
         help="Event id of a dead letter; repeat for several.")] = None,
     all_dead: Annotated[bool, typer.Option(
         "--all-dead", help="Every dead letter (of --output, if given).")] = False,
+    include_superseded: Annotated[bool, typer.Option(
+        "--include-superseded", help="Also dead letters whose row has a newer delivered "
+        "event (skipped by default: sending them would leave receivers with an older "
+        "version).")] = False,
 ) -> None:
     """Deliver dead letters again with their original event ids; a running bridge picks them
     up within a second.
@@ -129,10 +133,13 @@ def retry(
             raise ConfigError("retry: give either --id ID (repeatable) or --all-dead")
         chosen = events.parse_ids(ids) if ids else None
         with database(dsn, "events retry") as conn:
-            count = events.retry_dead(conn, output, chosen)
+            count, superseded = events.retry_dead(conn, output, chosen, include_superseded)
     typer.echo(f"{count} dead letter(s) queued for retry")
-    if chosen is not None and count < len(set(chosen)):
-        typer.echo(f"{len(set(chosen)) - count} id(s) skipped: not dead letters"
+    if superseded:
+        typer.echo(f"{superseded} dead letter(s) skipped: their row has a newer delivered event "
+                   "(--include-superseded retries them too)", err=True)
+    if chosen is not None and count + superseded < len(set(chosen)):
+        typer.echo(f"{len(set(chosen)) - count - superseded} id(s) skipped: not dead letters"
                    f"{' of ' + output if output else ''} (unknown, or already queued)", err=True)
 
 

@@ -87,18 +87,42 @@ _LIST = {
 
 # Marking the letters and queueing their copies happen in one statement, so a letter is
 # never 'retry' without a redelivery (or queued twice: only 'dead' ones are picked).
-_RETRY = """
+# A dead letter is superseded when its row (same table and key) has a newer event the
+# output delivered: one after it in the log, at or before the output's position, not itself
+# dead or parked, and meant for that output; or a newer dead letter of the row that a retry
+# delivered. Sending the old version after the new one would leave the receiver stale. A
+# row without a key, or an event the log no longer holds, is never judged superseded.
+_SUPERSEDED = """(d.row_key IS NOT NULL AND d.pos IS NOT NULL AND (
+    EXISTS (
+        SELECT FROM skor.outputs o JOIN skor.log e ON e.pos > d.pos AND e.pos <= o.position
+        WHERE o.name = d.output AND e.schema_name = d.schema_name
+          AND e.table_name = d.table_name AND e.row_key = d.row_key
+          AND (e.outputs IS NULL OR d.output = ANY(e.outputs))
+          AND NOT EXISTS (SELECT FROM skor.dead_letters x WHERE x.output = d.output
+                          AND x.event_id = e.event_id AND x.status <> 'delivered')
+          AND NOT EXISTS (SELECT FROM skor.redeliveries r WHERE r.output = d.output
+                          AND r.event_id = e.event_id AND r.reason = 'parked'))
+    OR EXISTS (
+        SELECT FROM skor.dead_letters x WHERE x.output = d.output AND x.status = 'delivered'
+          AND x.schema_name = d.schema_name AND x.table_name = d.table_name
+          AND x.row_key = d.row_key AND x.pos > d.pos)))"""
+
+_RETRY_CHOSEN = """d.status = 'dead' AND (%(output)s::text IS NULL OR d.output = %(output)s)
+        AND (%(ids)s::uuid[] IS NULL OR d.event_id = ANY(%(ids)s::uuid[]))"""
+
+_RETRY = f"""
 WITH chosen AS (
-    UPDATE skor.dead_letters SET status = 'retry'
-    WHERE status = 'dead' AND (%(output)s::text IS NULL OR output = %(output)s)
-        AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s::uuid[]))
-    RETURNING *
+    UPDATE skor.dead_letters d SET status = 'retry'
+    WHERE {_RETRY_CHOSEN} AND (%(include_superseded)s OR NOT {_SUPERSEDED})
+    RETURNING d.*
 )
 INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at, schema_name,
                                table_name, op, row_key, data)
 SELECT output, 'retry', pos, event_id, captured_at, schema_name, table_name, op, row_key, data
 FROM chosen ORDER BY output, pos NULLS LAST, captured_at
 """
+
+_SKIPPED = f"SELECT count(*) FROM skor.dead_letters d WHERE {_RETRY_CHOSEN} AND {_SUPERSEDED}"
 
 _REPLAY_COUNT = f"""
 SELECT count(*) FROM skor.outputs o JOIN skor.log e ON e.pos <= %(upto)s
@@ -228,18 +252,28 @@ def list_events(conn: connection, flt: EventFilter) -> list[EventRow]:
     return rows[: flt.limit][::-1]
 
 
-def retry_dead(conn: connection, output: str | None, ids: Sequence[str] | None) -> int:
-    """Queue dead letters (all of them, or those with `ids`) for delivery; returns how many.
+def retry_dead(conn: connection, output: str | None, ids: Sequence[str] | None,
+               include_superseded: bool = False) -> tuple[int, int]:
+    """Queue dead letters (all of them, or those with `ids`) for delivery; returns (queued,
+    skipped). Skipped, unless `include_superseded`: dead letters whose row has a newer
+    delivered event (see _SUPERSEDED), which stay dead.
 
     A running bridge delivers them within about a second and marks them delivered; a dead
     letter that fails again goes back to 'dead'.
     """
+    params = {"output": output, "ids": list(ids) if ids is not None else None,
+              "include_superseded": include_superseded}
     with conn, conn.cursor() as cur:
         if output is not None:
             output_position(cur, output)
         cur.execute(_SERIALISE)
-        cur.execute(_RETRY, {"output": output, "ids": list(ids) if ids is not None else None})
-        return int(cur.rowcount)
+        cur.execute(_RETRY, params)
+        queued = int(cur.rowcount)
+        skipped = 0
+        if not include_superseded:
+            cur.execute(_SKIPPED, params)
+            skipped = _scalar(cur)
+        return queued, skipped
 
 
 def replay(conn: connection, output: str, flt: EventFilter,
