@@ -259,7 +259,11 @@ class Bridge:
         def handle(signum: int, frame: object) -> None:
             name = signal.Signals(signum).name
             if self.stop_requested.is_set():
-                # A second signal means the operator will not wait for the drain (as with
+                if signum != signal.SIGINT:
+                    # Supervisors may repeat SIGTERM; the drain they asked for goes on.
+                    log.info("received %s again; still stopping", name)
+                    return
+                # A second Ctrl-C means the operator will not wait for the drain (as with
                 # uvicorn). Exiting without saving progress is safe: whatever was in flight
                 # is delivered again after a restart, with the same event ids.
                 log.warning("received %s again; exiting at once without draining", name)
@@ -273,7 +277,11 @@ class Bridge:
             signal.signal(sig, handle)
 
         def restore() -> None:
+            # Only an embedding program's own handlers come back. The defaults would turn a
+            # signal that arrives while the process finishes exiting into a kill (exit -15)
+            # or a KeyboardInterrupt traceback; ours just notes that we are stopping.
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if callable(handler) and handler is not signal.default_int_handler:
+                    signal.signal(sig, handler)
 
         return restore
