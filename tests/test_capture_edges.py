@@ -452,3 +452,20 @@ def test_the_generated_script_holds_no_control_characters():
     for mode in ("durable", "notify"):
         script = triggers.generate_sql(specs, mode)
         assert not [c for c in script if c < " " and c not in "\n\t"]
+
+
+def test_upgrading_revokes_what_earlier_releases_granted_writers(db, dsn, writer_role):
+    # Given a database where 0.1's `--grant` gave a writer INSERT on the outbox
+    execute(db, "CREATE TABLE items (id int PRIMARY KEY)")
+    install_config(dsn, [{"table": "items"}])
+    execute(db, f'GRANT USAGE ON SCHEMA skor TO "{writer_role}";'
+                f'GRANT INSERT ON skor.outbox TO "{writer_role}";'
+                "GRANT SELECT ON skor.log TO PUBLIC;"
+                "DELETE FROM skor.migrations WHERE version = 11")
+    # When the schema is brought up to date
+    install_config(dsn, [{"table": "items"}])
+    # Then no role but the owner keeps any privilege on skor's tables
+    assert execute(db, """
+        SELECT c.relname, a.grantee::regrole::text, a.privilege_type
+        FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+        WHERE c.relnamespace = 'skor'::regnamespace AND a.grantee <> c.relowner""") == []
