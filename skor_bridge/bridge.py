@@ -25,12 +25,13 @@ from skor_bridge.capture.retention import Pruner
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.capture.triggers import capture_problems
 from skor_bridge.capture.wal.slot import wal_installed
-from skor_bridge.db import connect
+from skor_bridge.db import SchemaGone, connect
 from skor_bridge.dispatch.delivery import OutputWorker
 from skor_bridge.errors import DatabaseError, StartupError
 from skor_bridge.health import HealthServer, Readiness, readiness
 from skor_bridge.leader import Leadership, instance_tag
 from skor_bridge.metrics import Metrics
+from skor_bridge.migrations import SchemaMissing
 from skor_bridge.routing import route
 from skor_bridge.sinks import load_sink
 
@@ -129,7 +130,17 @@ class Bridge:
             raise StartupError(str(exc)) from None
         try:
             with conn.cursor() as cur:
-                ensure_schema(cur)
+                try:
+                    # Only notify mode may create the schema: capture needs `triggers install`
+                    # first, and a database purged by `triggers uninstall --purge` must not
+                    # silently start again from nothing when a supervisor restarts us.
+                    ensure_schema(cur, create=self.mode == "notify")
+                except SchemaMissing:
+                    raise StartupError(
+                        "no skor schema in this database: install the triggers first "
+                        "(skor-bridge triggers install triggers.json --dsn ...); the bridge "
+                        "does not create it, so that a purged database is not started "
+                        "again from nothing") from None
                 if self.mode == "durable" and wal_installed(cur):
                     self.mode = "wal"
                 if self.mode in ("durable", "wal"):
@@ -187,6 +198,7 @@ class Bridge:
             worker.start()
         self.active = True
         lost = False
+        gone: SchemaGone | None = None
         try:
             while not self.stop_requested.is_set() and not stopping.is_set():
                 if not leadership.heartbeat():
@@ -194,10 +206,19 @@ class Bridge:
                     break
                 self._update_gauges()
                 self.stop_requested.wait(min(HEARTBEAT, leadership.heartbeat_interval))
+            if stopping.is_set() and not lost:
+                leadership.heartbeat()  # raises SchemaGone when that is why work stopped
+        except SchemaGone as exc:
+            gone = exc
         finally:
             self.active = False
             pruner.stop()
-            self._shutdown_term(source, stopping, graceful=not lost)
+            self._shutdown_term(source, stopping, graceful=not lost and gone is None,
+                                saved=gone is None)
+        if gone is not None:
+            log.error("%s", gone)
+            self.fatal = gone
+            return
         for worker in self.workers:
             if worker.failed is not None:
                 self.fatal = worker.failed
@@ -206,7 +227,8 @@ class Bridge:
         if lost:
             log.warning("leadership lost; standing by again")
 
-    def _shutdown_term(self, source: Source, stopping: threading.Event, graceful: bool) -> None:
+    def _shutdown_term(self, source: Source, stopping: threading.Event, graceful: bool,
+                       saved: bool = True) -> None:
         source.stop_capture()
         for worker in self.workers:
             worker.draining.set()
@@ -223,7 +245,8 @@ class Bridge:
             deadline = 1.0
         stopping.set()
         source.close()
-        log.info("stopped; progress saved for %d output(s)", len(self.workers))
+        if saved:
+            log.info("stopped; progress saved for %d output(s)", len(self.workers))
 
     def _update_gauges(self) -> None:
         source = self.source

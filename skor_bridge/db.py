@@ -7,6 +7,7 @@ import threading
 from typing import TYPE_CHECKING, TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from skor_bridge.backoff import backoff_delay
@@ -29,6 +30,25 @@ CONNECT_TIMEOUT = 10
 
 class Stopped(Exception):
     """Raised inside a retry loop when the bridge is shutting down."""
+
+
+class SchemaGone(Stopped):
+    """The skor schema (or one of its tables) vanished under a running bridge, as after
+    `triggers uninstall --purge`: nothing can be delivered or recorded any more. A Stopped,
+    so every thread ends quietly; the bridge says it once, in one line, and exits."""
+
+    def __init__(self) -> None:
+        super().__init__("the skor schema was dropped while the bridge ran (skor-bridge "
+                         "triggers uninstall --purge?); stopping. Install the triggers again "
+                         "before restarting: a restart does not recreate it")
+
+
+#: Errors that mean the skor schema or one of its tables is gone.
+SCHEMA_ERRORS = (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName)
+
+
+def schema_gone(exc: BaseException) -> bool:
+    return isinstance(exc, SCHEMA_ERRORS) and "skor" in str(exc)
 
 
 def connect(dsn: str, purpose: str, autocommit: bool = True) -> psycopg2.extensions.connection:
@@ -92,6 +112,11 @@ class Reconnecting:
                     result = op(cur)
                 self.healthy = True
                 return result
+            except SCHEMA_ERRORS as exc:
+                if schema_gone(exc):
+                    self.stop.set()
+                    raise SchemaGone from None
+                raise
             except (DatabaseError, *CONNECTION_ERRORS) as exc:
                 attempt += 1
                 self.healthy = False

@@ -30,7 +30,7 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from skor_bridge.db import CONNECTION_ERRORS, connect, describe
+from skor_bridge.db import CONNECTION_ERRORS, SchemaGone, connect, describe, schema_gone
 from skor_bridge.errors import DatabaseError
 
 log = logging.getLogger("skor_bridge.leader")
@@ -159,6 +159,8 @@ class Leadership:
                 return True
         except (psycopg2.Error, *CONNECTION_ERRORS) as exc:
             self._renewed = None
+            if schema_gone(exc):
+                raise SchemaGone from None
             log.warning("lost leadership: %s", describe(exc))
             return False
 

@@ -195,19 +195,33 @@ class EventFilter:
 # -- parsing operator input ------------------------------------------------------------------
 
 
+#: The earliest time a --since or --until means: nothing was captured before it, and
+#: larger ranges ("99999999999d ago", year 1) overflow Python's and PostgreSQL's dates.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_time(text: str, option: str = "since", now: datetime | None = None) -> datetime:
     """ISO-8601 ('2024-05-01T12:00:00Z'; without an offset, local time) or a time ago
-    ('90s', '10m', '2h', '7d', '1w')."""
+    ('90s', '10m', '2h', '7d', '1w'). Anything before EARLIEST means EARLIEST."""
     now = now or datetime.now(UTC)
     match = _RELATIVE.fullmatch(text)
     if match:
-        return now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower()])
+        try:
+            return max(EARLIEST, now - timedelta(
+                seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower()]))
+        except OverflowError:
+            return EARLIEST
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ConfigError(f"{option}: expected ISO-8601 (2024-05-01T12:00:00Z) or a time ago "
                           f"(10m, 2h, 7d), got {text!r}") from None
-    return moment if moment.tzinfo is not None else moment.astimezone()
+    if moment.tzinfo is None:
+        try:
+            moment = moment.astimezone()
+        except (OverflowError, ValueError):  # at the ends of the calendar
+            moment = moment.replace(tzinfo=UTC)
+    return max(EARLIEST, moment)
 
 
 def parse_table(text: str) -> tuple[str | None, str]:
