@@ -173,6 +173,13 @@ def test_two_workers_share_partitions_and_a_killed_one_loses_nothing(
         assert set(first_seen) == set(range(0, updates + 1)), row
     # And the killed worker's uncommitted records were delivered again (at least once)
     assert duplicates > 0
+    # And each event carries the bridge's log position as run sends it (unique per event,
+    # unlike Kafka offsets), the same on every delivery
+    positions: dict[str, set[str]] = defaultdict(set)
+    for request in receiver.delivered():
+        positions[request.headers["webhook-id"]].add(request.headers["webhook-position"])
+    assert all(len(found) == 1 for found in positions.values())
+    assert len({found.pop() for found in positions.values()}) == len(positions)
 
 
 def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.config import redact
-from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.relay.records import dead_letter_headers
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ deduplicate it as they would a retry.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from skor_bridge.event import ChangeEvent
@@ -52,15 +53,36 @@ def work_from(message: Message) -> Work:
     event_id = _text(named.get("event-id") or named.get("ce_id")) or f"{topic}-{partition}-{offset}"
     _, stamp = message.timestamp()
     event = ChangeEvent(
-        id=event_id, position=offset,
+        id=event_id, position=_position(named.get("position"), offset),
         schema=_text(named.get("schema")), table=_text(named.get("table")) or topic,
         op=_text(named.get("op")), data=_data(value),
         key=_text(key) if key is not None else None,
-        captured_at=stamp / 1000 if stamp and stamp > 0 else 0.0,
+        captured_at=_captured_at(named.get("captured-at"), stamp),
         raw_body=value if value is not None else b"null",
     )
     return Work(topic=topic, partition=partition, offset=offset, key=key, event=event,
                 value=value, headers=headers)
+
+
+def _position(header: bytes | None, offset: int) -> int:
+    """The bridge's log position (sent on as webhook-position, as `run` does); the offset
+    for a record that does not carry one."""
+    try:
+        return int(_text(header)) if header else offset
+    except ValueError:
+        return offset
+
+
+def _captured_at(header: bytes | None, stamp: int | None) -> float:
+    """When the bridge captured the change (latency metrics, webhook-captured-at); else the
+    record's own timestamp."""
+    text = _text(header)
+    if text:
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return stamp / 1000 if stamp and stamp > 0 else 0.0
 
 
 def _data(value: bytes | None) -> str:
