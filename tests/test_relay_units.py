@@ -312,3 +312,20 @@ def test_a_relay_webhook_with_its_own_format_is_refused(tmp_path: Path):
     path.write_text('[[outputs]]\ntype = "webhook"\nurl = "http://h/x"\nformat = "envelope"\n')
     with pytest.raises(ConfigError, match="set format and tables on the bridge's kafka output"):
         build_relay_config(relay_options(webhook=[]), path, {})
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--kafka-option", "foo.bar=1"], "error: --kafka-option: unknown option 'foo.bar'"),
+    (["--kafka-option", "session.timeout.ms=abc"],
+     "error: --kafka-option: invalid value for 'session.timeout.ms'"),
+    (["--topic", "^a("], "error: --topic: bad regular expression"),
+])
+def test_bad_relay_input_is_one_line_and_exit_code_2(args, message):
+    import subprocess
+    import sys
+
+    base = ["--kafka", "127.0.0.1:9", "--topic", "t", "--group", "g", "--webhook", "http://h/x"]
+    done = subprocess.run([sys.executable, "-m", "skor_bridge", "relay", *base, *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from skor_bridge.config import redact
-from skor_bridge.errors import SinkError
+from skor_bridge.errors import ConfigError, SinkError
 from skor_bridge.relay.config import FIXED_OPTIONS
 from skor_bridge.relay.records import work_from
 
@@ -79,7 +79,8 @@ class RelayWorker:
         try:
             consumer = self.consumer = Consumer(conf)
         except KafkaException as exc:
-            raise SinkError(f"kafka: {_option_problem(exc)}") from None
+            # Bad --kafka-option (or [relay] options): the user's input, so exit code 2.
+            raise ConfigError(f"--kafka-option: {_option_problem(exc)}") from None
         consumer.subscribe(list(self.config.topics), on_assign=self._on_assign,
                            on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("relay joining group %r for %s on %s", self.config.group,
