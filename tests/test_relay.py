@@ -183,47 +183,58 @@ def test_two_workers_share_partitions_and_a_killed_one_loses_nothing(
 
 
 def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
-    relay, kafka_broker, kafka_topic
+    relay, kafka_broker, kafka_topic, tmp_path
 ):
-    # Given records of 10 rows, and a receiver that refuses row 7 with 422
+    # Given records of 10 rows, a receiver that refuses row 7 with 422 and always answers
+    # 503 for row 8, and a relay giving up after 3 attempts
     events = [row_event(row, version) for version in range(1, 6) for row in range(1, 11)]
     feed(kafka_broker.bootstrap, kafka_topic, events)
-    receiver = Receiver(respond=lambda r: 422 if json.loads(r.body)["data"]["id"] == 7
-                        else 200).start()
+    refusals = {7: 422, 8: 503}
+    receiver = Receiver(respond=lambda r: refusals.get(json.loads(r.body)["data"]["id"], 200)
+                        ).start()
     dead = f"{kafka_topic}.dead"
+    config = tmp_path / "relay.toml"
+    config.write_text("[retry]\ninitial_backoff = 0.05\nmax_backoff = 0.2\n")
 
     # When a relay with a dead-letter topic delivers them
     port = free_port()
     worker = relay(f"g-{uuid.uuid4().hex[:8]}", kafka_topic, receiver.url,
-                   "--dead-letter-topic", dead, "--metrics-port", str(port))
-    assert receiver.wait_for(45, timeout=60)
+                   "--dead-letter-topic", dead, "--metrics-port", str(port),
+                   "--max-attempts", "3", "--config", str(config))
+    assert receiver.wait_for(40, timeout=60)
 
     # Then every other row's versions arrive, in order
+    letters = consume(kafka_broker.bootstrap, dead, 10, timeout=60)
     got = versions_by_row(receiver)
-    assert sorted(got) == [r for r in range(1, 11) if r != 7]
+    assert sorted(got) == [r for r in range(1, 11) if r not in refusals]
     assert all([v for v, _ in seen] == [1, 2, 3, 4, 5] for seen in got.values())
 
-    # And row 7's five records are in the dead-letter topic: original value, key and
-    # headers, plus why and where from
-    letters = consume(kafka_broker.bootstrap, dead, 5, timeout=30)
-    originals = {e.id: e for e in events if e.key == '{"id":7}'}
-    assert len(letters) == 5
+    # And rows 7 and 8's five records each are in the dead-letter topic: original value,
+    # key and headers, plus why (at once for the 422; after 3 attempts for the 503) and
+    # where from
+    assert len(letters) == 10
     source = {m.headers["event-id"].decode(): m for m in consume(
         kafka_broker.bootstrap, kafka_topic, len(events), timeout=30)}
+    originals = {e.id: e for e in events}
     for letter in letters:
         event_id = letter.headers["event-id"].decode()
+        row = json.loads(originals[event_id].data)["id"]
         assert letter.value == originals[event_id].body()
-        assert letter.key == b'{"id":7}'
+        assert letter.key == f'{{"id":{row}}}'.encode()
         assert letter.headers["op"] == b"UPDATE"
-        assert letter.headers["dlq-error"].startswith(b"HTTP 422")
-        assert letter.headers["dlq-attempts"] == b"1"
+        expected = (b"HTTP 422", b"1") if row == 7 else (b"HTTP 503", b"3")
+        assert letter.headers["dlq-error"].startswith(expected[0])
+        assert letter.headers["dlq-attempts"] == expected[1]
         assert letter.headers["dlq-output"].startswith(b"webhook")  # the output's name
         assert letter.headers["dlq-original-topic"] == kafka_topic.encode()
         original = source[event_id]
         assert letter.headers["dlq-original-partition"] == str(original.partition).encode()
         assert letter.headers["dlq-original-offset"] == str(original.offset).encode()
+    assert sorted(json.loads(originals[m.headers["event-id"].decode()].data)["id"]
+                  for m in letters) == [7] * 5 + [8] * 5
+
     # And the partitions moved on: /metrics shows no lag on any of the 4 partitions, and
-    # the five dead letters
+    # the ten dead letters
     def metrics() -> str:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
@@ -233,7 +244,7 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
         return len(lags) == 4 and all(float(v) == 0 and t == kafka_topic for _, t, v in lags)
 
     wait_until(caught_up, timeout=30, message="lag 0 on every partition")
-    assert re.search(r'^skor_events_dead_lettered_total\{output="webhook[^"]*"\} 5\.0$',
+    assert re.search(r'^skor_events_dead_lettered_total\{output="webhook[^"]*"\} 10\.0$',
                      metrics(), re.M)
     assert re.search(r"^skor_relay_partitions 4\.0$", metrics(), re.M)
     ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read())
