@@ -14,13 +14,17 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
 
 from skor_bridge.backoff import backoff_delay
 from skor_bridge.capture import progress
+from skor_bridge.capture.notify_payload import row_key, top_level_texts
 from skor_bridge.db import CONNECTION_ERRORS, Reconnecting, connect, describe
 from skor_bridge.errors import DatabaseError
 from skor_bridge.event import ChangeEvent
+from skor_bridge.sqlquote import quote_ident
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,8 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("skor_bridge.capture")
 
-#: Events held per output before the oldest are dropped (and counted in the log).
-MAX_QUEUED = 1_000_000
+#: Bytes of events held per output before the oldest are dropped (and counted in the log):
+#: a bound in bytes, since a count of 8 kB rows could hold gigabytes.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+
+# The primary key's columns, in key order; none for a table without one.
+_KEY_COLUMNS = """
+SELECT coalesce(array_agg(a.attname::text ORDER BY array_position(i.indkey, a.attnum)), '{}')
+FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
+"""
 
 
 class NotifySource:
@@ -48,6 +60,8 @@ class NotifySource:
         self._stop_capture = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
         self._healthy = True
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._conn: Any = None
         self.captured = 0
 
     def start(self) -> None:
@@ -90,6 +104,7 @@ class NotifySource:
                 with conn.cursor() as cur:
                     cur.execute(f'LISTEN "{self.config.source.channel}"')
                 self._healthy, attempt = True, 0
+                self._conn = conn
                 self._listening.set()
                 log.info("listening on channel %r (notify mode: changes made while no bridge "
                          "listens are lost)", self.config.source.channel)
@@ -107,24 +122,42 @@ class NotifySource:
 
     def _dispatch(self, payload: str) -> None:
         try:
-            parsed = json.loads(payload)
-            schema, table, op = parsed["schema"], parsed["table"], parsed["op"]
+            texts = top_level_texts(payload)
+            schema, table, op = (json.loads(texts[k]) for k in ("schema", "table", "op"))
             if not (isinstance(schema, str) and isinstance(table, str)
                     and ChangeEvent.known_op(op)):
                 raise ValueError("not a Skor payload")
+            data = texts.get("data", "null")
+            key = row_key(data, self._key_columns(schema, table))
         except (ValueError, KeyError, TypeError):
             log.error("listener: ignoring a notification that is not a Skor payload: %.200s",
                       payload)
             return
         self._position += 1
         self.captured += 1
+        # `data` is the payload's own text (numerics exact, for dead letters and retries),
+        # and the key puts each row in its own lane, as in durable mode.
         event = ChangeEvent(
             id=str(uuid.uuid4()), position=self._position, schema=schema, table=table, op=op,
-            data=json.dumps(parsed.get("data"), ensure_ascii=False), captured_at=time.time(),
-            raw_body=payload.encode("utf-8"),
+            data=data, key=key, captured_at=time.time(), raw_body=payload.encode("utf-8"),
         )
         for feed in self._feeds:
             feed.push(event)
+
+    def _key_columns(self, schema: str, table: str) -> tuple[str, ...]:
+        """The table's primary key columns, looked up once per table on the listening
+        connection (between notifications, so nothing waits on it)."""
+        found = self._keys.get((schema, table))
+        if found is None:
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute(_KEY_COLUMNS, (quote_ident(schema) + "." + quote_ident(table),))
+                    row = cur.fetchone()
+                found = tuple(row[0]) if row else ()
+            except (psycopg2.Error, AttributeError):
+                found = ()  # no key known: the whole table is one lane, as before
+            self._keys[(schema, table)] = found
+        return found
 
 
 class MemoryFeed(progress.OutputRecords):
@@ -135,6 +168,7 @@ class MemoryFeed(progress.OutputRecords):
         self.output = output
         self.kind = kind
         self._queue: deque[ChangeEvent] = deque()
+        self._queued_bytes = 0
         self._arrived = threading.Condition()
         self._db = Reconnecting(source.config.source.dsn,
                                 source.config.source.session(f"output {output}"),
@@ -144,14 +178,15 @@ class MemoryFeed(progress.OutputRecords):
 
     def push(self, event: ChangeEvent) -> None:
         with self._arrived:
-            if len(self._queue) >= MAX_QUEUED:
-                self._queue.popleft()
+            self._queue.append(event)
+            self._queued_bytes += _size(event)
+            while self._queued_bytes > MAX_QUEUED_BYTES and len(self._queue) > 1:
+                self._queued_bytes -= _size(self._queue.popleft())
                 self.dropped += 1
                 if self.dropped % 1000 == 1:
                     log.error("output %s: %d notifications dropped; the output is too far "
                               "behind (use durable mode to never drop)", self.output,
                               self.dropped)
-            self._queue.append(event)
             self._arrived.notify()
 
     def may_send(self) -> bool:
@@ -170,8 +205,14 @@ class MemoryFeed(progress.OutputRecords):
             if not self._queue and wait > 0:
                 self._arrived.wait(wait)
             count = min(limit, len(self._queue))
-            return [self._queue.popleft() for _ in range(count)]
+            events = [self._queue.popleft() for _ in range(count)]
+            self._queued_bytes -= sum(_size(e) for e in events)
+            return events
 
     def commit(self, position: int, delivered: int = 0, error: str | None = None) -> None:
         # Notify positions restart with the process: nothing to resume from, only counters.
         self.record(delivered, error)
+
+
+def _size(event: ChangeEvent) -> int:
+    return len(event.data) + len(event.raw_body or b"")
