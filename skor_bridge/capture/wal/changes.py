@@ -23,6 +23,8 @@ from skor_bridge.capture.wal.protocol import UNCHANGED, Delete, Insert, Relation
 from skor_bridge.capture.wal.render import quote
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from skor_bridge.capture.trigger_config import Op, TableSpec
     from skor_bridge.capture.wal.protocol import Tuple, Value
     from skor_bridge.capture.wal.render import PgType
@@ -42,40 +44,47 @@ class Table:
     types: tuple[PgType, ...]
     #: Indexes of the primary key's columns, in key order; empty without a primary key.
     key: tuple[int, ...]
-    #: Per captured operation, the indexes of the columns its events carry.
+    #: Per captured operation (INSERT...), the indexes of the columns its events carry.
     picks: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: `"name":` for every column, escaped once.
     labels: tuple[str, ...] = ()
+    #: Per column, the function rendering a value's text as JSON (see render.renderer).
+    renderers: tuple[Callable[[str], str], ...] = ()
+    #: The captured operations (lower case), and the columns only the server renders.
+    ops: frozenset[str] = frozenset()
+    server_columns: tuple[int, ...] = ()
 
     @classmethod
     def build(cls, relation: Relation, spec: TableSpec, types: tuple[PgType, ...],
-              key_names: tuple[str, ...]) -> Table:
+              key_names: tuple[str, ...],
+              renderers: tuple[Callable[[str], str], ...] = ()) -> Table:
         names = [c.name for c in relation.columns]
         index = {name: i for i, name in enumerate(names)}
         picks: dict[str, tuple[int, ...]] = {}
         for op, cols in spec.columns:
             if cols is None:
-                picks[op] = tuple(range(len(names)))
+                picks[op.upper()] = tuple(range(len(names)))
                 continue
             missing = [c for c in cols if c not in index]
             if missing:
                 log.warning("%s has no column %s any more; its %s events leave it out",
                             spec, ", ".join(missing), op)
-            picks[op] = tuple(index[c] for c in cols if c in index)
+            picks[op.upper()] = tuple(index[c] for c in cols if c in index)
         key = tuple(index[k] for k in key_names if k in index)
         if len(key) != len(key_names):
             key = ()
         return cls(relation, spec, types, key, picks,
-                   tuple(quote(name) + ":" for name in names))
+                   tuple(quote(name) + ":" for name in names), renderers, frozenset(spec.ops),
+                   tuple(i for i, t in enumerate(types) if t.category == "server"))
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.relation.columns]
 
     def columns_for(self, op: str) -> tuple[int, ...]:
-        """The columns an `op` event carries; a key change uses the update's list when its
-        own operation is not captured."""
-        return self.picks.get(op) or self.picks.get("update", ())
+        """The columns an `op` event (INSERT, UPDATE, DELETE) carries; a key change uses
+        the update's list when its own operation is not captured."""
+        return self.picks.get(op) or self.picks.get("UPDATE", ())
 
 
 @dataclass(slots=True)
@@ -131,11 +140,11 @@ def _plain(row: Tuple) -> Row:
 
 def changes_of(message: Insert | Update | Delete, table: Table, number: int) -> list[Change]:
     """The changes one row message gives, before `when` is applied."""
-    ops = table.spec.ops
+    ops = table.ops
     if isinstance(message, Insert):
         if "insert" not in ops:
             return []
-        row = _plain(message.new)
+        row: Row = message.new  # type: ignore[assignment]  # an INSERT has every value
         return [Change(table, "INSERT", row, "insert", None, row, number)]
     if isinstance(message, Delete):
         if "delete" not in ops:

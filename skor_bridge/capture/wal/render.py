@@ -22,12 +22,14 @@ writer session, so the walsender's TimeZone is set to UTC and every timestamptz 
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
 #: GUCs of the replication session: they fix the text form pgoutput sends.
 SESSION_SETTINGS = {
@@ -131,12 +133,14 @@ class TypeCatalog:
 # -- scalars -------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_IS_NUMBER = _NUMBER.fullmatch
 _OFFSET = re.compile(r"([+-]\d\d)((?::\d\d){0,2})((?: BC)?)$")
 
 
-def quote(text: str) -> str:
-    """A JSON string as PostgreSQL's escape_json writes it (only controls are escaped)."""
-    return json.dumps(text, ensure_ascii=False)
+#: A JSON string as PostgreSQL's escape_json writes it: quotes, backslashes and control
+#: characters escaped, everything else (astral characters too) as it is. (json's C
+#: encoder, as `json.dumps(text, ensure_ascii=False)` uses it, without the call's cost.)
+quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _timestamptz(text: str) -> str:
@@ -147,13 +151,56 @@ def _timestamptz(text: str) -> str:
     return text
 
 
+def _number(text: str) -> str:
+    return text if _IS_NUMBER(text) else quote(text)
+
+
+def _integer(text: str) -> str:
+    return text
+
+
+def _bool(text: str) -> str:
+    return "true" if text == "t" else "false"
+
+
+def _raw(text: str) -> str:
+    return text
+
+
+def _stamp(text: str) -> str:
+    return quote(text.replace(" ", "T", 1))
+
+
+def _stamptz(text: str) -> str:
+    return quote(_timestamptz(text))
+
+
+#: int2, int4, int8 and oid-free integer types always print as JSON numbers.
+_INTEGERS = {20, 21, 23}
+
+_SIMPLE: dict[str, Callable[[str], str]] = {
+    "text": quote, "date": quote, "number": _number, "json": _raw, "bool": _bool,
+    "timestamp": _stamp, "timestamptz": _stamptz,
+}
+
+
+def renderer(pg_type: PgType, server: Callable[[PgType, str], str]) -> Callable[[str], str]:
+    """`render` for one type, decided once: the function a column's values go through."""
+    if pg_type.oid in _INTEGERS:
+        return _integer
+    simple = _SIMPLE.get(pg_type.category)
+    if simple is not None:
+        return simple
+    return lambda text: render(pg_type, text, server)
+
+
 def render(pg_type: PgType, text: str, server: Callable[[PgType, str], str]) -> str:
     """One non-NULL value's JSON. `server` renders what only the server can."""
     category = pg_type.category
     if category == "text" or category == "date":
         return quote(text)
     if category == "number":
-        return text if _NUMBER.fullmatch(text) else quote(text)
+        return _number(text)
     if category == "json":
         return text
     if category == "bool":

@@ -35,7 +35,7 @@ from skor_bridge.capture.trigger_config import parse_config
 from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.batch import Renderer
 from skor_bridge.capture.wal.changes import Change, MessageEvent, Table, changes_of
-from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog
+from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog, renderer
 from skor_bridge.capture.wal.slot import SlotStatus, slot_lost, slot_status
 from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
@@ -292,7 +292,7 @@ class WalReader(Sequencer):
                     self._flush()
                 select.select([conn], [], [], 0.5 if not self._pending else 0.05)
                 continue
-            self._handle(protocol.parse(message.payload))
+            self._handle(protocol.parse(message.payload), len(message.payload))
             if len(self._pending) >= self.config.source.batch_size or (
                     self._pending_bytes >= CHUNK_BYTES):
                 self._flush()
@@ -320,7 +320,7 @@ class WalReader(Sequencer):
 
     # -- messages --------------------------------------------------------------------------
 
-    def _handle(self, message: protocol.Decoded) -> None:
+    def _handle(self, message: protocol.Decoded, size: int = 0) -> None:
         if isinstance(message, protocol.Begin):
             assert self._state is not None
             # A transaction whose commit precedes the recorded end is already in the log.
@@ -329,7 +329,7 @@ class WalReader(Sequencer):
                        if message.final_lsn == self._state.partial_lsn else 0)
             self._tx = _Transaction(message, skip, partial)
         elif isinstance(message, protocol.Insert | protocol.Update | protocol.Delete):
-            self._row(message)
+            self._row(message, size)
         elif isinstance(message, protocol.Commit):
             self._tx = None
             self._completed_lsn = message.end_lsn
@@ -355,7 +355,8 @@ class WalReader(Sequencer):
                 self._message_events(handler, message, self._tx)
         # Origin and Type messages need nothing: types are looked up by OID.
 
-    def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete) -> None:
+    def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete,
+             size: int) -> None:
         tx = self._tx
         if tx is None:
             raise protocol.ProtocolError("row change outside a transaction")
@@ -375,7 +376,7 @@ class WalReader(Sequencer):
         for change in changes_of(message, table, number):
             change.commit = commit
             self._pending.append(change)
-            self._pending_bytes += sum(len(v) for v in change.row if v is not None)
+            self._pending_bytes += size  # the message's size: about the row's
 
     def _message_events(self, handler: Callable[[protocol.Message], list[MessageEvent]],
                         message: protocol.Message, tx: _Transaction) -> None:
@@ -402,7 +403,9 @@ class WalReader(Sequencer):
             cur.execute(_KEY_QUERY, (message.relid,))
             return tuple(row[0] for row in cur.fetchall())
 
-        self._tables[message.relid] = Table.build(message, spec, types, self._db.run(key_names))
+        render_fns = tuple(renderer(t, self._renderer.server_value) for t in types)
+        self._tables[message.relid] = Table.build(message, spec, types, self._db.run(key_names),
+                                                  render_fns)
 
     def _lookup_types(self, oids: list[int]) -> list[Any]:
         def query(cur: cursor) -> list[Any]:
@@ -418,9 +421,11 @@ class WalReader(Sequencer):
         pending, self._pending = self._pending, []
         changes = self._renderer.prepare(pending) if pending else []
         # Where each logical message falls among the changes that were kept.
-        order = {id(change): i for i, change in enumerate(pending)}
-        kept_before = [sum(1 for c in changes if order[id(c)] < before)
-                       for _, before in self._pending_messages]
+        kept_before = []
+        if self._pending_messages:
+            order = {id(change): i for i, change in enumerate(pending)}
+            kept_before = [sum(1 for c in changes if order[id(c)] < before)
+                           for _, before in self._pending_messages]
         del pending
         render = self._renderer
         chunk = Chunk(self._head + 1)

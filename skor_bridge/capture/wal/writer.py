@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import uuid
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -52,17 +52,23 @@ def load_state(cur: cursor) -> WalState | None:
 
 
 def event_id(install_id: str, commit_lsn: int, message: int, sub: int) -> str:
-    """Stable across re-reads of the same transaction: (LSN, place in the transaction)."""
-    digest = hashlib.md5(f"{install_id}.wal.{commit_lsn}.{message}.{sub}".encode(),
-                         usedforsecurity=False).digest()
-    return str(uuid.UUID(bytes=digest))
+    """Stable across re-reads of the same transaction: (LSN, place in the transaction).
+    The md5 as a UUID's text, as trigger mode's `md5(...)::uuid` writes it."""
+    h = hashlib.md5(f"{install_id}.wal.{commit_lsn}.{message}.{sub}".encode(),
+                    usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
+_NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]").search
+
+
 def _copy_field(text: str | None) -> str:
-    return "\\N" if text is None else text.translate(_COPY_ESCAPES)
+    if text is None:
+        return "\\N"
+    return text.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE(text) else text
 
 
 def _array(items: tuple[str, ...] | None) -> str | None:
@@ -86,10 +92,15 @@ class Chunk:
         self._buffer = io.BytesIO()
         #: Whether an event carries `outputs` (a column backfill's migration adds).
         self._outputs = False
+        self._stamp_of = -1.0
+        self._stamp = ""
 
     def add(self, event: str, captured_at: float, schema: str, table: str, op: str,
             key: str | None, data: str, outputs: tuple[str, ...] | None = None) -> None:
-        stamp = datetime.fromtimestamp(captured_at, UTC).isoformat()
+        if captured_at != self._stamp_of:  # one transaction's events share their time
+            self._stamp_of = captured_at
+            self._stamp = datetime.fromtimestamp(captured_at, UTC).isoformat()
+        stamp = self._stamp
         line = "\t".join((str(self.base + self.count), event, stamp, _copy_field(schema),
                           _copy_field(table), op, _copy_field(key), _copy_field(data)))
         if outputs is not None and not self._outputs:
