@@ -29,6 +29,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.capture.durable import DurableSource
 from skor_bridge.capture.sequencer import Sequencer
 from skor_bridge.capture.trigger_config import parse_config
@@ -39,7 +40,6 @@ from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCat
 from skor_bridge.capture.wal.slot import SlotStatus, slot_lost, slot_status
 from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
-from skor_bridge.dispatch.backoff import backoff_delay
 from skor_bridge.errors import DatabaseError, StartupError
 
 if TYPE_CHECKING:
