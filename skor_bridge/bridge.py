@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ log = logging.getLogger("skor_bridge.bridge")
 
 #: Seconds a graceful stop waits for in-flight deliveries before handing them back.
 GRACEFUL_TIMEOUT = 30.0
+
+#: Seconds a graceful stop waits on an output none of whose in-flight events completes.
+DRAIN_STALL = 3.0
 
 #: Seconds between heartbeats of the active instance.
 HEARTBEAT = 1.0
@@ -234,15 +238,13 @@ class Bridge:
             worker.draining.set()
         if not graceful:
             stopping.set()
-        deadline = GRACEFUL_TIMEOUT
+        deadline = time.monotonic() + GRACEFUL_TIMEOUT
         for worker in self.workers:
-            worker.thread.join(timeout=deadline)
-            if worker.thread.is_alive():
-                log.warning("output %s still busy after %.0fs; handing its events back",
-                            worker.name, deadline)
+            if not _drained(worker, deadline):
+                log.warning("output %s: events still in flight are handed back (delivered "
+                            "again after a restart)", worker.name)
                 stopping.set()
                 worker.thread.join(timeout=10)
-            deadline = 1.0
         stopping.set()
         source.close()
         if saved:
@@ -308,3 +310,19 @@ class Bridge:
                     signal.signal(sig, handler)
 
         return restore
+
+
+def _drained(worker: OutputWorker, deadline: float) -> bool:
+    """Wait for `worker` to finish what it has in flight, until `deadline`, or until nothing
+    of it completed for `DRAIN_STALL` seconds: a sink whose broker is unreachable would only
+    time out, so its events are handed back rather than waited on."""
+    last, since = len(worker.in_flight), time.monotonic()
+    while worker.thread.is_alive():
+        now = time.monotonic()
+        if now >= deadline or now - since >= DRAIN_STALL:
+            return False
+        worker.thread.join(timeout=0.1)
+        left = len(worker.in_flight)
+        if left < last:
+            last, since = left, time.monotonic()
+    return True

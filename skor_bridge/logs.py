@@ -30,13 +30,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+#: What differs between repeats of one warning: event ids and numbers (counts, ports,
+#: positions, delays). Anything else (another error, another table) is another warning.
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+",
+                      re.IGNORECASE)
+
+
 class SummarisingFilter(logging.Filter):
     """A warning (or worse) that repeats is logged once, then at most once per `window`
     seconds with the number held back in between: an unreachable broker or a flood of
     unroutable messages gives a few lines a minute, not thousands.
 
-    Repeats are records of one logger and level whose message template is the same once
-    digits are ignored (librdkafka formats its own lines, with counters and ports in them).
+    Repeats are records of one logger and level whose text is the same once event ids and
+    numbers are ignored: the same error for many events is one warning, another error is
+    another (librdkafka formats its own lines, with counters and ports in them).
     """
 
     #: Distinct repeating messages remembered; the oldest is forgotten beyond this.
@@ -55,7 +62,7 @@ class SummarisingFilter(logging.Filter):
         if record.levelno < logging.WARNING or getattr(record, "transition", False):
             # State changes (an output starts failing, recovers) are each worth a line.
             return True
-        key = (record.name, record.levelno, re.sub(r"\d+", "#", str(record.msg)))
+        key = (record.name, record.levelno, _VARYING.sub("#", record.getMessage()))
         now = self.clock()
         with self._lock:
             entry = self._seen.get(key)

@@ -170,6 +170,8 @@ def test_a_webhook_gets_cloudevents_of_its_tables_only(dsn, bridge):
         time.sleep(0.5)
         requests = receiver.delivered()
         assert len(requests) == 3
+        # Structured mode over HTTP: the CloudEvents JSON content type
+        assert {r.headers["content-type"] for r in requests} == {"application/cloudevents+json"}
         events = [from_http(dict(r.headers), r.body) for r in requests]
         assert [e["type"] for e in events] == ["skor.insert", "skor.update", "skor.delete"]
         assert {e["subject"] for e in events} == {"public.orders"}

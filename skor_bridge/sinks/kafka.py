@@ -94,8 +94,10 @@ _SESSION_ENDED = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
 _REPORT_GRACE = 5.0
 #: Longest a topic creation may hold up a batch.
 _ADMIN_TIMEOUT = 10.0
-#: close() waits this long for records still queued.
-_CLOSE_TIMEOUT = 5.0
+#: close() waits this long for records still queued (a reachable broker acknowledges them in
+#: milliseconds; the rest are delivered again after a restart), so a stop with the broker
+#: unreachable stays within 10 s.
+_CLOSE_TIMEOUT = 2.0
 #: Codes after which a topic creation is worth trying again with the next batch.
 _CREATE_AGAIN = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
                  KafkaError._ALL_BROKERS_DOWN, KafkaError.NOT_CONTROLLER}
