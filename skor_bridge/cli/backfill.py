@@ -29,7 +29,7 @@ def backfill(
     dsn: DsnOpt = None,
     output: Annotated[list[str] | None, typer.Option(
         "--output", metavar="NAME", show_default=False,
-        help="Send only to this output; repeatable. [default: every output]")] = None,
+        help="Send only to this output; repeatable. \\[default: every output]")] = None,
     chunk_size: Annotated[int, typer.Option(
         "--chunk-size", help="Rows read and sent per transaction.")] = 1000,
 ) -> None:
@@ -38,6 +38,8 @@ def backfill(
     Needs a running bridge, which delivers the rows like any change: in order with the
     row's live changes, with retries and dead letters. Interrupted, it continues where it
     stopped when run again with the same table and outputs.
+
+    Example: skor-bridge backfill --dsn "$DSN" --table public.orders --output orders-hook
     """
     from skor_bridge.backfill.run import Request
     from skor_bridge.backfill.run import backfill as run_backfill
