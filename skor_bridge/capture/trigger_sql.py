@@ -1,4 +1,7 @@
-"""The capture script for one table: a DO block that builds and installs its triggers.
+"""The parts of the capture script's per-table DO block, and the names it installs.
+
+The blocks of each mode are assembled in trigger_modes; the canonical row key comes from
+trigger_key.
 
 Why the work happens in PostgreSQL, in a DO block, rather than in Python:
 - the primary key and the column types are read when the script runs, so the output of
@@ -22,17 +25,16 @@ import json
 import re
 from typing import TYPE_CHECKING
 
+from skor_bridge.capture.trigger_key import KEY_LOOP, key_kind, row_key_sql
 from skor_bridge.sqlquote import (
     MAX_NAME_BYTES,
     dollar_quote,
-    qualified,
     quote_ident,
     quote_literal,
     sql_comment,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     from skor_bridge.capture.trigger_config import Op, TableSpec
 
@@ -42,8 +44,7 @@ __all__ = [
     "capture_function_name",
     "data_expr",
     "dollar_quote",
-    "durable_block",
-    "notify_block",
+    "key_kind",
     "notify_name",
     "quote_ident",
     "quote_literal",
@@ -62,14 +63,14 @@ SEARCH_PATH = "pg_catalog, pg_temp"
 TRIGGER_PREFIX = "!"
 
 
-def _short_hash(*parts: str) -> str:
+def short_hash(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()[:8]
 
 
 def capture_function_name(schema: str, table: str) -> str:
     """Durable function name: readable slug plus a hash of the exact names, <= 63 bytes."""
     slug = re.sub(r"[^a-z0-9_]", "_", f"{schema}_{table}".lower())
-    return f"capture_{slug[:46]}_{_short_hash(schema, table)}"
+    return f"capture_{slug[:46]}_{short_hash(schema, table)}"
 
 
 def trigger_name(op: str) -> str:
@@ -82,7 +83,7 @@ def notify_name(schema: str, table: str, op: Op) -> str:
     name = f"notify_skor_{table}_{op}"
     if len(name.encode("utf-8")) <= MAX_NAME_BYTES - len(TRIGGER_PREFIX):
         return name
-    suffix = f"_{_short_hash(schema, table)}_{op}"
+    suffix = f"_{short_hash(schema, table)}_{op}"
     room = MAX_NAME_BYTES - len(TRIGGER_PREFIX) - len("notify_skor_") - len(suffix)
     prefix = table.encode("utf-8")[:room].decode("utf-8", "ignore")
     return f"notify_skor_{prefix}{suffix}"
@@ -134,81 +135,6 @@ def _checks(spec: TableSpec) -> str:
     return text
 
 
-# The row key is the primary key as compact JSON ({"id":42}, {"a":1,"b":"x"}), taken from
-# the row's JSON by name. Values whose text depends on the writer's session or spelling
-# are made canonical, so one row has one key whoever writes it: timestamptz in UTC,
-# numeric without trailing zeros, citext lower-cased (its equality). Each form falls back
-# to the plain value when the JSON is not of the expected shape, so a later change of the
-# column's type can never make the expression fail. No backslashes: the function body is
-# parsed under the writer's standard_conforming_strings.
-_CANONICAL = {
-    "plain": "(%1$s -> %2$L)::text",
-    "utc": "CASE WHEN (%1$s ->> %2$L) ~ "
-           "'^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?[+-][0-9]{2}"
-           "(:[0-9]{2}){0,2}$' THEN rtrim(to_json((%1$s ->> %2$L)::timestamptz AT TIME ZONE "
-           "'UTC')::text, '\"') || '+00:00\"' ELSE (%1$s -> %2$L)::text END",
-    "numeric": "CASE WHEN json_typeof(%1$s -> %2$L) = 'number' THEN "
-               "trim_scale((%1$s ->> %2$L)::numeric)::text ELSE (%1$s -> %2$L)::text END",
-    "lower": "CASE WHEN json_typeof(%1$s -> %2$L) = 'string' THEN "
-             "to_json(lower(%1$s ->> %2$L))::text ELSE (%1$s -> %2$L)::text END",
-}
-
-_KEY_LOOP = f"""\
-    FOR col, kind IN
-        SELECT a.attname, CASE
-            WHEN b.oid = 'pg_catalog.timestamptz'::pg_catalog.regtype THEN 'utc'
-            WHEN b.oid = 'pg_catalog.numeric'::pg_catalog.regtype THEN 'numeric'
-            WHEN b.typname = 'citext' THEN 'lower'
-            ELSE 'plain' END
-        FROM pg_catalog.pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-        JOIN pg_catalog.pg_type b
-          ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-        WHERE i.indrelid = target AND i.indisprimary
-        ORDER BY k.n
-    LOOP
-        sep := CASE WHEN new_key IS NULL THEN '{{' ELSE ',' END || to_json(col)::text || ':';
-        new_key := concat_ws(' || ', new_key, quote_literal(sep),
-            format(CASE kind {" ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}"
-                                       for k, v in _CANONICAL.items())} END, 'n', col));
-        old_key := concat_ws(' || ', old_key, quote_literal(sep),
-            format(CASE kind {" ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}"
-                                       for k, v in _CANONICAL.items())} END, 'o', col));
-        key_changed := concat_ws(' OR ', key_changed,
-            format('OLD.%I IS DISTINCT FROM NEW.%I', col, col));
-    END LOOP;
-    new_key := coalesce(new_key || ' || ''}}''', 'NULL');
-    old_key := coalesce(old_key || ' || ''}}''', 'NULL');
-"""
-
-def key_kind(type_name: str) -> str:
-    """The canonical form a key column of this type gets (a `_CANONICAL` key): the type as
-    `format_type` or `regtype` writes it, domains resolved by the caller."""
-    name = type_name.rsplit(".", 1)[-1].strip('"')
-    if name in ("timestamp with time zone", "timestamptz"):
-        return "utc"
-    if name == "numeric" or name.startswith("numeric("):
-        return "numeric"
-    return "lower" if name == "citext" else "plain"
-
-
-def row_key_sql(json_expr: str, key: Sequence[tuple[str, str]]) -> str:
-    """SQL for the canonical `row_key` of a row whose JSON `json_expr` evaluates to, with
-    `key` the primary key's (column, type) in key order: the same text the capture
-    triggers write, for other producers of events (backfill, WAL) to key rows alike."""
-    if not key:
-        return "NULL"
-    parts = []
-    for number, (col, type_name) in enumerate(key):
-        prefix = ("{" if number == 0 else ",") + json.dumps(col, ensure_ascii=False) + ":"
-        template = _CANONICAL[key_kind(type_name)]
-        value = template.replace("%1$s", f"({json_expr})").replace("%2$L", quote_literal(col))
-        parts += [quote_literal(prefix), value]
-    return " || ".join([*parts, "'}'"])
-
-
 def data_expr(record: str, columns: tuple[str, ...] | None) -> str:
     """Skor's data expression with quoted names: the row, or only `columns` of it."""
     if columns is None:
@@ -224,10 +150,10 @@ def data_expr(record: str, columns: tuple[str, ...] | None) -> str:
 
 # Placeholders the block replaces in the function body with the key expressions; config
 # text cannot hold control characters, so they cannot occur in it otherwise.
-_NEW_KEY, _OLD_KEY = "\x01NEW_KEY\x01", "\x01OLD_KEY\x01"
+NEW_KEY, OLD_KEY = "\x01NEW_KEY\x01", "\x01OLD_KEY\x01"
 
 
-def _data(var: str, columns: tuple[str, ...] | None) -> str:
+def json_data(var: str, columns: tuple[str, ...] | None) -> str:
     """The event's data from the row's JSON in `var`: whole, or the listed fields that
     exist, in the listed order (rendered as row_to_json of those columns would be)."""
     if columns is None:
@@ -257,7 +183,7 @@ def _user_when(spec: TableSpec) -> str:
 """
 
 
-def _when(spec: TableSpec, op: str) -> str:
+def trigger_when(spec: TableSpec, op: str) -> str:
     """plpgsql expression: the trigger's WHEN clause text ('' for none)."""
     parts = []
     if op == "update" and spec.update_columns:
@@ -275,7 +201,7 @@ def _when(spec: TableSpec, op: str) -> str:
     return f"' WHEN (' || {joined} || ')'"
 
 
-def _trigger(name: str, timing: str, level: str, when: str, call: str) -> str:
+def ensure_trigger(name: str, timing: str, level: str, when: str, call: str) -> str:
     """plpgsql creating or replacing trigger `name` unless it is installed as wanted.
 
     The definition's hash is the trigger's argument, so comparing it says whether anything
@@ -295,7 +221,7 @@ def _trigger(name: str, timing: str, level: str, when: str, call: str) -> str:
 """
 
 
-def _drop_unwanted(functions: str) -> str:
+def drop_unwanted(functions: str) -> str:
     """plpgsql dropping triggers of ours on the table that the config no longer wants
     (operations no longer captured, names of an earlier release)."""
     return f"""\
@@ -309,7 +235,7 @@ def _drop_unwanted(functions: str) -> str:
 """
 
 
-def _function(function: str, body_expr: str, definer: bool) -> str:
+def ensure_function(function: str, body_expr: str, definer: bool) -> str:
     """plpgsql creating or replacing `function` unless its text and settings match."""
     settings = f"SECURITY DEFINER SET search_path = {SEARCH_PATH} " if definer else ""
     config = f"ARRAY[{quote_literal('search_path=' + SEARCH_PATH)}]" if definer else "NULL"
@@ -325,7 +251,7 @@ def _function(function: str, body_expr: str, definer: bool) -> str:
 """
 
 
-def _block(spec: TableSpec, declare: str, work: str) -> str:
+def table_block(spec: TableSpec, declare: str, work: str) -> str:
     block = f"""\
 DECLARE
     target regclass := to_regclass({quote_literal(spec.qualified)});
@@ -345,163 +271,16 @@ DECLARE
     trig name;
     wanted name[] := ARRAY[]::name[];
 {declare}BEGIN
-{_checks(spec)}{_KEY_LOOP}{_user_when(spec)}{work}END"""
+{_checks(spec)}{KEY_LOOP}{_user_when(spec)}{work}END"""
     return f"DO {dollar_quote(block)};\n"
 
 
-def _splice_keys(body: str) -> str:
+def splice_keys(body: str) -> str:
     """plpgsql expression: `body` with the key placeholders replaced by the key SQL.
 
     Split here rather than replaced in SQL, so the script holds no control characters.
     """
-    pieces = re.split(f"({_NEW_KEY}|{_OLD_KEY})", body)
+    pieces = re.split(f"({NEW_KEY}|{OLD_KEY})", body)
     return "\n        || ".join(
-        {_NEW_KEY: "new_key", _OLD_KEY: "old_key"}.get(piece) or quote_literal(piece)
+        {NEW_KEY: "new_key", OLD_KEY: "old_key"}.get(piece) or quote_literal(piece)
         for piece in pieces if piece)
-
-
-# -- durable mode --------------------------------------------------------------------------
-
-
-def _insert(spec: TableSpec, rows: list[tuple[str, str, str]]) -> str:
-    values = ",\n            ".join(
-        f"({quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{op}', {key}, {data})"
-        for op, key, data in rows
-    )
-    return ("INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)\n"
-            f"        VALUES {values};")
-
-
-def _durable_body(spec: TableSpec, partitioned: bool) -> str:
-    """The capture function's plpgsql. It names the configured table itself: triggers on a
-    partitioned table are cloned onto its partitions, where TG_TABLE_NAME is the partition.
-
-    A row that moves to another partition fires DELETE on the old partition and INSERT on
-    the new one: with the key in the partition key, that is exactly a key change. When the
-    config does not capture DELETE or INSERT, those triggers exist anyway on a partitioned
-    table and record only moves, which statement triggers mark in a transaction setting.
-    """
-    cols = dict(spec.columns)
-    update = cols.get("update", cols.get("insert", cols.get("delete")))
-    as_delete = cols["delete"] if "delete" in cols else update
-    as_insert = cols["insert"] if "insert" in cols else update
-    tag = f"{_short_hash(spec.schema, spec.table)}@' || pg_trigger_depth() || ';"
-    moving = (f"strpos(';' || coalesce(current_setting('skor.moving', true), ''), "
-              f"';{tag}') > 0")
-    lines = ["DECLARE", "    n json;", "    o json;", "    nk text;", "    ok text;",
-             "    moves text;", "BEGIN"]
-    if partitioned and len(cols) < 3 and "update" in cols:
-        lines += [
-            "    IF TG_LEVEL = 'STATEMENT' THEN",
-            "        moves := coalesce(current_setting('skor.moving', true), '');",
-            "        IF TG_WHEN = 'BEFORE' THEN",
-            f"            PERFORM set_config('skor.moving', moves || '{tag}', true);",
-            f"        ELSIF right(moves, length('{tag}')) = '{tag}' THEN",
-            f"            PERFORM set_config('skor.moving', left(moves, -length('{tag}')), true);",
-            "        END IF;",
-            "        RETURN NULL;",
-            "    END IF;",
-        ]
-    branches: list[tuple[str, list[str]]] = []
-    if "insert" in cols or partitioned and "update" in cols:
-        guard = [] if "insert" in cols else [f"IF NOT {moving} THEN RETURN NULL; END IF;"]
-        branches.append(("INSERT", [*guard, "n := row_to_json(NEW);",
-                                    _insert(spec, [("INSERT", _NEW_KEY, _data("n", as_insert))])]))
-    if "update" in cols:
-        branches.append(("UPDATE", [
-            "n := row_to_json(NEW);",
-            f"nk := {_NEW_KEY};",
-            f"IF nk IS NOT NULL THEN o := row_to_json(OLD); ok := {_OLD_KEY}; END IF;",
-            "IF nk IS DISTINCT FROM ok THEN",
-            "    " + _insert(spec, [("DELETE", "ok", _data("o", as_delete)),
-                                   ("INSERT", "nk", _data("n", as_insert))]),
-            "ELSE",
-            "    " + _insert(spec, [("UPDATE", "nk", _data("n", update))]),
-            "END IF;",
-        ]))
-    if "delete" in cols or partitioned and "update" in cols:
-        guard = [] if "delete" in cols else [f"IF NOT {moving} THEN RETURN NULL; END IF;"]
-        branches.append(("DELETE", [*guard, "o := row_to_json(OLD);",
-                                    _insert(spec, [("DELETE", _OLD_KEY, _data("o", as_delete))])]))
-    for index, (op, body_lines) in enumerate(branches):
-        lines.append(f"    {'IF' if index == 0 else 'ELSIF'} TG_OP = '{op}' THEN")
-        lines += [f"        {line}" for line in body_lines]
-    lines += ["    END IF;", "    RETURN NULL;", "END"]
-    return "\n".join(lines)
-
-
-def _durable_triggers(spec: TableSpec, partitioned: bool, call: str) -> str:
-    ops = list(spec.ops)
-    if partitioned and "update" in ops:
-        ops = ["insert", "update", "delete"]
-    text = "".join(_trigger(trigger_name(op), f"AFTER {op.upper()}", "ROW", _when(spec, op), call)
-                   if op in spec.ops else
-                   _trigger(trigger_name(op), f"AFTER {op.upper()}", "ROW", "''", call)
-                   for op in ops)
-    if partitioned and "update" in spec.ops and len(spec.ops) < 3:
-        text += _trigger(trigger_name("moves_begin"), "BEFORE UPDATE", "STATEMENT", "''", call)
-        text += _trigger(trigger_name("moves_end"), "AFTER UPDATE", "STATEMENT", "''", call)
-    return text
-
-
-def durable_block(spec: TableSpec) -> str:
-    """The DO block installing durable capture of one table."""
-    function = f"skor.{quote_ident(capture_function_name(spec.schema, spec.table))}"
-    work = f"""\
-    IF partitioned THEN
-{_function(function, _splice_keys(_durable_body(spec, True)), definer=True)}\
-{_durable_triggers(spec, True, quote_literal(function))}\
-    ELSE
-{_function(function, _splice_keys(_durable_body(spec, False)), definer=True)}\
-{_durable_triggers(spec, False, quote_literal(function))}\
-    END IF;
-{_drop_unwanted(f"p.oid = to_regprocedure({quote_literal(function + '()')})")}"""
-    return _block(spec, "", work)
-
-
-# -- notify mode ---------------------------------------------------------------------------
-
-
-def _notify_body(spec: TableSpec, op: Op, cols: tuple[str, ...] | None) -> str:
-    """Skor's pg_notify payload, naming the configured table; a key change is told as
-    DELETE of the old row and INSERT of the new one, as in durable mode."""
-
-    def notify(event_op: str, var: str) -> str:
-        data = f"{var}" if cols is None else f"({_data(var, cols)})::json"
-        return (f"PERFORM pg_notify('skor', json_build_object('table', "
-                f"{quote_literal(spec.table)}, 'schema', {quote_literal(spec.schema)}, "
-                f"'op', '{event_op}', 'data', {data})::text);")
-
-    lines = ["DECLARE", "    n json;", "    o json;", "BEGIN"]
-    if op == "insert":
-        lines += ["    n := row_to_json(NEW);", "    " + notify("INSERT", "n")]
-    elif op == "delete":
-        lines += ["    o := row_to_json(OLD);", "    " + notify("DELETE", "o")]
-    else:
-        lines += [
-            "    n := row_to_json(NEW);",
-            "    o := row_to_json(OLD);",
-            f"    IF ({_NEW_KEY}) IS DISTINCT FROM ({_OLD_KEY}) THEN",
-            "        " + notify("DELETE", "o"),
-            "        " + notify("INSERT", "n"),
-            "    ELSE",
-            "        " + notify("UPDATE", "n"),
-            "    END IF;",
-        ]
-    lines += ["    RETURN NULL;", "END"]
-    return "\n".join(lines)
-
-
-def notify_block(spec: TableSpec) -> str:
-    """The DO block installing Skor's notify-mode triggers on one table."""
-    work = ""
-    functions = []
-    for op, cols in spec.columns:
-        name = notify_name(spec.schema, spec.table, op)
-        function = qualified(spec.schema, name)
-        functions.append(function + "()")
-        work += _function(function, _splice_keys(_notify_body(spec, op, cols)), definer=False)
-        work += _trigger(TRIGGER_PREFIX + name, f"AFTER {op.upper()}", "ROW", _when(spec, op),
-                         quote_literal(function))
-    matches = " OR ".join(f"p.oid = to_regprocedure({quote_literal(f)})" for f in functions)
-    return _block(spec, "", work + _drop_unwanted(matches))

@@ -46,13 +46,12 @@ from skor_bridge.capture.trigger_config import (
     load_config,
     parse_config,
 )
+from skor_bridge.capture.trigger_modes import durable_block, notify_block
 from skor_bridge.capture.trigger_sql import (
     MAX_NAME_BYTES,
     TRIGGER_PREFIX,
     capture_function_name,
     dollar_quote,
-    durable_block,
-    notify_block,
     notify_name,
     quote_ident,
     quote_literal,
