@@ -263,6 +263,8 @@ class Bridge:
         if self.pruner is not None:
             found = self.pruner.last
             self.metrics.log_bytes.set(found.log_bytes)
+            self.metrics.oldest_snapshot.set(found.outbox.oldest_snapshot_seconds)
+            self.metrics.outbox_dead_tuples.set(found.outbox.dead_tuples)
             for output in self.config.outputs:
                 self.metrics.holding_log.labels(output.name).set(output.name in found.holding)
         for worker in self.workers:

@@ -46,6 +46,12 @@ class Metrics:
         self.log_bytes = Gauge(
             "skor_log_bytes", "Size of the event log on disk, as of the last retention pass.",
             registry=r)
+        self.oldest_snapshot = Gauge(
+            "skor_oldest_snapshot_seconds", "Age of the oldest snapshot another session holds "
+            "in the database (it keeps VACUUM from cleaning the outbox).", registry=r)
+        self.outbox_dead_tuples = Gauge(
+            "skor_outbox_dead_tuples", "Dead rows in skor.outbox, as of the last retention "
+            "pass.", registry=r)
         self.holding_log = Gauge(
             "skor_output_holding_log", "1 when the output has not delivered events that "
             "--retention-size would drop, so the log is kept over its size limit.", ["output"],

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import psycopg2
 
+from skor_bridge.capture.outbox_upkeep import OutboxHealth, upkeep
 from skor_bridge.db import Reconnecting, Stopped, describe
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class Pass:
     log_bytes: int = 0
     #: Outputs holding the log over the size limit (they have not passed what it would drop).
     holding: list[str] = field(default_factory=list)
+    #: The oldest snapshot and the outbox's dead rows (see `outbox_upkeep`).
+    outbox: OutboxHealth = field(default_factory=OutboxHealth)
 
 
 def partitions(cur: cursor) -> list[Partition]:
@@ -177,6 +180,8 @@ class Pruner:
     def __init__(self, config: Config) -> None:
         self.retention = config.retention_seconds
         self.retention_bytes = config.retention_bytes
+        #: Trigger capture writes the outbox; WAL and notify capture do not.
+        self.durable = config.source.mode == "durable"
         #: The latest pass's findings, read by the bridge for metrics and /readyz.
         self.last = Pass()
         self.interval = max(0.1, config.retention_interval)
@@ -200,6 +205,8 @@ class Pruner:
             try:
                 found = self._db.run(
                     lambda cur: prune(cur, self.retention, self.retention_bytes))
+                if self.durable:
+                    found = replace(found, outbox=self._db.run(upkeep))
             except Stopped:
                 return
             except psycopg2.Error as exc:
@@ -215,5 +222,11 @@ class Pruner:
                     log.warning("retention: the log (%d MB) is over --retention-size and kept "
                                 "for output(s) %s, which have not delivered its oldest events",
                                 found.log_bytes // 10**6, ", ".join(found.holding))
+                if found.outbox.compacted:
+                    log.info("retention: compacted the outbox (its dead rows were piling up "
+                             "behind an old snapshot)")
+                warning = found.outbox.warning
+                if warning and self.last.outbox.warning is None:
+                    log.warning("%s", warning)
                 self.last = found
             self._stop.wait(self.interval)

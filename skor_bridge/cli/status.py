@@ -82,7 +82,8 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
     log_line = (
         f"event log: head {log.head}, {log.rows} retained event(s) in {log.partitions} "
         f"partition(s), {size(log.log_bytes)}; outbox: {log.outbox_rows} row(s), "
-        f"{size(log.outbox_bytes)}"
+        f"{size(log.outbox_bytes)}, {log.outbox_dead_tuples} dead; oldest snapshot held by "
+        f"another session: {duration(log.oldest_snapshot_seconds)}"
     )
     slot = snapshot.slot
     if slot is not None:
@@ -101,6 +102,8 @@ def render_status(snapshot: Status, lifecycle: Mapping[str, OutputRow] | None = 
         f"{duration((snapshot.taken_at - o.holding_log_since).total_seconds())} ago): it has "
         "not delivered the events the size limit would drop"
         for o in snapshot.outputs if o.holding_log_since is not None)
+    if snapshot.log.outbox_warning:
+        warnings += f"\nwarning: {snapshot.log.outbox_warning}"
     text = f"{outputs}\n\n{instances}\n\n{log_line}"
     if snapshot.backfills:
         text += "\n\n" + table(

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from skor_bridge.backfill.status import BackfillStatus, backfills
+from skor_bridge.capture.outbox_upkeep import OutboxHealth, check
 from skor_bridge.capture.triggers import capture_problems
 from skor_bridge.capture.wal.slot import SlotStatus, slot_status
 
@@ -105,6 +106,17 @@ class LogStatus:
     log_bytes: int
     outbox_rows: int
     outbox_bytes: int
+    #: Dead rows in the outbox, and the oldest snapshot another session holds (see
+    #: capture.outbox_upkeep): long transactions keep VACUUM from cleaning the outbox.
+    outbox_dead_tuples: int = 0
+    oldest_snapshot_seconds: float = 0.0
+    oldest_snapshot_pid: int | None = None
+    oldest_snapshot_application: str = ""
+
+    @property
+    def outbox_warning(self) -> str | None:
+        return OutboxHealth(self.oldest_snapshot_seconds, self.oldest_snapshot_pid,
+                            self.oldest_snapshot_application, self.outbox_dead_tuples).warning
 
     @property
     def total_bytes(self) -> int:
@@ -158,9 +170,13 @@ def _log(cur: cursor) -> LogStatus:
     assert row is not None
     head, first, partitions, log_bytes, outbox_rows, outbox_bytes = row
     rows = head - first + 1 if first is not None else 0
+    health = check(cur)
     return LogStatus(head=int(head), first=first, rows=int(rows), partitions=int(partitions),
                      log_bytes=int(log_bytes), outbox_rows=int(outbox_rows),
-                     outbox_bytes=int(outbox_bytes))
+                     outbox_bytes=int(outbox_bytes), outbox_dead_tuples=health.dead_tuples,
+                     oldest_snapshot_seconds=health.oldest_snapshot_seconds,
+                     oldest_snapshot_pid=health.oldest_snapshot_pid,
+                     oldest_snapshot_application=health.oldest_snapshot_application)
 
 
 def _outputs(cur: cursor, log: LogStatus) -> list[OutputStatus]:
