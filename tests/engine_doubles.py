@@ -70,6 +70,12 @@ class MemoryFeed:
             self._next_id += 1
         return ids
 
+    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
+                     limit: int) -> list[tuple[int, ChangeEvent]]:
+        return [(i, e) for i, (e, parked) in sorted(self.redeliveries.items())
+                if parked and i > after_id and (e.schema, e.table, e.key) == (
+                    schema, table, row_key)][:limit]
+
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         del self.redeliveries[redelivery_id]
         self.finished.append((redelivery_id, delivered))

@@ -227,3 +227,28 @@ def test_outage_transitions_are_never_summarised_as_repeats():
     # Then an output failing twice within a minute says so twice
     assert [summariser.filter(record(True)) for _ in range(3)] == [True, True, True]
     assert [summariser.filter(record(False)) for _ in range(2)] == [True, False]
+
+
+def test_a_parked_lane_keeps_one_page_in_memory_and_is_read_back_in_order(monkeypatch):
+    from skor_bridge.dispatch import parked
+
+    monkeypatch.setattr(parked, "PAGE", 5)
+    # Given row 0 failing with 200 changes, other rows flowing, and a window of 20
+    failing = {"on": True}
+    events = [change(p, row=0, version=p) for p in range(1, 101)]
+    events += [change(p, row=p) for p in range(101, 151)]
+    events += [change(p, row=0, version=p) for p in range(151, 251)]
+    sink = ScriptedSink(lambda e: (RETRY if failing["on"] and '"id":0' in e.key else DELIVERED,
+                                   0.0))
+    feed = MemoryFeed(events)
+    worker = make_worker(sink, feed, max_in_flight=20)
+    # When the worker runs until the other rows are through and progress is at the end
+    run_until(worker, lambda: feed.committed == 250)
+    # Then row 0's 200 changes are parked, and memory holds only a page of them
+    assert len(feed.redeliveries) == 200
+    assert len(worker.lanes['public.t:{"id":0}']) <= 5
+    # When row 0 recovers, its changes are read back page by page, in order
+    failing["on"] = False
+    run_until(worker, lambda: not feed.redeliveries)
+    assert [e.position for e in sink.delivered if '"id":0' in e.key] == (
+        list(range(1, 101)) + list(range(151, 251)))

@@ -47,6 +47,11 @@ class OutputFeed(Protocol):
         """Persist a stuck row's events outside the position window; their new ids."""
         ...
 
+    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
+                     limit: int) -> list[tuple[int, ChangeEvent]]:
+        """A parked row's next events after `after_id`, oldest first: (id, event)."""
+        ...
+
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         ...
 

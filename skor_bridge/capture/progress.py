@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from skor_bridge.event import ChangeEvent
 
 
+#: Events parked per INSERT statement.
+PARK_CHUNK = 100
+
 #: Longest a busy output's progress stays unwritten.
 PROGRESS_INTERVAL = 0.2
 
@@ -105,6 +108,11 @@ class OutputRecords:
 
         return self._db.run(insert)
 
+    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
+                     limit: int) -> list[tuple[int, ChangeEvent]]:
+        return self._db.run(lambda cur: fetch_parked(
+            cur, self.output, schema, table, row_key, after_id, limit))
+
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         self._db.run(lambda cur: finish_redelivery(
             cur, self.output, redelivery_id, event, delivered))
@@ -167,20 +175,49 @@ def fetch_redeliveries(cur: cursor, output: str, after_id: int, limit: int,
 
 
 def park(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
-    """Copy a stuck row's events into skor.redeliveries, in order; returns their ids."""
-    ids = []
-    for event in events:
-        cur.execute(
-            "INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at,"
-            " schema_name, table_name, op, row_key, data)"
-            " VALUES (%s, 'parked', %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s) RETURNING id",
-            (output, event.position, event.id, event.captured_at, event.schema, event.table,
-             event.op, event.key, event.data),
-        )
-        row = cur.fetchone()
-        assert row is not None
-        ids.append(int(row[0]))
+    """Copy a stuck row's events into skor.redeliveries, in order; returns their ids.
+
+    A statement per PARK_CHUNK events: a row receiving heavy updates parks thousands, and
+    one statement for all would build their data into one huge query string."""
+    ids: list[int] = []
+    for start in range(0, len(events), PARK_CHUNK):
+        ids += _park_chunk(cur, output, events[start:start + PARK_CHUNK])
     return ids
+
+
+def _park_chunk(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
+    cur.execute(
+        "INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at,"
+        " schema_name, table_name, op, row_key, data)"
+        " SELECT %s, 'parked', e.pos, e.event_id::uuid, to_timestamp(e.captured_at),"
+        " e.schema_name, e.table_name, e.op, e.row_key, e.data"
+        " FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[],"
+        " %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
+        " AS e(pos, event_id, captured_at, schema_name, table_name, op, row_key, data, n)"
+        " ORDER BY e.n RETURNING id, pos",
+        (output, [e.position for e in events], [e.id for e in events],
+         [e.captured_at for e in events], [e.schema for e in events],
+         [e.table for e in events], [e.op for e in events], [e.key for e in events],
+         [e.data for e in events]),
+    )
+    # Ids follow the insert's order; mapped by position all the same (a row's log events
+    # have distinct positions), since RETURNING promises no order.
+    by_position = {int(pos): int(row_id) for row_id, pos in cur.fetchall()}
+    return [by_position[e.position] for e in events]
+
+
+def fetch_parked(cur: cursor, output: str, schema: str, table: str, row_key: str | None,
+                 after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+    """A parked row's next events after `after_id`, oldest first: (id, event)."""
+    # Two spellings rather than IS NOT DISTINCT FROM, which the index cannot serve.
+    key_test = "row_key IS NULL AND %s IS NULL" if row_key is None else "row_key = %s"
+    cur.execute(
+        f"SELECT id, {EVENT_COLUMNS} FROM skor.redeliveries"
+        " WHERE output = %s AND reason = 'parked' AND schema_name = %s AND table_name = %s"
+        f" AND {key_test} AND id > %s ORDER BY id LIMIT %s",
+        (output, schema, table, row_key, after_id, limit),
+    )
+    return [(row[0], event_from_row(row[1:])) for row in cur.fetchall()]
 
 
 def finish_redelivery(cur: cursor, output: str, redelivery_id: int, event: ChangeEvent,

@@ -33,6 +33,7 @@ from skor_bridge.config import redact
 from skor_bridge.db import Stopped
 from skor_bridge.dispatch.concurrency import AdaptiveLimit
 from skor_bridge.dispatch.outage import Outage
+from skor_bridge.dispatch.parked import Redeliveries
 from skor_bridge.dispatch.window import Backlog, Pending, Window
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import Outcome, Result
@@ -69,9 +70,6 @@ COMMIT_INTERVAL = 0.05
 
 #: How often a worker looks for events an operator asked to redeliver.
 REDELIVERY_POLL = 1.0
-
-#: Redelivery rows read per query.
-REDELIVERY_CHUNK = 1000
 
 #: An idle worker polls its sink this often, so sinks can keep connections alive
 #: (AMQP heartbeats are serviced only while pika runs).
@@ -126,10 +124,8 @@ class OutputWorker:
         self._delivered_since_commit = 0
         self._last_commit = 0.0
         self._last_empty_fetch = -FETCH_INTERVAL
-        self._redelivery_seen = 0
         self._redelivery_checked = -REDELIVERY_POLL
-        #: Positions of parked events loaded at start-up; the log copy is then skipped.
-        self._parked_positions: set[int] = set()
+        self.redeliveries = Redeliveries(feed, self._enqueue)
         self._started = False
         self._last_poll = time.monotonic()
         self._failure_logged = -FAILURE_LOG_INTERVAL
@@ -247,12 +243,11 @@ class OutputWorker:
         """Read new events into their lanes; True when it blocked waiting for the feed."""
         now = time.monotonic()
         if not self._started:
-            # Parked events are older than anything after the committed position, so they
-            # go into their lanes first.
             self._started = True
-            self._load_redeliveries(now, include_parked=True)
-        elif now - self._redelivery_checked >= REDELIVERY_POLL:
-            self._load_redeliveries(now, include_parked=False)
+            self.redeliveries.start(now, self.committed, self.lanes)
+        if now - self._redelivery_checked >= REDELIVERY_POLL:
+            self._redelivery_checked = now
+            self.redeliveries.poll(now)
         if not self._may_read():
             return False
         busy = bool(self.in_flight or self.ready)
@@ -264,10 +259,12 @@ class OutputWorker:
         now = time.monotonic()
         if not events:
             self._last_empty_fetch = now
+        skipped = self.redeliveries.parked_positions
+        absorbed = self.redeliveries.absorb(events) if self.redeliveries.paged else set()
         for event in events:
             self.window.add(event.position, event.ordering_key)
-            if event.position in self._parked_positions:
-                self._parked_positions.discard(event.position)
+            if event.position in skipped or event.position in absorbed:
+                skipped.discard(event.position)
                 self.window.finish(event.position)
                 continue
             self.window_bytes += len(event.data)
@@ -283,41 +280,24 @@ class OutputWorker:
             full = not self._park_stuck_lane()
         return not full and len(self.ready) < READ_AHEAD * self.concurrency
 
-    def _load_redeliveries(self, now: float, include_parked: bool) -> None:
-        self._redelivery_checked = now
-        while True:
-            found = self.feed.fetch_redeliveries(
-                self._redelivery_seen, REDELIVERY_CHUNK, include_parked)
-            for redelivery_id, event, parked in found:
-                self._redelivery_seen = max(self._redelivery_seen, redelivery_id)
-                if parked:
-                    self._parked_positions.add(event.position)
-                self._enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id,
-                                      parked=parked))
-            # Parked rows are read only at start-up (later polls skip them), so that read
-            # must go to the end; operators' requests may come in chunks, one per poll.
-            if not include_parked or len(found) < REDELIVERY_CHUNK:
-                return
-
     def _park_stuck_lane(self) -> bool:
         """Move the lane holding the oldest unfinished event out of the window.
 
         The window is full because that event keeps failing. Its lane's events are written
         to skor.redeliveries (so they survive a restart and keep their order) and count as
         finished for the position, so every other row keeps flowing; the lane itself stays
-        in memory and goes on retrying in order.
+        in memory (a page of it, see `parked`) and goes on retrying in order.
         """
+        if self.outage.failing:
+            return False  # the whole output is down: the backlog waits in the log instead
         oldest = self.window.oldest()
         if oldest is None:
             return False
         lane = self.lanes.get(oldest[1])
         if not lane or lane[0].attempts == 0:
             return False
-        movable = [p for p in lane if p.redelivery_id is None]
-        ids = self.feed.park([p.event for p in movable])
-        for pending, redelivery_id in zip(movable, ids, strict=True):
-            pending.redelivery_id = redelivery_id
-            pending.parked = True
+        movable = self.redeliveries.park(oldest[1], lane)
+        for pending in movable:
             self.window.finish(pending.event.position)
             self.window_bytes -= len(pending.event.data)
         log.warning("output %s: row %s keeps failing (%s); parked %d of its events so other "
@@ -477,6 +457,8 @@ class OutputWorker:
             self.window_bytes -= len(done.event.data)
         else:
             self.feed.finish_redelivery(done.redelivery_id, done.event, delivered)
+            self.redeliveries.finished(done)
+        self.redeliveries.refill(key, lane, time.monotonic())
         if lane:
             self.ready.append(key)
         else:

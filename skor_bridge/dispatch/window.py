@@ -54,7 +54,8 @@ class Window:
         self.order.append((position, key))
 
     def oldest(self) -> tuple[int, str] | None:
-        return self.order[0] if self.order else None
+        """The oldest event not finished yet."""
+        return next((entry for entry in self.order if entry[0] not in self.finished), None)
 
     def finish(self, position: int) -> None:
         self.finished.add(position)
