@@ -76,9 +76,15 @@ class Backends:
         self.sample()
         return sum(self._last[pid] - first for pid, first in self._first.items())
 
-    def readable(self) -> bool:
-        self.sample()
-        return bool(self._first)
+    def readable(self, timeout: float = 30.0) -> bool:
+        """Whether the bridge's sessions can be read, once it has opened them (its outputs
+        are registered before it becomes active and connects its workers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sample()
+            if len(self._first) >= 2 or time.monotonic() > deadline:
+                return bool(self._first)
+            time.sleep(0.1)
 
 
 def _log_bytes_per_event(ctx: Context) -> float:
@@ -88,7 +94,7 @@ def _log_bytes_per_event(ctx: Context) -> float:
     return float(str(size or 0)) / max(int(str(rows or 0)), 1)
 
 
-def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends) -> list[Row]:
+def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) -> list[Row]:
     options = ctx.options
     ctx.progress(f"database cost: {options.rate:,} events/s for {options.seconds:g} s")
     backends.start()
@@ -109,18 +115,18 @@ def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends) -> list[Row
     ctx.progress(f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms")
     return [
         Row(f"PostgreSQL CPU of the bridge's sessions per event, {options.rate:,} events/s "
-            "(trigger mode)",
+            f"({mode})",
             f"{per_event:.0f} us ({db_cpu / options.seconds * 100:.1f} % of a core; bridge "
             f"process {bridge_used / max(len(commits), 1) * 1e6:.0f} us per event); p99 "
             f"{p99:.1f} ms; {count(len(commits))} events, "
             f"{'none lost' if not lost else f'{count(lost)} LOST'}",
             f"<= {DB_CPU_TARGET_US:g} us, p99 <= {P99_TARGET_MS:g} ms", verdict(ok)),
-        Row("log bytes per event in the user's database (trigger mode)",
+        Row(f"log bytes per event in the user's database ({mode})",
             f"{_log_bytes_per_event(ctx):.0f} bytes (skor.log with its index)"),
     ]
 
 
-def _flat_out(ctx: Context, bridge: BridgeProcess, backends: Backends) -> Row:
+def _flat_out(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) -> Row:
     options = ctx.options
     ctx.progress(f"database cost: {options.flat_out_writers} writers flat out")
     before = ctx.webhook.count()
@@ -131,11 +137,11 @@ def _flat_out(ctx: Context, bridge: BridgeProcess, backends: Backends) -> Row:
     events = ctx.webhook.count() - before
     per_event = db_cpu / max(events, 1) * 1e6
     return Row("PostgreSQL CPU of the bridge's sessions per event, writers flat out "
-               "(trigger mode)",
+               f"({mode})",
                f"{per_event:.0f} us ({count(events)} events; writers at {rate(run.tps, 'tps')})")
 
 
-def _idle(ctx: Context, bridge: BridgeProcess, backends: Backends) -> Row:
+def _idle(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) -> Row:
     ctx.progress(f"database cost: idle for {IDLE_SETTLE + IDLE_SECONDS:g} s")
     time.sleep(IDLE_SETTLE)
     backends.start()
@@ -143,13 +149,14 @@ def _idle(ctx: Context, bridge: BridgeProcess, backends: Backends) -> Row:
     time.sleep(IDLE_SECONDS)
     idle_db = backends.used() / IDLE_SECONDS
     idle_bridge = (bridge.cpu_seconds() - bridge_cpu) / IDLE_SECONDS
-    return Row("idle CPU, nothing written (trigger mode): bridge process / its PostgreSQL "
+    return Row(f"idle CPU, nothing written ({mode}): bridge process / its PostgreSQL "
                "sessions", f"{idle_bridge * 100:.2f} % / {idle_db * 100:.2f} % of one core",
                f"<= {IDLE_TARGET:.0%} each",
                verdict(idle_bridge <= IDLE_TARGET and idle_db <= IDLE_TARGET))
 
 
-def measure(ctx: Context) -> list[Row]:
+def measure(ctx: Context, mode: str = "trigger mode") -> list[Row]:
+    """The rows, labelled with `mode` (the capture ctx.db's bridge phases use)."""
     prepare(ctx, [ctx.webhook])
     bridge = start_bridge(ctx, [ctx.webhook], "webhook-database-cost")
     try:
@@ -159,9 +166,9 @@ def measure(ctx: Context) -> list[Row]:
             ctx.notes.append("Database cost skipped: the bridge's PostgreSQL sessions are "
                              "not processes of this machine (their CPU is read from /proc).")
             return []
-        rows = [_idle(ctx, bridge, backends)]
-        rows += _steady(ctx, bridge, backends)
-        rows.append(_flat_out(ctx, bridge, backends))
+        rows = [_idle(ctx, bridge, backends, mode)]
+        rows += _steady(ctx, bridge, backends, mode)
+        rows.append(_flat_out(ctx, bridge, backends, mode))
         return rows
     finally:
         bridge.stop()

@@ -108,6 +108,10 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     db.mode = "wal"
     if options.runs("latency"):
         rows += [_relabel(row) for row in latency.measure(ctx)]
+    if options.runs("database"):
+        from skor_bridge.bench import footprint
+
+        rows += footprint.measure(ctx, "WAL mode, its own server")
     where = "--wal-dsn" if options.wal_dsn else "a throwaway embedded PostgreSQL"
     main.notes.append(
         f"WAL mode rows: measured on {where} (PostgreSQL {version}, wal_level=logical, fsync "
