@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import psycopg2
 
 from skor_bridge.bench.bridge_proc import cpu_seconds
-from skor_bridge.bench.latency import P99_TARGET_MS, SETTLE, percentile
+from skor_bridge.bench.latency import P99_TARGET_MS, SETTLE, percentile, steady_latencies
 from skor_bridge.bench.report import Row, count, rate, verdict
 from skor_bridge.bench.scratch import TABLE
 from skor_bridge.bench.throughput import _wait_for, prepare, start_bridge
@@ -107,8 +107,8 @@ def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) 
     db_cpu = backends.used()
     bridge_used = bridge.cpu_seconds() - bridge_cpu
     arrivals = ctx.receiver.arrivals()
-    latencies = sorted((arrivals[i] - at) * 1000 for i, at in commits.items() if i in arrivals)
-    lost = len(commits) - len(latencies)
+    latencies = steady_latencies(commits, arrivals)
+    lost = sum(1 for i in commits if i not in arrivals)
     p99 = percentile(latencies, 0.99)
     per_event = db_cpu / max(len(commits), 1) * 1e6
     ok = per_event <= DB_CPU_TARGET_US and p99 <= P99_TARGET_MS and lost == 0

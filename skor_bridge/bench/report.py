@@ -78,7 +78,9 @@ process (`python -m skor_bridge run`); the flat-out figure counts what reaches t
 while `--flat-out-writers` pgbench clients insert, the backlog figure inserts the backlog
 with the bridge stopped and times from the bridge's outputs being ready until the output
 has every event. *Latency*: two paced writer processes note when each INSERT's commit
-returned, the receiver when each row arrived (one clock), joined by row id. *Footprint*:
+returned, the receiver when each row arrived (one clock), joined by row id; the first
+second is not counted in the percentiles (it measures the first change after a quiet
+period, see "What the bridge costs your database"), but must arrive too. *Footprint*:
 the bridge's user+system CPU time and VmHWM from `/proc`. *Database cost*: the CPU time
 (from `/proc`) of the bridge's own PostgreSQL sessions (application_name `skor-bridge ...`)
 while it idles, while paced writers insert at `--rate`, and while writers insert flat out,
