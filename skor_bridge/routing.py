@@ -76,13 +76,13 @@ class Routed(Sink):
     # The submit/poll form of the sink contract.
     def submit(self, ticket: int, event: ChangeEvent) -> None:
         if self._matches(event.schema, event.table):
-            self.inner.submit(ticket, self._shape(event))  # type: ignore[attr-defined]
+            self.inner.submit(ticket, self._shape(event))
         else:
             self._skipped.append((ticket, DELIVERED))
 
     def poll(self, timeout: float) -> list[tuple[int, Result]]:
         done, self._skipped = self._skipped, []
-        return done + self.inner.poll(0 if done else timeout)  # type: ignore[attr-defined]
+        return done + self.inner.poll(0 if done else timeout)
 
 
 def route(sink: Sink, output: OutputConfig, dsn: str) -> Sink:

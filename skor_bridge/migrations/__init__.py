@@ -86,7 +86,7 @@ def _applied(cur: cursor) -> set[int] | None:
     """Versions recorded in the database; None when there is no skor schema at all."""
     cur.execute("SELECT to_regclass('skor.migrations') IS NOT NULL,"
                 " to_regnamespace('skor') IS NOT NULL")
-    has_table, has_schema = cur.fetchone()
+    has_table, has_schema = cur.fetchone() or (False, False)
     if not has_table:
         # A first-release database has the schema but no bookkeeping: nothing recorded.
         return set() if has_schema else None

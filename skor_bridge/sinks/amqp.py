@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pika.channel import Channel
     from pika.connection import Connection
     from pika.frame import Method
-    from pika.spec import Basic, BasicProperties
+    from pika.spec import Basic, BasicProperties, Confirm, Exchange
 
     from skor_bridge.config import AmqpConfig
     from skor_bridge.event import ChangeEvent
@@ -256,8 +256,10 @@ class AmqpSink(Sink):
         self._conn = SelectConnection(
             params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
-        # pika bounds the handshake with stack_timeout; this deadline is only a backstop.
-        self._run(lambda: self._ready or self._failure is not None, params.stack_timeout + 5)
+        # pika bounds the handshake with stack_timeout; this deadline is only a backstop
+        # (also when the URL turned stack_timeout off: None).
+        backstop = (params.stack_timeout or 15.0) + 5
+        self._run(lambda: self._ready or self._failure is not None, backstop)
         if self._ready:
             return None
         error = self._failure or f"timed out connecting to {self.config.safe_url}"
@@ -273,7 +275,8 @@ class AmqpSink(Sink):
                 if not self._run(lambda: conn.is_closed, CLOSE_TIMEOUT):
                     # pika has no public abort; a broker that stopped reading (alarm, hung
                     # host) never sends Close-Ok, and the socket must not leak.
-                    conn._terminate_stream(pika.exceptions.ConnectionClosedByClient(200, "drop"))
+                    conn._terminate_stream(  # type: ignore[attr-defined]  # private, unstubbed
+                        pika.exceptions.ConnectionClosedByClient(200, "drop"))
                     self._run(lambda: conn.is_closed, CLOSE_TIMEOUT)
         finally:
             if self._ioloop is not None:
@@ -290,7 +293,7 @@ class AmqpSink(Sink):
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
 
-    def _on_confirm_mode(self, _frame: Method) -> None:
+    def _on_confirm_mode(self, _frame: Method[Confirm.SelectOk]) -> None:
         assert self._channel is not None
         if not self.config.exchange:  # the default exchange, which cannot be declared
             return self._on_declared(None)
@@ -299,7 +302,7 @@ class AmqpSink(Sink):
         self._channel.exchange_declare(self.config.exchange, "topic", durable=True,
                                        passive=self._declared, callback=self._on_declared)
 
-    def _on_declared(self, _frame: Method | None) -> None:
+    def _on_declared(self, _frame: Method[Exchange.DeclareOk] | None) -> None:
         self._declared = True
         self._ready = True
         self._wake()
@@ -327,7 +330,7 @@ class AmqpSink(Sink):
         if tag is not None and tag in self._sent:
             self._sent[tag].returned = True
 
-    def _on_confirm(self, frame: Method) -> None:
+    def _on_confirm(self, frame: Method[Basic.Ack | Basic.Nack]) -> None:
         method = frame.method
         tag: int = method.delivery_tag
         tags = range(self._floor, tag + 1) if method.multiple else (tag,)
@@ -374,7 +377,7 @@ def render(event: ChangeEvent) -> bytes:
     return event.body()
 
 
-def headers(event: ChangeEvent) -> dict[str, object]:
+def headers(event: ChangeEvent) -> dict[str, str | int]:
     return {"schema": event.schema, "table": event.table, "op": event.op,
             "position": event.position, "captured_at": captured_at_text(event)}
 

@@ -47,7 +47,7 @@ def _connect(dsn: str) -> connection:
     return conn
 
 
-def _one(cur: cursor, sql: str, params: object = None) -> object:
+def _one(cur: cursor, sql: str, params: Sequence[object] | None = None) -> object:
     cur.execute(sql, params)
     row = cur.fetchone()
     return row[0] if row else None

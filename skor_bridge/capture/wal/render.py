@@ -140,7 +140,7 @@ _OFFSET = re.compile(r"([+-]\d\d)((?::\d\d){0,2})((?: BC)?)$")
 #: A JSON string as PostgreSQL's escape_json writes it: quotes, backslashes and control
 #: characters escaped, everything else (astral characters too) as it is. (json's C
 #: encoder, as `json.dumps(text, ensure_ascii=False)` uses it, without the call's cost.)
-quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _timestamptz(text: str) -> str:

@@ -167,7 +167,7 @@ class WalReader(Sequencer):
         self._specs: dict[tuple[str, str], TableSpec] = {}
         self._tables: dict[int, Table] = {}
         self._catalog = TypeCatalog(self._lookup_types)
-        self._renderer = Renderer(self._db.run)  # type: ignore[arg-type]
+        self._renderer = Renderer(self._db.run)
         self._tx: _Transaction | None = None
         self._pending: list[Change | MessageEvent] = []
         self._pending_bytes = 0
