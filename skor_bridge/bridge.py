@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from skor_bridge.capture.base import Source
     from skor_bridge.config import Config
 
-log = logging.getLogger("skor_bridge.bridge")
+log = logging.getLogger(__name__)
 
 #: Seconds a graceful stop waits for in-flight deliveries before handing them back.
 GRACEFUL_TIMEOUT = 30.0

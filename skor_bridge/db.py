@@ -17,7 +17,7 @@ from skor_bridge.errors import DatabaseError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-log = logging.getLogger("skor_bridge.db")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ import psycopg2.extensions
 from skor_bridge.db import CONNECTION_ERRORS, SchemaGone, connect, describe, schema_gone
 from skor_bridge.errors import DatabaseError
 
-log = logging.getLogger("skor_bridge.leader")
+log = logging.getLogger(__name__)
 
 #: pg_advisory_lock key of the active instance ("skor" in ASCII, plus one).
 LEADER_LOCK = 0x736B6F73

@@ -173,7 +173,7 @@ def test_an_outage_is_logged_once_probed_one_at_a_time_and_releases_every_row(
     sink = ScriptedSink(lambda e: (RETRY if down["on"] else DELIVERED, 0.001))
     feed = MemoryFeed([change(p, row=p) for p in range(1, 301)])
     worker = make_worker(sink, feed)
-    caplog.set_level(logging.INFO, logger="skor_bridge.delivery")
+    caplog.set_level(logging.INFO, logger="skor_bridge.dispatch")
     # When the worker runs into the outage
     run_until(worker, lambda: worker.outage.failing)
     attempts = len(sink.attempts)
@@ -218,7 +218,7 @@ def test_outage_transitions_are_never_summarised_as_repeats():
     summariser = SummarisingFilter(window=60.0)
 
     def record(transition: bool) -> logging.LogRecord:
-        made = logging.LogRecord("skor_bridge.delivery", logging.WARNING, __file__, 1,
+        made = logging.LogRecord("skor_bridge.dispatch.delivery", logging.WARNING, __file__, 1,
                                  "output %s is failing (%s)", ("out", "HTTP 503"), None)
         if transition:
             made.transition = True

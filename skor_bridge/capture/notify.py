@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from skor_bridge.config import Config
 
-log = logging.getLogger("skor_bridge.capture")
+log = logging.getLogger(__name__)
 
 #: Bytes of events held per output before the oldest are dropped (and counted in the log):
 #: a bound in bytes, since a count of 8 kB rows could hold gigabytes.

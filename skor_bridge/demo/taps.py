@@ -17,7 +17,7 @@ from skor_bridge.errors import SkorError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-log = logging.getLogger("skor_bridge.demo")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Backlog", "OutputWorker", "Pending", "Window"]
 
-log = logging.getLogger("skor_bridge.delivery")
+log = logging.getLogger(__name__)
 
 #: Longest an idle worker sleeps before looking at the feed again.
 IDLE_WAIT = 0.5

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 
-log = logging.getLogger("skor_bridge.delivery")
+log = logging.getLogger(__name__)
 
 #: Marks a log record as a state change, which the log's repeat summariser lets through.
 TRANSITION = {"transition": True}

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from skor_bridge.relay.partitions import Work
 
-log = logging.getLogger("skor_bridge.relay")
+log = logging.getLogger(__name__)
 
 #: Seconds one produce waits for the broker's acknowledgement before trying again.
 _ACK_TIMEOUT = 30.0

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from skor_bridge.relay.partitions import Partitions, Work
     from skor_bridge.sinks.base import Completion, Sink
 
-log = logging.getLogger("skor_bridge.relay")
+log = logging.getLogger(__name__)
 
 #: Longest an idle dispatcher waits before looking at its retries again.
 IDLE_WAIT = 0.5

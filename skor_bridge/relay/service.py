@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from skor_bridge.relay.config import RelayConfig
     from skor_bridge.relay.deadletter import DeadLetters
 
-log = logging.getLogger("skor_bridge.relay")
+log = logging.getLogger(__name__)
 
 
 class Relay:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from skor_bridge.relay.metrics import RelayMetrics
     from skor_bridge.relay.partitions import Partitions
 
-log = logging.getLogger("skor_bridge.relay")
-_librdkafka_log = logging.getLogger("skor_bridge.relay.librdkafka")
+log = logging.getLogger(__name__)
+_librdkafka_log = logging.getLogger(__name__ + ".librdkafka")
 
 #: Consumer settings applied before the user's `--kafka-option`s, which may override them.
 DEFAULTS: dict[str, str] = {

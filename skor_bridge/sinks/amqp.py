@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from skor_bridge.event import ChangeEvent
     from skor_bridge.sinks.base import Completion
 
-log = logging.getLogger("skor_bridge.sinks.amqp")
+log = logging.getLogger(__name__)
 
 #: Longest wait for the broker to confirm a batch; past it the batch is retried.
 CONFIRM_TIMEOUT = 30.0

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from skor_bridge.capture.wal.protocol import Tuple, Value
     from skor_bridge.capture.wal.render import PgType
 
-log = logging.getLogger("skor_bridge.capture.wal")
+log = logging.getLogger(__name__)
 
 #: A row with every value present: text, bytes (binary) or None.
 Row = tuple["Value", ...]

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from skor_bridge.capture.trigger_config import TableSpec
     from skor_bridge.config import Config
 
-log = logging.getLogger("skor_bridge.capture.wal")
+log = logging.getLogger(__name__)
 
 #: Bytes of row data one chunk holds at most (besides `batch_size` events).
 CHUNK_BYTES = 4 * 1024 * 1024
