@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from skor_bridge.bench.outputs import AmqpCounter, KafkaCounter, WebhookCounter
     from skor_bridge.bench.receiver import FastReceiver
     from skor_bridge.bench.scratch import ScratchDatabase
-    from skor_bridge.bench.throughput import Drain
     from skor_bridge.bench.writers import Writers
 
 
@@ -28,6 +27,29 @@ class Progress:
     def __call__(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
         print(f"bench {elapsed:6.1f}s  {message}", file=self.stream, flush=True)
+
+
+@dataclass(frozen=True)
+class Drain:
+    events: int
+    #: From the bridge being ready (outputs registered) until the last event arrived.
+    seconds: float
+    #: From starting the bridge's process until the last event arrived.
+    from_start: float
+    cpu_per_10k: float
+    peak_mb: float
+    received: int
+    duplicates: int
+    #: Share of one core the webhook receiver used meanwhile (when it was an output).
+    receiver_load: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.events - self.received)
 
 
 @dataclass

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from skor_bridge.bench.bridge_proc import BridgeProcess, cpu_seconds
+from skor_bridge.bench.context import Context, Drain
 from skor_bridge.bench.report import Row, count, rate, verdict
 from skor_bridge.bench.scratch import TABLE
 from skor_bridge.bench.writers import insert_backlog
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.context import Context
     from skor_bridge.bench.outputs import Counter
 
 #: Events per second each output must reach (from the issue); None: no target.
@@ -40,29 +40,6 @@ class FlatOut:
     @property
     def lost(self) -> int:
         return max(0, self.expected - self.received)
-
-
-@dataclass(frozen=True)
-class Drain:
-    events: int
-    #: From the bridge being ready (outputs registered) until the last event arrived.
-    seconds: float
-    #: From starting the bridge's process until the last event arrived.
-    from_start: float
-    cpu_per_10k: float
-    peak_mb: float
-    received: int
-    duplicates: int
-    #: Share of one core the webhook receiver used meanwhile (when it was an output).
-    receiver_load: float | None = None
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def lost(self) -> int:
-        return max(0, self.events - self.received)
 
 
 def counters_for(ctx: Context, names: tuple[str, ...]) -> list[Counter]:
