@@ -19,5 +19,7 @@ def backoff_delay(
     retries of many rows that failed together, so a receiver coming back is not hit by a
     synchronised wave.
     """
-    ceiling = min(cap, initial * (2 ** max(0, attempt - 1)))
+    # The exponent is bounded: retrying forever (max_attempts unset) reaches attempt 1025
+    # within hours, and 2.0 ** 1024 overflows a float.
+    ceiling = min(cap, initial * 2.0 ** min(max(0, attempt - 1), 64))
     return (rng or random).uniform(ceiling / 2, ceiling)
