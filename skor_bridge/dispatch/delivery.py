@@ -36,6 +36,7 @@ from skor_bridge.dispatch.outage import Outage
 from skor_bridge.dispatch.parked import Redeliveries
 from skor_bridge.dispatch.window import Backlog, Pending, Window
 from skor_bridge.errors import SinkError
+from skor_bridge.event import OPS
 from skor_bridge.sinks.base import Outcome, Result
 
 if TYPE_CHECKING:
@@ -341,6 +342,13 @@ class OutputWorker:
 
     def _submit(self, key: str, now: float, probe: bool) -> None:
         pending = self.lanes[key][0]
+        if not pending.event.known_op(pending.event.op):
+            # Only a table owner can forge such a row into skor.outbox: refuse it, never
+            # pass it on (a receiver would act on an op it was never promised).
+            if probe:
+                self.outage.probe_in_flight = False  # nothing went out: probe again
+            self._refuse(key, pending)
+            return
         pending.submitted = now
         ticket = next(self._tickets)
         self.in_flight[ticket] = (key, pending, probe)
@@ -428,6 +436,16 @@ class OutputWorker:
             self._paused_until = max(self._paused_until, now + wait)
         self._log_failure(event.id, pending.attempts, error, delay)
         heapq.heappush(self.delayed, (now + delay, next(self._tiebreak), key))
+
+    def _refuse(self, key: str, pending: Pending) -> None:
+        event = pending.event
+        error = (f"unknown op {event.op!r}: the bridge only sends "
+                 f"{', '.join(OPS)}; not sent")
+        self.feed.dead_letter(event, pending.attempts, error)
+        self.metrics.dead_lettered(self.name, event)
+        log.error("output %s: event %s (%s) dead-lettered: %s", self.name, event.id,
+                  event.qualified_table, error)
+        self._finish(key, delivered=False)
 
     def _succeeded(self, now: float, probe: bool) -> None:
         waiting = sum(len(lane) for lane in self.lanes.values()) if self.outage.failing else 0
