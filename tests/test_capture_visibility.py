@@ -102,7 +102,12 @@ def test_install_says_what_it_added_and_removed_and_refuses_an_empty_file(dsn, t
 
 
 @pytest.mark.slow
-def test_run_warns_when_nothing_is_captured(dsn, bridge, receiver):
+def test_run_warns_when_nothing_is_captured(dsn, bridge, receiver, tmp_path):
+    # Given a database whose capture triggers were removed (the skor schema stays)
+    execute(dsn, TABLES)
+    assert cli("triggers", "install", write(tmp_path, [{"table": "orders"}]), "--dsn",
+               dsn).exit_code == 0
+    assert cli("triggers", "uninstall", "--dsn", dsn).exit_code == 0
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     assert "nothing is captured: this database has no capture trigger" in process.log
     assert process.stop() == 0
