@@ -75,8 +75,9 @@ def test_the_benchmark_reports_every_figure_and_leaves_nothing_behind(kafka_brok
     readme.write_text(f"intro\n{report.START}\nNot measured yet.\n{report.END}\nrest\n")
     output = tmp_path / "bench.md"
     # When the benchmark runs with tiny sizes
+    # (the slow-receiver section has fixed sizes, a 45 s outage among them: run on its own)
     process = bench("--seconds", "1", "--backlog", "500", "--rounds", "1", "--no-big-backlog",
-                    "--amqp", AMQP_URL, "--kafka", kafka_broker.bootstrap,
+                    "--skip", "slow", "--amqp", AMQP_URL, "--kafka", kafka_broker.bootstrap,
                     "--output", str(output), "--update-readme", str(readme))
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr
@@ -134,3 +135,32 @@ def test_the_readme_section_is_replaced_between_the_markers_only():
     assert report.replace_section(text, "new\n") == f"a\n{report.START}\nnew\n{report.END}\nb\n"
     with pytest.raises(ValueError):
         report.replace_section("no markers", "new")
+
+
+def test_the_bench_receiver_answers_late_as_asked_and_goes_down_and_up():
+    import http.client
+
+    from skor_bridge.bench.receiver import FastReceiver
+
+    def post(port: int) -> float:
+        started = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/hook", body=b'{"data":{"id":1}}')
+        assert conn.getresponse().status == 200
+        conn.close()
+        return time.monotonic() - started
+
+    with FastReceiver() as receiver:
+        # Given answers delayed by 0.3 s, then a slow tail of every answer 0.5 s late
+        receiver.set_delay(0.3)
+        assert post(receiver.port) >= 0.3
+        receiver.set_delay(0.0, 1.0, 0.5)
+        assert post(receiver.port) >= 0.5
+        receiver.set_delay()
+        assert post(receiver.port) < 0.3
+        # When it goes down, connections are refused; when it is up again, it answers
+        receiver.down()
+        with pytest.raises(OSError):
+            post(receiver.port)
+        receiver.up()
+        assert post(receiver.port) < 1 and receiver.count == 4

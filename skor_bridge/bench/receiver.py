@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import asyncio
 import multiprocessing
+import random
 import re
 import signal
 import time
@@ -50,6 +51,11 @@ class _Log:
         self.count = count
         self.ids = array.array("q")
         self.times = array.array("d")
+        #: Seconds every answer waits, and the share of answers that wait `slow_delay`.
+        self.delay = 0.0
+        self.slow_share = 0.0
+        self.slow_delay = 0.0
+        self.random = random.Random(1)
 
     def reset(self) -> None:
         self.ids = array.array("q")
@@ -58,10 +64,15 @@ class _Log:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, log: _Log) -> None:
+    def __init__(self, log: _Log, connections: set[_Connection]) -> None:
         self.log = log
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.connections = connections
+        connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -90,7 +101,17 @@ class _Connection(asyncio.Protocol):
             del buffer[:start]
             log.count.value += answered
             assert self.transport is not None
-            self.transport.write(RESPONSE * answered)
+            if not log.delay and not log.slow_share:
+                self.transport.write(RESPONSE * answered)
+                return
+            loop = asyncio.get_running_loop()
+            for _ in range(answered):
+                late = log.slow_share and log.random.random() < log.slow_share
+                loop.call_later(log.slow_delay if late else log.delay, self._answer)
+
+    def _answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(RESPONSE)
 
 
 def _serve(pipe: Connection, count: Any) -> None:
@@ -98,9 +119,16 @@ def _serve(pipe: Connection, count: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = asyncio.new_event_loop()
     log = _Log(count)
-    server = loop.run_until_complete(
-        loop.create_server(lambda: _Connection(log), "127.0.0.1", 0, backlog=1024))
-    pipe.send(server.sockets[0].getsockname()[1])
+    connections: set[_Connection] = set()
+
+    def listen(port: int) -> asyncio.Server:
+        return loop.run_until_complete(loop.create_server(
+            lambda: _Connection(log, connections), "127.0.0.1", port, backlog=1024,
+            reuse_address=True))
+
+    server = listen(0)
+    port = server.sockets[0].getsockname()[1]
+    pipe.send(port)
 
     def on_command() -> None:
         try:
@@ -120,6 +148,25 @@ def _serve(pipe: Connection, count: Any) -> None:
             pipe.send(True)
         elif command == "stop":
             loop.stop()
+        elif command == "down":  # as a crashed receiver: refuse and cut connections
+            server.close()
+            for connection in list(connections):
+                if connection.transport is not None:
+                    connection.transport.abort()
+            pipe.send(True)
+        elif command == "up":
+            loop.create_task(_up())
+        elif isinstance(command, tuple) and command[0] == "delay":
+            log.delay, log.slow_share, log.slow_delay = command[1:]
+            pipe.send(True)
+
+    async def _up() -> None:
+        nonlocal server
+        await server.wait_closed()
+        server = await loop.create_server(
+            lambda: _Connection(log, connections), "127.0.0.1", port, backlog=1024,
+            reuse_address=True)
+        pipe.send(True)
 
     loop.add_reader(pipe.fileno(), on_command)
     try:
@@ -182,6 +229,20 @@ class FastReceiver:
 
     def reset(self) -> None:
         self._ask("reset")
+
+    def set_delay(self, delay: float = 0.0, slow_share: float = 0.0,
+                  slow_delay: float = 0.0) -> None:
+        """Answer every request `delay` s late, and a `slow_share` of them `slow_delay` s."""
+        self._pipe.send(("delay", delay, slow_share, slow_delay))
+        self._pipe.recv()
+
+    def down(self) -> None:
+        """Stop listening and cut every connection, as a crashed receiver would."""
+        self._ask("down")
+
+    def up(self) -> None:
+        """Listen again on the same port."""
+        self._ask("up")
 
     def stop(self) -> None:
         if self._process.is_alive():

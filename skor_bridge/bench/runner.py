@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg2
 
-from skor_bridge.bench import footprint, latency, machine, memory, throughput, write_cost
+from skor_bridge.bench import footprint, latency, machine, memory, slow, throughput, write_cost
 from skor_bridge.bench.context import Context, Progress
 from skor_bridge.bench.outputs import AmqpCounter, KafkaCounter, Tansu, WebhookCounter, safe_url
 from skor_bridge.bench.receiver import FastReceiver, measure_ceiling
@@ -135,6 +135,8 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
         rows += throughput.measure(ctx, names)
     if options.runs("latency"):
         rows += latency.measure(ctx)
+    if options.runs("slow"):
+        rows += slow.measure(ctx)
     if options.runs("memory"):
         rows += memory.measure(ctx)
     if options.runs("database"):

@@ -3,7 +3,8 @@
 Like TCP congestion control and vector's adaptive request concurrency: the limit doubles
 per round while the receiver's latency holds (slow start), then grows by one per round;
 it shrinks by a factor when the receiver pushes back (429, 503, a timeout) or when a
-round's mean latency climbs well above the usual (the receiver is queueing our requests).
+round's mean latency climbs well above the usual (the receiver is queueing our requests);
+during slow start a latency climb only ends the doubling.
 A round is about one round trip: as many completions as the limit allows in flight.
 """
 
@@ -57,7 +58,10 @@ class AdaptiveLimit:
             self._decrease(BACKOFF_FACTOR)
         elif (self._baseline is not None and mean > NOISE_FLOOR
               and mean > self._baseline * RISING):
-            self._decrease(LATENCY_FACTOR)
+            if self._slow_start:
+                self._slow_start = False  # end the doubling; shrink only on a second sign
+            else:
+                self._decrease(LATENCY_FACTOR)
         elif self._round_busy >= 0.8 * self._limit:
             step = self._limit if self._slow_start else 1.0
             self._limit = min(float(self.maximum), self._limit + step)
