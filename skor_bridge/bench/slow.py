@@ -54,9 +54,9 @@ def _latencies(ctx: Context, commits: dict[int, float]) -> tuple[list[float], in
 
 def _paced(ctx: Context, what: str, events_per_s: int, delay: float, share: float,
            late: float, judged: int, target_ms: float) -> Row:
-    prepare(ctx, [ctx.webhook])  # type: ignore[list-item]
+    prepare(ctx, [ctx.webhook])
     ctx.receiver.set_delay(delay, share, late)
-    bridge = start_bridge(ctx, [ctx.webhook], f"slow-{events_per_s}")  # type: ignore[list-item]
+    bridge = start_bridge(ctx, [ctx.webhook], f"slow-{events_per_s}")
     try:
         bridge.wait_ready(1)
         ctx.progress(f"slow webhook: {what}, {events_per_s:,} events/s from 4 writers for "
@@ -77,11 +77,11 @@ def _paced(ctx: Context, what: str, events_per_s: int, delay: float, share: floa
 
 
 def _flat_out(ctx: Context) -> Row:
-    prepare(ctx, [ctx.webhook])  # type: ignore[list-item]
+    prepare(ctx, [ctx.webhook])
     ctx.receiver.set_delay(DELAY)
     ctx.progress(f"slow webhook: inserting a backlog of {count(FLAT_OUT_BACKLOG)} events")
     insert_backlog(ctx.db.dsn, TABLE, FLAT_OUT_BACKLOG)
-    bridge = start_bridge(ctx, [ctx.webhook], "slow-flat-out")  # type: ignore[list-item]
+    bridge = start_bridge(ctx, [ctx.webhook], "slow-flat-out")
     try:
         bridge.wait_ready(1)
         started, cpu = time.monotonic(), bridge.cpu_seconds()
@@ -105,9 +105,9 @@ def _flat_out(ctx: Context) -> Row:
 
 
 def _outage(ctx: Context) -> Row:
-    prepare(ctx, [ctx.webhook])  # type: ignore[list-item]
+    prepare(ctx, [ctx.webhook])
     ctx.receiver.set_delay()
-    bridge = start_bridge(ctx, [ctx.webhook], "slow-outage")  # type: ignore[list-item]
+    bridge = start_bridge(ctx, [ctx.webhook], "slow-outage")
     try:
         bridge.wait_ready(1)
         ctx.progress(f"slow webhook: receiver down {OUTAGE_SECONDS:g} s while "
