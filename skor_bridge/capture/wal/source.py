@@ -37,7 +37,7 @@ from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.batch import Renderer
 from skor_bridge.capture.wal.changes import Change, MessageEvent, Table, changes_of
 from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog, renderer
-from skor_bridge.capture.wal.slot import SlotStatus, slot_lost, slot_status
+from skor_bridge.capture.wal.slot import SlotError, SlotStatus, slot_lost, slot_status
 from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
 from skor_bridge.errors import DatabaseError, StartupError
@@ -226,14 +226,16 @@ class WalReader(Sequencer):
                 try:
                     self._stream()
                     return
+                except SlotError:
+                    raise
                 except (psycopg2.OperationalError, psycopg2.InterfaceError,
                         DatabaseError) as exc:
                     if isinstance(exc, psycopg2.errors.UndefinedObject) or (
                             "does not exist" in str(exc) and "slot" in str(exc)):
                         raise slot_lost(self._slot, "it does not exist on the server any "
                                         "more") from None
-                    if isinstance(exc, DatabaseError) and "replication slot" in str(exc):
-                        raise
+                    # Anything else passes: a lost connection, or the slot still held by
+                    # an instance this one replaced, until the server ends its session.
                     attempt += 1
                     delay = backoff_delay(attempt, 0.2, 5.0)
                     log.warning("WAL reader: replication connection lost (%s); reconnecting "
@@ -280,7 +282,7 @@ class WalReader(Sequencer):
         except psycopg2.errors.ObjectInUse as exc:
             raise DatabaseError(f"replication slot {state.slot} is in use by another "
                                 f"process ({describe(exc)})") from None
-        self._acked = state.lsn
+        self._acked = 0  # the first acknowledgement goes out, even for a re-read
         log.info("reading replication slot %s from %s", state.slot,
                  protocol.format_lsn(state.lsn))
         while not self._stopped.is_set() and not self.stopping.is_set():
