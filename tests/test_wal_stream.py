@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -362,7 +363,7 @@ def test_a_2_000_000_row_transaction_is_captured_with_the_bridge_memory_bounded(
                             if scalar(dsn, "SELECT to_regclass('skor.sequencer') IS NOT NULL")
                             else 0) >= BIG_ROWS, timeout=900, interval=1,
                    message=f"{BIG_ROWS} rows in the log")
-        status = open(f"/proc/{process.proc.pid}/status").read()
+        status = Path(f"/proc/{process.proc.pid}/status").read_text()
     # Then every row is in the log once, and the bridge never held the transaction
     assert scalar(dsn, "SELECT count(*) FROM skor.log") == BIG_ROWS
     peak_kb = int(status.split("VmHWM:")[1].split()[0])
