@@ -104,6 +104,7 @@ def test_the_benchmark_reports_every_figure_and_leaves_nothing_behind(kafka_brok
     assert not database_exists(scratch_name(stderr))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_benchmark_and_drops_its_database(kafka_broker):
     # Given a benchmark in its first runs
     process = bench("--seconds", "30", "--skip", "receiver", "--kafka", kafka_broker.bootstrap)

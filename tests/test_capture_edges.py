@@ -179,6 +179,7 @@ def test_an_update_of_the_primary_key_is_a_delete_of_the_old_key_then_an_insert(
 # -- 9.6 schema changes --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_renaming_or_dropping_captured_columns_never_fails_a_write(db, dsn):
     # Given capture of every column of t and of listed columns of u
     execute(db, "CREATE TABLE t (id int PRIMARY KEY, a text, b text);"

@@ -25,6 +25,7 @@ from tests.helpers import bodies, duplicates, execute, short_retry_config, wait_
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int DEFAULT 0)"
 
 
+@pytest.mark.slow
 def test_rows_written_while_the_bridge_is_down_are_delivered_when_it_starts(
     dsn, capture_table, bridge, receiver
 ):
@@ -50,6 +51,7 @@ def test_rows_written_while_the_bridge_is_down_are_delivered_when_it_starts(
     assert per_row[200] == ["INSERT"]
 
 
+@pytest.mark.slow
 def test_headers_carry_a_stable_event_id_signature_and_custom_headers(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -89,6 +91,7 @@ def test_headers_carry_a_stable_event_id_signature_and_custom_headers(
     assert all(len(i) == 36 for i in seen)
 
 
+@pytest.mark.slow
 def test_a_webhook_answering_503_then_refusing_connections_loses_nothing(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -116,6 +119,7 @@ def test_a_webhook_answering_503_then_refusing_connections_loses_nothing(
     assert got >= set(range(201, 401))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_delivers_every_committed_row(
     dsn, capture_table, bridge, receiver, record_property
 ):
@@ -144,6 +148,7 @@ def test_sigkill_mid_stream_then_restart_delivers_every_committed_row(
     assert dup <= 2000 + 16 * 8
 
 
+@pytest.mark.slow
 def test_concurrent_writers_with_open_transactions_and_rollbacks(
     dsn, capture_table, bridge, receiver
 ):
@@ -188,6 +193,7 @@ def test_concurrent_writers_with_open_transactions_and_rollbacks(
     assert not set(ids) & set(rolled_back)
 
 
+@pytest.mark.slow
 def test_changes_to_one_row_arrive_in_commit_order_under_concurrent_updates(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -226,6 +232,7 @@ def test_changes_to_one_row_arrive_in_commit_order_under_concurrent_updates(
             assert values == list(range(1, len(values) + 1))
 
 
+@pytest.mark.slow
 def test_a_300_kb_row_is_delivered_whole(dsn, capture_table, bridge, receiver):
     capture_table("CREATE TABLE docs (id int PRIMARY KEY, body text)", "docs")
     bridge("--dsn", dsn, "--webhook", receiver.url)
@@ -235,6 +242,7 @@ def test_a_300_kb_row_is_delivered_whole(dsn, capture_table, bridge, receiver):
     assert json.loads(receiver.delivered()[0].body)["data"]["body"] == big
 
 
+@pytest.mark.slow
 def test_many_huge_rows_arrive_while_the_bridge_memory_stays_bounded(
     dsn, capture_table, bridge, receiver
 ):
@@ -252,6 +260,7 @@ def test_many_huge_rows_arrive_while_the_bridge_memory_stays_bounded(
     assert peak_kb < 150 * 1024, f"peak memory {peak_kb} kB"
 
 
+@pytest.mark.slow
 def test_max_attempts_dead_letters_and_later_changes_of_the_row_still_flow(
     dsn, capture_table, bridge, tmp_path, db
 ):
@@ -307,6 +316,7 @@ def test_a_malformed_dsn_is_a_config_error(bridge):
     assert "s3cret" not in process.log and process.log.startswith("error: --dsn:")
 
 
+@pytest.mark.slow
 def test_skor_positional_form_and_docker_variables_work(dsn, capture_table, bridge, receiver):
     capture_table(TABLE, "items")
     # Skor's positional form: skor-bridge run DSN URL
@@ -323,6 +333,7 @@ def test_skor_positional_form_and_docker_variables_work(dsn, capture_table, brid
     assert receiver.wait_for(2)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_with_exit_0_and_saves_progress(
     dsn, capture_table, bridge, receiver, db
 ):
@@ -341,6 +352,7 @@ def test_sigterm_stops_cleanly_with_exit_0_and_saves_progress(
     assert receiver.count == 50
 
 
+@pytest.mark.slow
 def test_two_bridges_deliver_once_and_the_standby_takes_over_after_sigkill(
     dsn, capture_table, bridge, receiver
 ):
@@ -363,6 +375,7 @@ def test_two_bridges_deliver_once_and_the_standby_takes_over_after_sigkill(
     assert ids == set(range(1, 401))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", ["*", ["id", "name"]])
 def test_notify_mode_delivers_skor_payloads_while_listening(
     dsn, capture_table, bridge, receiver, columns
@@ -395,6 +408,7 @@ class StuckRow:
         return 503 if self._stuck.is_set() and event["data"]["id"] == self.row_id else 200
 
 
+@pytest.mark.slow
 def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
     dsn, capture_table, bridge, tmp_path, db
 ):
@@ -431,6 +445,7 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
             assert cur.fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_parked_events_survive_a_restart_and_keep_their_order(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -472,6 +487,7 @@ def certificate(tmp_path):
     return cert, key
 
 
+@pytest.mark.slow
 def test_an_https_webhook_is_verified_against_the_given_ca_file(
     dsn, capture_table, bridge, certificate, tmp_path
 ):

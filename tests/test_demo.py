@@ -80,6 +80,7 @@ def catalog(dsn: str) -> dict[str, list]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_the_demo_delivers_every_change_on_an_embedded_postgres_and_removes_it():
     # When the demo runs on its own embedded PostgreSQL and makes 20 changes
     result = demo("--events", "20", "--exit")
@@ -99,6 +100,7 @@ def test_the_demo_delivers_every_change_on_an_embedded_postgres_and_removes_it()
     assert servers_in(directory) == []
 
 
+@pytest.mark.slow
 def test_the_demo_also_publishes_to_rabbitmq_and_kafka_and_reads_both_back(
     amqp_url, kafka_broker
 ):
@@ -118,6 +120,7 @@ def test_the_demo_also_publishes_to_rabbitmq_and_kafka_and_reads_both_back(
     assert "skor-demo.public.orders" not in topics.topics
 
 
+@pytest.mark.slow
 def test_the_demo_on_a_given_database_drops_its_table_and_touches_nothing_else(dsn, db):
     # Given a database with a table of its own
     with db.cursor() as cur:
@@ -137,6 +140,7 @@ def test_the_demo_on_a_given_database_drops_its_table_and_touches_nothing_else(d
     assert after == before
 
 
+@pytest.mark.slow
 def test_the_demo_refuses_a_database_whose_capture_triggers_it_would_replace(
     dsn, capture_table
 ):
@@ -166,6 +170,7 @@ def catalog_triggers(dsn: str) -> list[tuple[str, str]]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_interactive_demo_after_showing_the_users_own_change():
     # Given the interactive demo, waiting for the user's changes. Python keeps ignoring
     # SIGINT if it started ignored (a CI job in the background), so the handler is set.

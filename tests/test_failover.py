@@ -9,6 +9,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from tests.fixtures_bridge import active_and_standby
 from tests.helpers import execute, wait_until
@@ -50,6 +51,7 @@ class PositionWatch:
         conn.close()
 
 
+@pytest.mark.slow
 def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
     dsn, capture_table, bridge, receiver
 ):
@@ -81,6 +83,7 @@ def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
     assert "is now active" in standby.log
 
 
+@pytest.mark.slow
 def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
     dsn, capture_table, bridge, receiver
 ):
@@ -105,6 +108,7 @@ def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
     assert receiver.wait_for(200) and len(receiver.delivered()) == 200
 
 
+@pytest.mark.slow
 def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never_goes_back(
     dsn, capture_table, bridge, receiver
 ):
@@ -145,6 +149,7 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
     assert positions.seen[-1] == 300
 
 
+@pytest.mark.slow
 def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_one(
     dsn, capture_table, bridge, tmp_path
 ):

@@ -8,6 +8,7 @@ import threading
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from skor_bridge.receiver import Receiver
@@ -40,6 +41,7 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     }
 
 
+@pytest.mark.slow
 def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -97,6 +99,7 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
         assert get(f"http://127.0.0.1:{port}/nope")[0] == 404
 
 
+@pytest.mark.slow
 def test_a_standby_answers_probes_and_reports_its_role(dsn, capture_table, bridge, receiver):
     # Given an active bridge
     capture_table(TABLE, "items")
@@ -113,6 +116,7 @@ def test_a_standby_answers_probes_and_reports_its_role(dsn, capture_table, bridg
     assert scrape(port)[("skor_active", "")] == 0
 
 
+@pytest.mark.slow
 def test_a_metrics_port_in_use_fails_at_start_in_one_line(dsn, bridge, receiver):
     # Given a port something else listens on
     with socket.socket() as busy:
@@ -128,6 +132,7 @@ def test_a_metrics_port_in_use_fails_at_start_in_one_line(dsn, bridge, receiver)
         f"error: metrics port {port}: Address already in use"]
 
 
+@pytest.mark.slow
 def test_json_logs_are_one_object_per_line_and_never_show_a_password(
     dsn, capture_table, bridge, tmp_path
 ):

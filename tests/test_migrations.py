@@ -62,6 +62,7 @@ def test_an_up_to_date_database_is_checked_without_taking_the_ddl_lock(dsn):
         holder.close()
 
 
+@pytest.mark.slow
 def test_a_schema_newer_than_the_code_is_refused_with_one_line(dsn):
     _migrate(dsn)
     execute(dsn, "INSERT INTO skor.migrations (version, name) VALUES (999, 'from_the_future')")

@@ -23,6 +23,7 @@ def test_ordinary_times_are_kept():
     assert parse_time("9999-12-31T00:00:00Z") == datetime(9999, 12, 31, tzinfo=UTC)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("since", ["99999999999d", "99999999999999s", "0001-01-01"])
 def test_replay_with_a_huge_or_ancient_since_answers_in_one_line(db, dsn, since):
     with db.cursor() as cur:

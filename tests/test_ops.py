@@ -33,6 +33,7 @@ def listed(dsn, *args):
     return json.loads(result.stdout)["events"]
 
 
+@pytest.mark.slow
 def test_status_and_events_list_report_pending_delivered_and_dead_events_exactly(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -119,6 +120,7 @@ def test_status_and_events_list_report_pending_delivered_and_dead_events_exactly
     assert doc["log"]["outbox_rows"] == 2
 
 
+@pytest.mark.slow
 def test_parked_events_of_a_stuck_row_count_as_pending_until_delivered(
     dsn, capture_table, bridge, tmp_path
 ):
@@ -166,6 +168,7 @@ def test_parked_events_of_a_stuck_row_count_as_pending_until_delivered(
             range(1, 33))
 
 
+@pytest.mark.slow
 def test_retrying_dead_letters_delivers_them_again_with_their_original_event_ids(
     dsn, capture_table, bridge
 ):
@@ -209,6 +212,7 @@ def test_retrying_dead_letters_delivers_them_again_with_their_original_event_ids
     assert "1 id(s) skipped" in result.stderr
 
 
+@pytest.mark.slow
 def test_replay_delivers_one_tables_delivered_events_again_in_order_with_the_same_ids(
     dsn, capture_table, bridge, receiver, monkeypatch
 ):

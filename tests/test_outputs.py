@@ -18,6 +18,7 @@ from tests.helpers import execute, short_retry_config, wait_delivered
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int DEFAULT 0)"
 
 
+@pytest.mark.slow
 def test_inserts_updates_and_deletes_reach_rabbitmq_with_routing_keys_and_properties(
     dsn, capture_table, bridge, amqp_queue, amqp_url
 ):
@@ -50,6 +51,7 @@ def test_inserts_updates_and_deletes_reach_rabbitmq_with_routing_keys_and_proper
     assert ops[1] == ["INSERT", "UPDATE"] and ops[1000] == ["INSERT", "DELETE"]
 
 
+@pytest.mark.slow
 def test_inserts_and_repeated_updates_reach_kafka_one_partition_per_row_in_order(
     dsn, capture_table, bridge, kafka_broker, kafka_topic
 ):
@@ -77,6 +79,7 @@ def test_inserts_and_repeated_updates_reach_kafka_one_partition_per_row_in_order
     assert b'{"id":1}' in by_key
 
 
+@pytest.mark.slow
 def test_fan_out_sends_each_event_to_every_output_with_the_same_id_position_and_time(
     dsn, capture_table, bridge, amqp_queue, amqp_url, kafka_broker, kafka_topic, receiver
 ):
@@ -111,6 +114,7 @@ def test_fan_out_sends_each_event_to_every_output_with_the_same_id_position_and_
                (m for _, m in webhook.values()))
 
 
+@pytest.mark.slow
 def test_a_failing_webhook_does_not_hold_up_rabbitmq_and_catches_up_in_order(
     dsn, capture_table, bridge, amqp_queue, amqp_url, tmp_path
 ):
@@ -199,6 +203,7 @@ def test_events_written_while_the_exchange_was_deleted_arrive_once_it_is_restore
     assert seen == set(range(11, 61)), process.log
 
 
+@pytest.mark.slow
 def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(
     dsn, capture_table, bridge, kafka_broker_factory, kafka_topic, tmp_path
 ):
@@ -219,6 +224,7 @@ def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(
     assert {json.loads(m.value)["data"]["id"] for m in messages} == set(range(1, 101)), process.log
 
 
+@pytest.mark.slow
 def test_notify_mode_feeds_rabbitmq_the_same_way(
     dsn, capture_table, bridge, amqp_queue, amqp_url
 ):
@@ -232,6 +238,7 @@ def test_notify_mode_feeds_rabbitmq_the_same_way(
                                 "data": {"id": 1, "name": "a", "qty": 0}}
 
 
+@pytest.mark.slow
 def test_a_toml_config_file_describes_several_outputs(
     dsn, capture_table, bridge, amqp_queue, amqp_url, tmp_path
 ):

@@ -37,6 +37,7 @@ def _restart(server) -> None:
            pgdata=server.pgdata, user=server.system_user, timeout=30)
 
 
+@pytest.mark.slow
 def test_a_postgres_restart_is_survived_without_loss_on_postgres_18(
     embedded, bridge, receiver
 ):

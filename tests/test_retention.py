@@ -35,6 +35,7 @@ def remaining(db):
         return [(p.first, p.end) for p in partitions(cur)]
 
 
+@pytest.mark.slow
 def test_prune_drops_only_partitions_every_output_passed_and_retention_released(db):
     # Given 4 partitions of 100 positions, the head at 350, and no output yet
     build_log(db)
@@ -62,6 +63,7 @@ def test_prune_drops_only_partitions_every_output_passed_and_retention_released(
     assert cur.fetchone() == (301, 350, 50)
 
 
+@pytest.mark.slow
 def test_prune_forgets_delivery_stats_older_than_an_hour(db):
     # Given per-second delivery counts from 2 hours and 10 minutes ago
     with db.cursor() as cur:
@@ -133,6 +135,7 @@ def test_the_log_stops_growing_under_steady_load_once_retention_is_reached(
     assert low > 1 and count == high - low + 1
 
 
+@pytest.mark.slow
 def test_prune_by_size_drops_recent_partitions_but_never_what_an_output_needs(db):
     # Given 4 partitions (1-200 an hour old, 201-350 recent), the head at 350
     build_log(db)

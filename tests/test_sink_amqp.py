@@ -327,6 +327,7 @@ def small_max_message_size():
         set_size(128 * 1024 * 1024)
 
 
+@pytest.mark.slow
 def test_a_message_over_max_message_size_is_rejected_at_once_and_the_rest_go_on(
     amqp_url, amqp_queue, small_max_message_size
 ):

@@ -40,6 +40,7 @@ def events(count: int) -> list[ChangeEvent]:
                         data=f'{{"id":{i}}}', key=f'{{"id":{i}}}') for i in range(count)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["webhook", "amqp", "kafka"])
 def test_an_unreachable_output_makes_every_event_retry_in_one_line_without_secrets(
     kind, caplog

@@ -94,6 +94,7 @@ def test_changes_of_a_table_without_primary_key_are_keyed_by_table_name(
     assert [json.loads(m.value)["data"]["v"] for m in messages] == list(range(5))
 
 
+@pytest.mark.slow
 def test_the_topic_template_can_route_by_schema_table_and_op(kafka_broker, kafka_topic):
     # Given a template that names schema, table and op
     template = kafka_topic + ".{schema}.{table}.{op}"
@@ -141,6 +142,7 @@ def test_with_create_topics_off_the_sink_leaves_topic_creation_to_the_broker(
     assert kafka_broker.partitions(kafka_topic) not in (0, 5)
 
 
+@pytest.mark.slow
 def test_a_broker_that_is_down_yields_retry_in_bounded_time_and_delivery_once_it_is_up(
     kafka_broker_factory, kafka_topic, caplog
 ):
@@ -221,6 +223,7 @@ def test_an_option_librdkafka_rejects_raises_sink_error_without_its_value(option
     sink.close()
 
 
+@pytest.mark.slow
 def test_close_never_raises_even_unopened_or_twice(kafka_broker_factory):
     # Given a sink on a broker that never runs, with a record stuck in its queue
     sink = sink_for(kafka_broker_factory().bootstrap, "t", create_topics=False,

@@ -119,6 +119,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_a_hostile_server_is_a_failed_attempt_with_one_line_in_bounded_time_and_memory(name):
     # Given a server that answers in a hostile way, and a 2 s request timeout

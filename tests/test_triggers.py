@@ -226,6 +226,7 @@ def test_row_key_is_the_primary_key_as_compact_json_in_key_order(db, dsn):
     ]
 
 
+@pytest.mark.slow
 def test_rows_of_300_kb_and_5_mb_are_captured_without_error(db, dsn):
     # Given a durable capture
     execute(db, "CREATE TABLE blobs (id int PRIMARY KEY, body text)")
@@ -322,6 +323,7 @@ EVIL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["table", "schema", "column", "update_column"])
 def test_injection_through_a_missing_name_is_a_clear_error_and_harms_nothing(db, dsn, field):
     # Given a victim table and an existing target table
