@@ -252,3 +252,20 @@ def test_a_parked_lane_keeps_one_page_in_memory_and_is_read_back_in_order(monkey
     run_until(worker, lambda: not feed.redeliveries)
     assert [e.position for e in sink.delivered if '"id":0' in e.key] == (
         list(range(1, 101)) + list(range(151, 251)))
+
+
+def test_after_a_restart_parked_events_are_neither_parked_again_nor_sent_twice(monkeypatch):
+    from skor_bridge.dispatch import parked
+
+    monkeypatch.setattr(parked, "PAGE", 3)
+    # Given a crash left row 0's 10 changes parked while progress stayed before them
+    events = [change(p, row=0, version=p) for p in range(1, 11)] + [change(11, row=1)]
+    feed = MemoryFeed(events)
+    feed.park(events[:10])
+    sink = ScriptedSink(lambda e: (DELIVERED, 0.0))
+    worker = make_worker(sink, feed)
+    # When a new worker starts and reads the log from the saved position (0)
+    run_until(worker, lambda: feed.committed == 11 and not feed.redeliveries)
+    # Then row 0's changes went out once each, in order, from the parked copies
+    assert [e.position for e in sink.delivered if '"id":0' in e.key] == list(range(1, 11))
+    assert len(sink.delivered) == 11

@@ -261,7 +261,10 @@ class OutputWorker:
         if not events:
             self._last_empty_fetch = now
         skipped = self.redeliveries.parked_positions
-        absorbed = self.redeliveries.absorb(events) if self.redeliveries.paged else set()
+        absorbed: set[int] = set()
+        if self.redeliveries.paged:
+            # (log copies of events parked before a restart are skipped, not parked again)
+            absorbed = self.redeliveries.absorb([e for e in events if e.position not in skipped])
         for event in events:
             self.window.add(event.position, event.ordering_key)
             if event.position in skipped or event.position in absorbed:
