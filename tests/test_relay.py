@@ -349,3 +349,34 @@ def test_sigterm_during_a_rebalance_commits_what_completed(relay, kafka_broker, 
         again = [i for i in ids[:prefix] if counts[i] > 1]
         assert again == [], "a committed record was delivered again"
     assert prefix_total >= 16
+
+
+def test_cloudevents_written_to_kafka_arrive_as_http_binary_mode_cloudevents(
+    relay, kafka_broker, kafka_topic
+):
+    from cloudevents.v1.http import from_http
+
+    from skor_bridge.formats import render
+
+    # Given events the bridge's Kafka output wrote in the cloudevents format (binary mode)
+    source = "postgresql://127.0.0.1:5432/shop"
+    events = [render(row_event(row, 1), "cloudevents", "kafka", source) for row in (1, 2)]
+    feed(kafka_broker.bootstrap, kafka_topic, events)
+    receiver = Receiver().start()
+    # When a relay delivers them to a webhook
+    relay(f"g-{uuid.uuid4().hex[:8]}", kafka_topic, receiver.url)
+    assert receiver.wait_for(2, timeout=60)
+    # Then each request is a CloudEvent in HTTP binary mode: the SDK reads its attributes
+    # from ce-* headers, and its data is the row
+    by_id = {e.id: e for e in events}
+    for request in receiver.delivered():
+        cloudevent = from_http(request.headers, request.body)
+        original = by_id[cloudevent["id"]]
+        assert cloudevent["specversion"] == "1.0"
+        assert cloudevent["source"] == source
+        assert cloudevent["type"] == "skor.update"
+        assert cloudevent["subject"] == "public.items"
+        assert cloudevent.data == json.loads(original.data)
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["webhook-id"] == original.id
+    receiver.stop()

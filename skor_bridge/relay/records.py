@@ -3,7 +3,10 @@
 The bridge's Kafka output writes one record per event: key = the row's primary key (or
 "schema.table"), value = the body `run` would POST, headers event-id, schema, table, op.
 The relay POSTs that value unchanged, so a webhook behind a relay receives byte for byte
-what it would receive from `run`, and `webhook-id` is the event id the bridge gave the
+what it would receive from `run`. A bridge output in the `cloudevents` format writes Kafka's
+binary mode (the row as the value, the attributes as `ce_*` headers); the relay turns that
+into HTTP's binary mode (`ce-*` headers and the record's content type), so CloudEvents
+receivers read the same event either way. `webhook-id` is the event id the bridge gave the
 event: a record delivered again (after a crash or a rebalance) keeps its id, so receivers
 deduplicate it as they would a retry.
 """
@@ -59,9 +62,22 @@ def work_from(message: Message) -> Work:
         key=_text(key) if key is not None else None,
         captured_at=_captured_at(named.get("captured-at"), stamp),
         raw_body=value if value is not None else b"null",
+        headers=http_headers(headers),
     )
     return Work(topic=topic, partition=partition, offset=offset, key=key, event=event,
                 value=value, headers=headers)
+
+
+def http_headers(headers: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
+    """A record's CloudEvents binary-mode headers as HTTP binary mode has them: `ce_id` is
+    `ce-id` (CloudEvents' Kafka and HTTP bindings), `content-type` stays the content type."""
+    mapped: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name.startswith("ce_"):
+            mapped.append(("ce-" + name[3:], _text(value)))
+        elif name.lower() == "content-type":
+            mapped.append(("Content-Type", _text(value)))
+    return tuple(mapped)
 
 
 def _position(header: bytes | None, offset: int) -> int:
