@@ -69,6 +69,20 @@ def test_schema_changes_mid_stream_are_picked_up_without_a_restart(wal_dsn, brid
     assert len(_log(dsn)) == 6
 
 
+def test_a_table_renamed_mid_stream_is_still_captured_under_its_new_name(wal_dsn, bridge,
+                                                                         receiver):
+    dsn = wal_dsn
+    execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
+    _install(dsn, [{"table": "items"}])
+    bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    execute(dsn, "INSERT INTO items VALUES (1)")
+    assert receiver.wait_for(1, timeout=60)
+    execute(dsn, "ALTER TABLE items RENAME TO things", "INSERT INTO things VALUES (2)")
+    assert receiver.wait_for(2, timeout=60)
+    assert sorted((e["table"], e["data"]["id"]) for e in bodies(receiver)) == [
+        ("items", 1), ("things", 2)]
+
+
 def test_an_unchanged_200_kb_toasted_value_is_delivered_whole_on_update_and_delete(
         wal_dsn, bridge, receiver):
     dsn = wal_dsn

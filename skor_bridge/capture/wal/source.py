@@ -165,6 +165,7 @@ class WalReader(Sequencer):
         self.handlers: dict[str, Callable[[protocol.Message], list[MessageEvent]]] = {}
         self._state: WalState | None = None
         self._specs: dict[tuple[str, str], TableSpec] = {}
+        self._spec_oids: dict[int, TableSpec] = {}
         self._tables: dict[int, Table] = {}
         self._catalog = TypeCatalog(self._lookup_types)
         self._renderer = Renderer(self._db.run)
@@ -197,6 +198,19 @@ class WalReader(Sequencer):
         self._check_server(state)
         self._state = state
         self._specs = {(s.schema, s.table): s for s in parse_config(state.tables)}
+
+        def oids(cur: cursor) -> dict[int, TableSpec]:
+            found = {}
+            for spec in self._specs.values():
+                cur.execute("SELECT to_regclass(%s)::oid", (spec.qualified,))
+                row = cur.fetchone()
+                if row and row[0] is not None:
+                    found[int(row[0])] = spec
+            return found
+
+        # A table renamed since install keeps its OID: it is still captured, under its
+        # new name, as the triggers would capture it.
+        self._spec_oids = self._db.run(oids)
         super().start()
 
     def _check_server(self, state: WalState) -> None:
@@ -395,6 +409,10 @@ class WalReader(Sequencer):
 
     def _relation(self, message: protocol.Relation) -> None:
         spec = self._specs.get((message.schema, message.table))
+        if spec is not None:
+            self._spec_oids.setdefault(message.relid, spec)
+        else:
+            spec = self._spec_oids.get(message.relid)
         if spec is None:
             self._tables.pop(message.relid, None)
             return
@@ -438,9 +456,9 @@ class WalReader(Sequencer):
                 chunk.add(change.event_id or derived, commit_time, change.schema,
                           change.table, change.op, change.key, change.data, change.outputs)
             else:
-                chunk.add(derived, commit_time, change.table.spec.schema,
-                          change.table.spec.table, change.op, render.key(change),
-                          render.data(change))
+                relation = change.table.relation  # (the root of a partition)
+                chunk.add(derived, commit_time, relation.schema, relation.table, change.op,
+                          render.key(change), render.data(change))
         del changes
         # Everything read so far is in this chunk: an open transaction's row messages up
         # to here are in the log once it commits.
