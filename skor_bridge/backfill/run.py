@@ -25,6 +25,7 @@ import psycopg2
 
 from skor_bridge.backfill.table import ROW, Table, resolve
 from skor_bridge.capture.schema import ensure_schema
+from skor_bridge.capture.sequencer import ensure_partitions
 from skor_bridge.config import check_dsn
 from skor_bridge.db import connect, describe
 from skor_bridge.errors import ConfigError, DatabaseError
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 #: second is hashtext of the table's name. `status` looks for it in pg_locks.
 LOCK_CLASS = 0x736B6266
 LOCK_KEY = "hashtext(format('%%I.%%I', %s, %s))"
+
+#: Positions per log partition this command creates in WAL mode when the log needs one
+#: (the bridge's default; partitions of another size next to them are harmless).
+PARTITION_SIZE = 100_000
+
+_EVENT_ID = "md5(%(install_id)s || '.read.' || %(backfill)s || '.' || row_key)::uuid"
 
 #: Seconds without progress of the bridge before the command says what it waits for.
 WAIT_NOTICE = 5.0
@@ -106,9 +113,13 @@ def _run(conn: connection, cur: cursor, request: Request, report: Callable[[Prog
               "backfill": progress.backfill, "outputs": list(outputs) or None,
               "limit": request.chunk_size}
     while not progress.finished and not stop.is_set():
-        _wait_for_bridge(cur, request.chunk_size, waiting, stop)
-        cur.execute(following if progress.rows_sent else first, params)
-        row = cur.fetchone()
+        sql = following if progress.rows_sent else first
+        if table.mode == "wal":
+            row = _send_to_log(cur, sql, params)
+        else:
+            _wait_for_bridge(cur, request.chunk_size, waiting, stop)
+            cur.execute(sql, params)
+            row = cur.fetchone()
         assert row is not None
         progress.rows_sent, progress.finished = int(row[0]), row[1] == "finished"
         report(progress)
@@ -157,16 +168,7 @@ WITH chunk AS MATERIALIZED (
     FROM {table.qualified} AS {ROW}
     {"WHERE " + table.after() if after_last else ""}
     ORDER BY {table.key_values()} LIMIT %(limit)s
-), sent AS (
-    INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data, watermark, event_id,
-                             outputs)
-    SELECT %(schema)s, %(table)s, 'READ', row_key, data,
-           (SELECT next_pos - 1 FROM skor.sequencer),
-           md5(%(install_id)s || '.read.' || %(backfill)s || '.' || row_key)::uuid,
-           %(outputs)s::text[]
-    FROM chunk ORDER BY {keys}
-    RETURNING 1
-), counted AS (
+), {(_LOG_INSERT if table.mode == "wal" else _OUTBOX_INSERT).replace("{keys}", keys)}, counted AS (
     SELECT count(*) AS n FROM sent
 )
 UPDATE skor.backfills SET
@@ -180,6 +182,48 @@ UPDATE skor.backfills SET
 WHERE id = %(backfill)s
 RETURNING rows_sent, status
 """.replace("%(last)s", "(SELECT last_key FROM skor.backfills WHERE id = %(backfill)s)")
+
+
+# Trigger mode: into the outbox, with the watermark, for the sequencer to move.
+_OUTBOX_INSERT = """sent AS (
+    INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data, watermark, event_id,
+                             outputs)
+    SELECT %(schema)s, %(table)s, 'READ', row_key, data,
+           (SELECT next_pos - 1 FROM skor.sequencer), """ + _EVENT_ID + """,
+           %(outputs)s::text[]
+    FROM chunk ORDER BY {keys}
+    RETURNING 1
+)"""
+
+# WAL mode: straight into the log, numbered from the counter row the transaction holds
+# (see `watermark` for why no watermark is needed there).
+_LOG_INSERT = """sent AS (
+    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,
+                          data, outputs)
+    SELECT %(base)s - 1 + row_number() OVER (ORDER BY {keys}), """ + _EVENT_ID + """,
+           clock_timestamp(), %(schema)s, %(table)s, 'READ', row_key, data,
+           %(outputs)s::text[]
+    FROM chunk
+    RETURNING 1
+), moved AS (
+    UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM sent)
+)"""
+
+
+def _send_to_log(cur: cursor, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """One WAL-mode chunk: hold the log's counter row, read the chunk, append it."""
+    try:
+        cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
+        base = int(_first(cur))
+        ensure_partitions(cur, base, base + int(params["limit"]), PARTITION_SIZE)
+        cur.execute(sql, {**params, "base": base})
+        row = cur.fetchone()
+        cur.execute("COMMIT")
+    except BaseException:
+        if not cur.connection.closed:
+            cur.execute("ROLLBACK")
+        raise
+    return row
 
 
 def _wait_for_bridge(cur: cursor, chunk_size: int, waiting: Callable[[str], None],

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from skor_bridge.capture.trigger_config import TableSpec, parse_config
 from skor_bridge.capture.trigger_sql import data_expr, quote_ident, quote_literal
 from skor_bridge.errors import ConfigError
 
@@ -62,6 +63,8 @@ class Table:
     key: tuple[tuple[str, str], ...]
     #: The columns events carry, or None for the whole row.
     columns: tuple[str, ...] | None
+    #: "durable" (capture triggers and the outbox) or "wal" (logical replication).
+    mode: str = "durable"
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"
@@ -116,19 +119,41 @@ def resolve(cur: cursor, schema: str, name: str) -> Table:
         raise ConfigError(f"table: {shown} is not a table")
     cur.execute(_CAPTURE, (oid,))
     capture = cur.fetchone()
-    if capture is None:
-        raise ConfigError(f"table: {shown} is not captured; add it to triggers.json and run "
-                          "`skor-bridge triggers install` first")
-    source, function = capture
-    if not function.startswith("capture_"):
-        raise ConfigError(f"table: {shown} is captured in notify mode, which keeps no log; "
-                          "backfill needs durable mode (`triggers install --mode durable`)")
+    mode = "durable"
+    if capture is not None:
+        source, function = capture
+        if not function.startswith("capture_"):
+            raise ConfigError(f"table: {shown} is captured in notify mode, which keeps no "
+                              "log; backfill needs durable or wal mode")
+        columns = captured_columns(source)
+    else:
+        spec = _wal_spec(cur, schema, name)
+        if spec is None:
+            raise ConfigError(f"table: {shown} is not captured; add it to triggers.json and "
+                              "run `skor-bridge triggers install` first")
+        mode, columns = "wal", spec.columns[0][1]
     cur.execute(_KEY, (oid,))
     key = tuple((str(col), str(kind)) for col, kind in cur.fetchall())
     if not key:
         raise ConfigError(f"table: {shown} has no primary key; backfill reads tables in "
                           "primary-key order and refuses tables without one")
-    return Table(schema, name, key, captured_columns(source))
+    return Table(schema, name, key, columns, mode)
+
+
+def _wal_spec(cur: cursor, schema: str, name: str) -> TableSpec | None:
+    """The table's triggers.json entry as `triggers install --mode wal` recorded it."""
+    cur.execute("SELECT to_regclass('skor.wal_state') IS NOT NULL")
+    row = cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur.execute("SELECT tables FROM skor.wal_state")
+    row = cur.fetchone()
+    if row is None:
+        return None
+    for spec in parse_config(row[0], source="skor.wal_state"):
+        if (spec.schema, spec.table) == (schema, name):
+            return spec
+    return None
 
 
 def captured_columns(source: str) -> tuple[str, ...] | None:

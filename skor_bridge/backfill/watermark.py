@@ -28,6 +28,15 @@ S are not read; their DELETE went before. A key change is a DELETE plus an INSER
 BOARD), both changes of their own keys. Hence the claim, with no table lock and no buffering
 of chunks in the bridge: the database's snapshot is the buffer.
 
+WAL mode has no sequencer: the WAL reader appends each committed transaction to the log, in
+commit order, holding the same counter row. There a chunk is sent in one transaction that
+first takes that row (FOR UPDATE), then reads the chunk in a snapshot S taken after it, and
+appends the READ events to the log itself. The log cannot grow while the row is held, so
+every change committed after S reaches the log after the READ; a change committed before S
+that the reader has not written yet lands after the READ too, but it is no newer than the
+READ, and the row's last change in commit order, which carries the row as it is, comes
+last. So no watermark is needed there; the reader waits at most one chunk's read.
+
 The check reads the log only after the smallest watermark of the round. The backfill sends
 its next chunk only once the previous one has left the outbox, so that range stays short
 (one chunk's worth of log plus the writers' events meanwhile), found by the log's primary

@@ -222,23 +222,28 @@ class Sequencer:
             self._moved.notify_all()
 
     def _ensure_partitions(self, cur: cursor, base: int, until: int) -> None:
+        self._covered_until = ensure_partitions(cur, base, until, self.config.partition_size)
+
+
+def ensure_partitions(cur: cursor, base: int, until: int, size: int) -> int:
+    """Create log partitions so that positions base..until-1 have one; returns the upper
+    bound now covered. Also used by `backfill` in WAL mode, which appends to the log."""
+    cur.execute(
+        "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'skor.log'::regclass"
+    )
+    upper = 1
+    for (bound,) in cur.fetchall():
+        match = _BOUND.search(bound or "")
+        if match:
+            upper = max(upper, int(match[2]))
+    # Partitions below `base` are never needed again (retention may have dropped them
+    # all), so new ones start no lower than the next position.
+    upper = max(upper, base)
+    while upper < until:
         cur.execute(
-            "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
-            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'skor.log'::regclass"
+            f"CREATE TABLE IF NOT EXISTS skor.log_{upper:019d} PARTITION OF skor.log"
+            f" FOR VALUES FROM ({upper}) TO ({upper + size})"
         )
-        upper = 1
-        for (bound,) in cur.fetchall():
-            match = _BOUND.search(bound or "")
-            if match:
-                upper = max(upper, int(match[2]))
-        # Partitions below `base` are never needed again (retention may have dropped them
-        # all), so new ones start no lower than the next position.
-        upper = max(upper, base)
-        size = self.config.partition_size
-        while upper < until:
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS skor.log_{upper:019d} PARTITION OF skor.log"
-                f" FOR VALUES FROM ({upper}) TO ({upper + size})"
-            )
-            upper += size
-        self._covered_until = upper
+        upper += size
+    return upper
