@@ -31,7 +31,7 @@ def backfill(
         "--output", metavar="NAME", show_default=False,
         help="Send only to this output; repeatable. \\[default: every output]")] = None,
     chunk_size: Annotated[int, typer.Option(
-        "--chunk-size", help="Rows read and sent per transaction.")] = 1000,
+        "--chunk-size", metavar="N", help="Rows read and sent per transaction.")] = 1000,
 ) -> None:
     """Send every existing row of a captured table as a READ event, through the log.
 
