@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
-from skor_bridge.backfill.table import ROW, Table, resolve
+from skor_bridge.backfill.table import Table, resolve
 from skor_bridge.capture.schema import ensure_schema
 from skor_bridge.capture.sequencer import ensure_partitions
 from skor_bridge.config import check_dsn
@@ -165,7 +165,7 @@ def _chunk_sql(table: Table, after_last: bool) -> str:
     return f"""
 WITH chunk AS MATERIALIZED (
     SELECT {picked}, {table.row_key()} AS row_key, {table.data()}::text AS data
-    FROM {table.qualified} AS {ROW}
+    FROM {table.source()}
     {"WHERE " + table.after() if after_last else ""}
     ORDER BY {table.key_values()} LIMIT %(limit)s
 ), {(_LOG_INSERT if table.mode == "wal" else _OUTBOX_INSERT).replace("{keys}", keys)}, counted AS (

@@ -1,21 +1,21 @@
 """The table a backfill reads: found in the catalog, checked, and turned into SQL.
 
-A READ must look exactly like the INSERT the capture trigger would write for the same row:
-the same `row_key` (so per-row order and the watermark check match it with the row's live
-changes) and the same `data` (`row_to_json`, restricted to the configured columns). The
-configured columns are read back from the installed capture function rather than from a
-triggers.json the operator may have edited since: what is installed is what the live
-stream sends. Names reach SQL only through `quote_ident`, values only as parameters.
+A READ must look exactly like the INSERT the capture would write for the same row: the
+same `row_key` (so per-row order and the watermark check match it with the row's live
+changes; built by the triggers' own `row_key_sql`) and the same `data` (`row_to_json`,
+restricted to the configured columns). The configuration is the one `triggers install`
+recorded (skor.captured_tables, or skor.wal_state in WAL mode), not a triggers.json the
+operator may have edited since: what is installed is what the live stream sends. Names
+reach SQL only through `quote_ident`, values only as parameters.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from skor_bridge.capture.trigger_config import TableSpec, parse_config
-from skor_bridge.capture.trigger_sql import data_expr, quote_ident, quote_literal
+from skor_bridge.capture.trigger_sql import data_expr, quote_ident, row_key_sql
 from skor_bridge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,9 +30,9 @@ SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relname
 WHERE n.nspname = %s AND c.relname = %s
 """
 
-# The capture function's source, in the order the trigger generator writes its branches.
-_CAPTURE = """
-SELECT p.prosrc, p.proname FROM pg_trigger t
+# Which capture, if any, has a trigger on the table: durable (ours) first.
+_TRIGGER_MODE = """
+SELECT CASE WHEN n.nspname = 'skor' THEN 'durable' ELSE 'notify' END FROM pg_trigger t
 JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE t.tgrelid = %s AND NOT t.tgisinternal
   AND ((n.nspname = 'skor' AND starts_with(p.proname, 'capture_'))
@@ -40,19 +40,20 @@ WHERE t.tgrelid = %s AND NOT t.tgisinternal
 ORDER BY n.nspname = 'skor' DESC LIMIT 1
 """
 
+# Key types with domains resolved, as the capture triggers' canonical keys need them.
 _KEY = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+SELECT a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END,
+                              CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END)
 FROM pg_index i
 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+JOIN pg_type t ON t.oid = a.atttypid
 WHERE i.indrelid = %s AND i.indisprimary
 ORDER BY k.n
 """
 
-# The first data expression of the durable capture function: `row_to_json(NEW)` for every
-# column, or `row_to_json((SELECT r FROM (SELECT NEW."a", NEW."b") AS r))` for some.
-_DATA_LINE = re.compile(r"^\s*(row_to_json\(.*\))::text\);\s*$", re.MULTILINE)
-_COLUMN = re.compile(r'(?:NEW|OLD)\.("(?:[^"]|"")*")')
+#: The row's JSON, computed once per row for its key and its data.
+ROW_JSON = "skor_json.j"
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Table:
     def qualified(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
+    def source(self) -> str:
+        """The FROM clause: the table, and its rows' JSON as `row_to_json` renders it."""
+        return (f"{self.qualified} AS {ROW} CROSS JOIN LATERAL"
+                f" (SELECT row_to_json({ROW}.*) AS j) AS skor_json")
+
     def key_values(self) -> str:
         """The key columns of the current row, comma-separated."""
         return ", ".join(f"{ROW}.{quote_ident(col)}" for col, _ in self.key)
@@ -84,18 +90,13 @@ class Table:
         return f"({self.key_values()}) > ({values})"
 
     def row_key(self) -> str:
-        """The trigger's `row_key` for the current row: `{"id":42}`, built the same way."""
-        parts = []
-        for n, (col, _) in enumerate(self.key):
-            # The name is JSON-escaped by PostgreSQL, as in the trigger, not by Python.
-            parts.append(f"'{'{' if n == 0 else ','}' || to_json({quote_literal(col)}::text)::text"
-                         f" || ':' || to_json({ROW}.{quote_ident(col)})::text")
-        return " || ".join(parts) + " || '}'"
+        """The capture triggers' canonical `row_key`, `{"id":42}`, from their own SQL."""
+        return row_key_sql(ROW_JSON, self.key)
 
     def data(self) -> str:
-        """The trigger's `data` expression for the current row."""
+        """The capture triggers' `data`: the row's JSON, or the configured columns of it."""
         if self.columns is None:
-            return f"row_to_json({ROW}.*)"
+            return f"{ROW_JSON}::text"
         return data_expr(ROW, self.columns)
 
 
@@ -117,27 +118,42 @@ def resolve(cur: cursor, schema: str, name: str) -> Table:
     oid, kind = found
     if kind not in ("r", "p"):
         raise ConfigError(f"table: {shown} is not a table")
-    cur.execute(_CAPTURE, (oid,))
-    capture = cur.fetchone()
-    mode = "durable"
-    if capture is not None:
-        source, function = capture
-        if not function.startswith("capture_"):
-            raise ConfigError(f"table: {shown} is captured in notify mode, which keeps no "
-                              "log; backfill needs durable or wal mode")
-        columns = captured_columns(source)
-    else:
-        spec = _wal_spec(cur, schema, name)
-        if spec is None:
-            raise ConfigError(f"table: {shown} is not captured; add it to triggers.json and "
-                              "run `skor-bridge triggers install` first")
-        mode, columns = "wal", spec.columns[0][1]
+    cur.execute(_TRIGGER_MODE, (oid,))
+    row = cur.fetchone()
+    if row is not None and row[0] == "notify":
+        raise ConfigError(f"table: {shown} is captured in notify mode, which keeps no log; "
+                          "backfill needs durable or wal mode")
+    spec = _recorded_spec(cur, schema, name) if row is not None else _wal_spec(cur, schema, name)
+    if spec is None and row is None:
+        raise ConfigError(f"table: {shown} is not captured; add it to triggers.json and run "
+                          "`skor-bridge triggers install` first")
+    if spec is None:
+        raise ConfigError(f"table: {shown} was captured by an older release, which did not "
+                          "record its columns; run `skor-bridge triggers install` again")
     cur.execute(_KEY, (oid,))
     key = tuple((str(col), str(kind)) for col, kind in cur.fetchall())
     if not key:
         raise ConfigError(f"table: {shown} has no primary key; backfill reads tables in "
                           "primary-key order and refuses tables without one")
-    return Table(schema, name, key, columns, mode)
+    # READ shows the row as an INSERT would (or the first captured operation).
+    return Table(schema, name, key, spec.columns[0][1], "durable" if row else "wal")
+
+
+def _recorded_spec(cur: cursor, schema: str, name: str) -> TableSpec | None:
+    """The table's entry as `triggers install` recorded it in skor.captured_tables."""
+    cur.execute("SELECT to_regclass('skor.captured_tables') IS NOT NULL")
+    exists = cur.fetchone()
+    if not exists or not exists[0]:
+        return None
+    cur.execute("SELECT ops, columns FROM skor.captured_tables WHERE schema_name = %s"
+                " AND table_name = %s", (schema, name))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    ops, columns = row
+    entry = {"schema": schema, "table": name,
+             "columns": {op: "*" if columns.get(op) is None else columns[op] for op in ops}}
+    return parse_config([entry], source="skor.captured_tables")[0]
 
 
 def _wal_spec(cur: cursor, schema: str, name: str) -> TableSpec | None:
@@ -154,16 +170,3 @@ def _wal_spec(cur: cursor, schema: str, name: str) -> TableSpec | None:
         if (spec.schema, spec.table) == (schema, name):
             return spec
     return None
-
-
-def captured_columns(source: str) -> tuple[str, ...] | None:
-    """The columns the capture function's first branch sends (its INSERT when captured)."""
-    match = _DATA_LINE.search(source)
-    if match is None:
-        raise ConfigError("table: the installed capture function has an unknown shape; run "
-                          "`skor-bridge triggers install` again with this version")
-    expr = match[1]
-    if expr in ("row_to_json(NEW)", "row_to_json(OLD)"):  # OLD: only deletes are captured
-        return None
-    return tuple(quoted[1:-1].replace('""', '"') for quoted in _COLUMN.findall(expr))
-
