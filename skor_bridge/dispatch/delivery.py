@@ -271,6 +271,9 @@ class OutputWorker:
                 skipped.discard(event.position)
                 self.window.finish(event.position)
                 continue
+            if not event.is_for(self.name):  # a backfill limited to other outputs
+                self.window.finish(event.position)
+                continue
             self.window_bytes += len(event.data)
             self._enqueue(Pending(event, first_try=now))
         if events:
