@@ -10,7 +10,7 @@ import typer.main
 from skor_bridge.cli import COMMAND_MODULES, app
 
 #: Imported only inside commands: loading them for `--help` costs a visible fraction of a second.
-HEAVY = ("psycopg2", "pika", "confluent_kafka", "prometheus_client", "aiohttp",
+HEAVY = ("psycopg2", "pika", "confluent_kafka", "prometheus_client",
          "skor_bridge.bridge", "skor_bridge.dispatch", "skor_bridge.sinks")
 
 

@@ -3,7 +3,7 @@
 Raw-socket servers answer with endless lines, endless bodies, bytes one at a time,
 smuggling framing or nothing at all. Each must be a failed attempt (RETRY) with a one-line
 error within the request timeout, with the bridge's memory bounded: the sink reads at most
-MAX_BODY of an answer and aiohttp's parser caps lines and headers.
+MAX_BODY of an answer and caps every line, header count and framing element.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """HTTP webhook output: Skor's body, Standard Webhooks headers, hundreds of requests at once.
 
-The HTTP client is aiohttp (see the README's dependency notes): one asyncio loop owned by
-the sink and run only inside `poll()`, in the output's worker thread, over kept-alive
-connections, at most `concurrency` of them. What it does not do, on purpose: follow
-redirects (a 3xx is the answer), read proxies or .netrc from the environment, keep
-cookies, or read more than `MAX_BODY` of an answer (we need only its status).
+The HTTP client is the bounded hand-written one in `sinks/http1.py` (aiohttp cost three to
+four times the CPU per request in the same benchmark run: see the README's dependency
+notes). One asyncio loop is owned by the sink and run only inside `poll()`, in the
+output's worker thread, over kept-alive connections, at most `concurrency` of them. What
+it does not do, on purpose: follow redirects (a 3xx is the answer), read proxies or .netrc
+from the environment, keep cookies, or read more than `http1.MAX_BODY` of an answer (we
+need only its status); a hostile answer (endless lines, smuggling framing, no answer) is a
+failed attempt within the request timeout.
 """
 
 from __future__ import annotations
@@ -17,15 +20,13 @@ import hmac
 import os
 import ssl
 import time
+import urllib.parse
 from typing import TYPE_CHECKING
-
-import aiohttp
-import certifi
-import yarl
 
 from skor_bridge.config import redact, shown_url, signing_key
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import DELIVERED, Outcome, Result, Sink, captured_at_text
+from skor_bridge.sinks.http1 import Http1Client, ProtocolError
 
 if TYPE_CHECKING:
     from skor_bridge.config import WebhookConfig
@@ -40,17 +41,6 @@ PUSHBACK_STATUS = frozenset({429, 503})
 
 #: Headers the sink always sets; a configured header of the same name is replaced.
 FIXED_HEADERS = (("Content-Type", "application/json"), ("User-Agent", "skor-bridge"))
-
-#: Most bytes of an answer's body read (the status is all we need). A longer body is
-#: dropped with its connection rather than read: a hostile receiver cannot grow memory.
-MAX_BODY = 64 * 1024
-
-#: Longest status line or header line accepted in an answer, and most header lines.
-MAX_LINE = 8190
-MAX_HEADERS = 128
-
-#: Kept-alive connections idle this long are closed (receivers often close at 60 s or less).
-KEEPALIVE = 15.0
 
 
 def classify(status: int) -> Outcome:
@@ -86,16 +76,15 @@ class WebhookSink(Sink):
         self.completion_bound = config.timeout + 1.0
         self._key = signing_key(config.secret) if config.secret else None
         self._safe_url = shown_url(config)
-        self._url = yarl.URL(config.url, encoded=True)
         self._headers_fixed: list[tuple[str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Http1Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: list[Completion] = []
         self._wake: asyncio.Event | None = None
 
     def open(self) -> None:
-        if self._session is not None:
+        if self._client is not None:
             return
         fixed = {name.lower() for name, _ in FIXED_HEADERS}
         headers = [(k, v) for k, v in self.config.headers if k.lower() not in fixed]
@@ -107,29 +96,21 @@ class WebhookSink(Sink):
             "".join(v for _, v in headers).encode("latin-1")
         except UnicodeEncodeError:
             raise SinkError("webhook: header values must be Latin-1 text") from None
+        if urllib.parse.urlsplit(self.config.url).username is not None:
+            # Credentials in the URL become the client's Basic authentication; they win.
+            headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         self._headers_fixed = headers
-        context = ssl.create_default_context(cafile=self.config.ca_file or certifi.where())
+        # Headers go with each request (not in the client's fixed prefix), so that an
+        # output format's own (e.g. CloudEvents' content type) can replace a fixed one.
+        self._client = Http1Client(self.config.url, (), self.config.concurrency,
+                                   self.config.timeout, self.config.ca_file)
         self._loop = asyncio.new_event_loop()
-        self._session = self._loop.run_until_complete(self._make_session(context))
         self._wake = asyncio.Event()
 
-    async def _make_session(self, context: ssl.SSLContext) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.config.concurrency, ssl=context, keepalive_timeout=KEEPALIVE)
-        return aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
-            skip_auto_headers=("Accept-Encoding",), max_line_size=MAX_LINE,
-            max_field_size=MAX_LINE, raise_for_status=False)
-
     def submit(self, ticket: int, event: ChangeEvent) -> None:
-        if self._session is None:
+        if self._client is None:
             self.open()
         assert self._loop is not None
-        if not self._tasks:
-            # After an idle spell: let the loop see connections the receiver closed
-            # meanwhile, so they are not picked for this request.
-            self._loop.run_until_complete(asyncio.sleep(0))
         # The body is built once per event: a huge row is not copied again for signing.
         body = render(event)
         task = self._loop.create_task(self._post(ticket, body, self._headers(event, body)))
@@ -155,33 +136,17 @@ class WebhookSink(Sink):
         self._wake.clear()
 
     async def _post(self, ticket: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._client is not None
         try:
-            try:
-                result = await self._attempt(body, headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if isinstance(exc, aiohttp.ClientConnectorError):
-                    raise
-                # A kept-alive connection the receiver closed just as we reused it: once
-                # more on a new one (same webhook-id, so a duplicate is recognisable).
-                result = await self._attempt(body, headers)
+            status, retry_after = await self._client.post(body, headers)
+            result = self._result(status, retry_after)
         except TimeoutError:
             result = Result(Outcome.RETRY, f"timed out after {self.config.timeout:g}s",
                             backpressure=True)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is this attempt's answer
             result = Result(Outcome.RETRY, _one_line(exc))
         self._done.append((ticket, result))
         self._wake.set()
-
-    async def _attempt(self, body: bytes, headers: list[tuple[str, str]]) -> Result:
-        assert self._session is not None
-        async with self._session.post(self._url, data=body, headers=headers,
-                                      allow_redirects=False) as response:
-            # Read (a bounded part of) the body, so the connection can be reused.
-            left = MAX_BODY
-            while left > 0 and await response.content.read(left) != b"":
-                left = MAX_BODY - response.content.total_bytes
-            return self._result(response.status, response.headers.get("Retry-After"))
 
     def _headers(self, event: ChangeEvent, body: bytes) -> list[tuple[str, str]]:
         fixed = self._headers_fixed
@@ -209,7 +174,7 @@ class WebhookSink(Sink):
                       else None)
 
     def close(self) -> None:
-        loop, session, self._loop, self._session = self._loop, self._session, None, None
+        loop, client, self._loop, self._client = self._loop, self._client, None, None
         tasks, self._tasks, self._done = self._tasks, set(), []
         if loop is None:
             return
@@ -218,10 +183,11 @@ class WebhookSink(Sink):
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            if session is not None:
-                loop.run_until_complete(session.close())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        except Exception:  # close() must not raise; the connections are going anyway
+            if client is not None:
+                client.close()
+            # Let the transports run their connection_lost callbacks before the loop goes.
+            loop.run_until_complete(asyncio.sleep(0))
+        except Exception:  # noqa: BLE001 - close() must not raise; the connections are going
             pass
         finally:
             loop.close()
@@ -242,29 +208,17 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    cause: BaseException = exc
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cause = exc.certificate_error
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        text = (f"{cause.verify_message or cause.reason} (for a private CA, give "
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = (f"{exc.verify_message or exc.reason} (for a private CA, give "
                 "--webhook-ca-file)")
-    elif isinstance(cause, ssl.SSLError):
-        text = cause.reason or str(cause)
-    elif isinstance(cause, OSError) and cause.errno is not None:
+    elif isinstance(exc, ssl.SSLError):
+        text = exc.reason or str(exc)
+    elif isinstance(exc, OSError) and exc.errno is not None:
         # asyncio words a refused connection as "Connect call failed ('127.0.0.1', 9)".
-        text = os.strerror(cause.errno)
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        # Raised while parsing the answer: a status line or header that is not HTTP.
-        text = f"invalid HTTP response: {exc.message}"
-    elif isinstance(exc, aiohttp.ClientPayloadError):
-        text = f"invalid HTTP response body: {exc}"
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        text = "the receiver closed the connection without an answer"
-    elif isinstance(exc, aiohttp.ClientOSError):
-        text = "the connection broke while sending the request"  # aiohttp's names the URL
+        text = os.strerror(exc.errno)
+    elif isinstance(exc, ProtocolError):
+        text = str(exc)
     else:
         text = str(exc) or type(exc).__name__
-    first = text.splitlines()[0] if text else type(cause).__name__
-    return redact(f"{type(cause).__name__}: {first}")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return redact(f"{type(exc).__name__}: {first}")
