@@ -343,7 +343,10 @@ class Http1Client:
             self._drop_closed_idle()
         self._active += 1
         try:
-            async with asyncio.timeout_at(deadline):
+            if self._slots.locked():  # every connection busy: wait, within the deadline
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            else:
                 await self._slots.acquire()
             try:
                 return await self._post(loop, payload, deadline)
