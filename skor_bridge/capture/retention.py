@@ -222,9 +222,6 @@ class Pruner:
                     log.warning("retention: the log (%d MB) is over --retention-size and kept "
                                 "for output(s) %s, which have not delivered its oldest events",
                                 found.log_bytes // 10**6, ", ".join(found.holding))
-                if found.outbox.compacted:
-                    log.info("retention: compacted the outbox (its dead rows were piling up "
-                             "behind an old snapshot)")
                 warning = found.outbox.warning
                 if warning and self.last.outbox.warning is None:
                     log.warning("%s", warning)
