@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from skor_bridge.capture import inventory, registry
 from skor_bridge.capture.retention import Pruner
@@ -34,6 +33,7 @@ from skor_bridge.leader import Leadership, instance_tag
 from skor_bridge.metrics import Metrics
 from skor_bridge.migrations import SchemaMissing
 from skor_bridge.routing import route
+from skor_bridge.signals import handle_stop_signals
 from skor_bridge.sinks import load_sink
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Bridge:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or an unrecoverable error (exit 1)."""
-        restore = self._install_signal_handlers()
+        restore = handle_stop_signals(self.stop_requested, self.request_stop)
         health: HealthServer | None = None
         try:
             # Before leader election, so that a standby answers probes too.
@@ -275,43 +275,6 @@ class Bridge:
         if slot is not None:
             self.metrics.wal_slot(slot.retained_bytes,
                                   slot.wal_status if slot.exists else "missing")
-
-    # -- signals ----------------------------------------------------------------------------
-
-    def _install_signal_handlers(self) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handle(signum: int, frame: object) -> None:
-            name = signal.Signals(signum).name
-            if self.stop_requested.is_set():
-                if signum != signal.SIGINT:
-                    # Supervisors may repeat SIGTERM; the drain they asked for goes on.
-                    log.info("received %s again; still stopping", name)
-                    return
-                # A second Ctrl-C means the operator will not wait for the drain (as with
-                # uvicorn). Exiting without saving progress is safe: whatever was in flight
-                # is delivered again after a restart, with the same event ids.
-                log.warning("received %s again; exiting at once without draining", name)
-                logging.shutdown()
-                os._exit(1)
-            # Only set flags here: the main loop does the work outside the signal handler.
-            log.info("received %s; stopping", name)
-            self.request_stop()
-
-        for sig in previous:
-            signal.signal(sig, handle)
-
-        def restore() -> None:
-            # Only an embedding program's own handlers come back. The defaults would turn a
-            # signal that arrives while the process finishes exiting into a kill (exit -15)
-            # or a KeyboardInterrupt traceback; ours just notes that we are stopping.
-            for sig, handler in previous.items():
-                if callable(handler) and handler is not signal.default_int_handler:
-                    signal.signal(sig, handler)
-
-        return restore
 
 
 def _drained(worker: OutputWorker, deadline: float) -> bool:

@@ -11,8 +11,6 @@ Shutdown order, and why (as for the bridge):
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +20,7 @@ from skor_bridge.relay.dispatch import Dispatcher
 from skor_bridge.relay.metrics import RelayMetrics
 from skor_bridge.relay.partitions import Partitions
 from skor_bridge.relay.worker import RelayWorker, consumer_conf
+from skor_bridge.signals import handle_stop_signals
 from skor_bridge.sinks import load_sink
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ class Relay:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (exit 0) or an unrecoverable error (exit 1)."""
-        restore = self._install_signal_handlers()
+        restore = handle_stop_signals(self.stop_requested, self.request_stop)
         health: HealthServer | None = None
         dead_letters = self._dead_letters()
         try:
@@ -105,29 +104,3 @@ class Relay:
         conf = {k: v for k, v in consumer_conf(self.config).items()
                 if k in ("bootstrap.servers",) or k.startswith(("security.", "sasl.", "ssl."))}
         return DeadLetters(self.config.dead_letter_topic, conf)
-
-    def _install_signal_handlers(self) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handle(signum: int, frame: object) -> None:
-            name = signal.Signals(signum).name
-            if self.stop_requested.is_set():
-                # As for `run`: a second signal exits at once. What was not committed is
-                # delivered again by the partitions' next owner, with the same ids.
-                log.warning("received %s again; exiting at once without draining", name)
-                logging.shutdown()
-                os._exit(1)
-            # Only set flags: the consumer loop (or a revocation in progress) does the work.
-            log.info("received %s; stopping", name)
-            self.request_stop()
-
-        for sig in previous:
-            signal.signal(sig, handle)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
