@@ -28,11 +28,11 @@ lint: install
 
 bench: install
 	$(BIN)/skor-bridge bench --big-backlog --update-readme README.md
-	$(BIN)/python -m skor_bridge.bench.relay
+	$(BIN)/python -m skor_bridge.tools.bench.relay
 
 # One relay worker vs two on a 4-partition topic, 50 ms receiver (README: Scaling out).
 bench-relay: install
-	$(BIN)/python -m skor_bridge.bench.relay
+	$(BIN)/python -m skor_bridge.tools.bench.relay
 
 image:
 	docker build -t skor-bridge .

@@ -9,7 +9,7 @@ import uuid
 import psycopg2
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 
 pytest_plugins = [
     "tests.fixtures_amqp", "tests.fixtures_kafka", "tests.fixtures_bridge", "tests.fixtures_wal",

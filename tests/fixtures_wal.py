@@ -9,7 +9,7 @@ import uuid
 import psycopg2
 import pytest
 
-from skor_bridge.bench.logical_pg import SYSTEM_PG15, LogicalServer
+from skor_bridge.tools.bench.logical_pg import SYSTEM_PG15, LogicalServer
 
 
 class _Servers:

@@ -235,7 +235,7 @@ def test_killed_backfill_continues_where_it_stopped(dsn, capture_table, bridge, 
 
 @pytest.mark.slow
 def test_named_outputs_only_receive_the_backfill(dsn, capture_table, bridge, receiver):
-    from skor_bridge.receiver import Receiver
+    from skor_bridge.tools.receiver import Receiver
 
     # Given two webhook outputs and 300 existing rows
     execute(dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g"

@@ -13,7 +13,7 @@ import time
 import psycopg2
 import pytest
 
-from skor_bridge.bench import report
+from skor_bridge.tools.bench import report
 from tests.conftest import ADMIN_DSN
 from tests.fixtures_amqp import AMQP_URL
 
@@ -141,7 +141,7 @@ def test_the_readme_section_is_replaced_between_the_markers_only():
 def test_the_bench_receiver_answers_late_as_asked_and_goes_down_and_up():
     import http.client
 
-    from skor_bridge.bench.receiver import FastReceiver
+    from skor_bridge.tools.bench.receiver import FastReceiver
 
     def post(port: int) -> float:
         started = time.monotonic()

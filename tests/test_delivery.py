@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.fixtures_bridge import active_and_standby
 from tests.helpers import bodies, duplicates, execute, short_retry_config, wait_until
 

@@ -19,8 +19,8 @@ import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from skor_bridge import demo as demo_module
 from skor_bridge.capture import triggers
+from skor_bridge.tools import demo as demo_module
 from tests.fixtures_amqp import amqp_channel
 
 #: A demo run must stay well inside this; the embedded server starts in about a second.

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, short_retry_config, wait_until
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, short_retry_config, wait_until
 
 pytestmark = pytest.mark.slow

@@ -153,7 +153,7 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
 def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_one(
     dsn, capture_table, bridge, tmp_path
 ):
-    from skor_bridge.receiver import Receiver
+    from skor_bridge.tools.receiver import Receiver
     from tests.helpers import short_retry_config
 
     # Given a receiver that refuses version 1 of row 1 for now, and two bridges (2 s

@@ -18,9 +18,9 @@ from skor_bridge import formats
 from skor_bridge.capture import triggers
 from skor_bridge.config import OutputConfig, WebhookConfig
 from skor_bridge.event import ChangeEvent
-from skor_bridge.receiver import Receiver
 from skor_bridge.routing import Routed, matcher, route
 from skor_bridge.sinks.base import DELIVERED, Sink
+from skor_bridge.tools.receiver import Receiver
 from tests.fixtures_kafka import consume
 from tests.helpers import execute, wait_delivered
 

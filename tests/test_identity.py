@@ -11,8 +11,8 @@ import pytest
 from skor_bridge.config import WebhookConfig
 from skor_bridge.errors import ConfigError
 from skor_bridge.identity import derived_name
-from skor_bridge.receiver import Receiver
 from skor_bridge.settings import build_config
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, wait_until
 
 DSN = "dbname=shop"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, short_retry_config, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"

@@ -54,7 +54,7 @@ def test_a_notify_mode_dead_letter_retried_keeps_its_numerics_byte_exact(
 ):
     import json
 
-    from skor_bridge.receiver import Receiver
+    from skor_bridge.tools.receiver import Receiver
     from tests.helpers import execute, scalar, wait_until
     from tests.test_ops import cli
 

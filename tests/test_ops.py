@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from skor_bridge.capture import triggers
 from skor_bridge.cli import app
 from skor_bridge.ops import events as ops_events
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, short_retry_config, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"

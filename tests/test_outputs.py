@@ -10,7 +10,7 @@ from collections import defaultdict
 import pika.exceptions
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.fixtures_amqp import amqp_channel, start_rabbitmq, stop_rabbitmq, wait_for_rabbitmq
 from tests.fixtures_kafka import consume
 from tests.helpers import execute, short_retry_config, wait_delivered

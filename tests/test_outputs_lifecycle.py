@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from skor_bridge.cli import app
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, wait_until
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"

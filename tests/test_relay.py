@@ -24,8 +24,8 @@ import pytest
 
 from skor_bridge.config import KafkaConfig
 from skor_bridge.event import ChangeEvent
-from skor_bridge.receiver import Receiver
 from skor_bridge.sinks.kafka import KafkaSink
+from skor_bridge.tools.receiver import Receiver
 from tests.fixtures_bridge import BridgeProcess
 from tests.fixtures_kafka import consume, free_port
 from tests.helpers import wait_until

@@ -287,9 +287,9 @@ def test_an_unknown_relay_key_in_the_file_is_named(tmp_path: Path):
 
 def test_the_relay_benchmark_receiver_counts_each_webhook_id_once_after_its_delay():
     # Given the benchmark's slow receiver (a real HTTP server in its own process)
-    from skor_bridge.bench.relay import SlowReceiver
     from skor_bridge.config import WebhookConfig
     from skor_bridge.sinks.webhook import WebhookSink
+    from skor_bridge.tools.bench.relay import SlowReceiver
 
     receiver = SlowReceiver(0.05).start()
     try:

@@ -181,7 +181,7 @@ def log_bytes(dsn):
 def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skipped(
     dsn, capture_table, bridge, receiver, tmp_path
 ):
-    from skor_bridge.receiver import Receiver
+    from skor_bridge.tools.receiver import Receiver
     from tests.test_metrics import free_port, get, scrape
 
     # Given a bridge keeping the log under 600 kB (partitions of 100 events, a week of

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, wait_until
 from tests.test_ops import cli
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from skor_bridge.receiver import Receiver
 from skor_bridge.sinks.base import DELIVERED
+from skor_bridge.tools.receiver import Receiver
 from tests.engine_doubles import MemoryFeed, ScriptedSink, change, make_worker, run_until
 from tests.helpers import execute, scalar, wait_until
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from skor_bridge.cli import app
 from skor_bridge.config import redact, redact_url
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import execute, scalar, short_retry_config, wait_until
 
 SECRETS = ("SLACKTOKEN123", "QUERYSECRET", "SIGSECRET", "hunter2")

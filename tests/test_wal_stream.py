@@ -14,11 +14,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from skor_bridge.bench.logical_pg import free_port
 from skor_bridge.capture import triggers
 from skor_bridge.capture.wal import install as wal_install
 from skor_bridge.errors import TriggerError
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.bench.logical_pg import free_port
+from skor_bridge.tools.receiver import Receiver
 from tests.helpers import bodies, execute, scalar, short_retry_config, wait_until
 
 pytestmark = pytest.mark.slow

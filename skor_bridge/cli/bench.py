@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from skor_bridge.bench.options import (
+from skor_bridge.tools.bench.options import (
     DEFAULT_AMQP,
     DEFAULT_DSN,
     SECTIONS,
@@ -74,7 +74,7 @@ def bench(
 
     Example: skor-bridge bench --seconds 5 --skip kafka --output bench.md
     """
-    from skor_bridge.bench.runner import BenchError, run
+    from skor_bridge.tools.bench.runner import BenchError, run
 
     skipped = {part.strip() for item in skip or [] for part in item.split(",") if part.strip()}
     unknown = skipped - set(SECTIONS)

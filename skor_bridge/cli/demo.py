@@ -45,7 +45,7 @@ def demo(
 
     Example: skor-bridge demo --exit
     """
-    from skor_bridge.demo import DemoOptions, run
+    from skor_bridge.tools.demo import DemoOptions, run
 
     options = DemoOptions(dsn=dsn, amqp=amqp, kafka=kafka, events=events, exit=exit_when_done,
                           timeout=timeout, verbose=verbose)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import TextIO
 
-    from skor_bridge.demo.taps import Arrival
+    from skor_bridge.tools.demo.taps import Arrival
 
 #: Columns left out of the printed row summary, to keep lines short.
 _QUIET_COLUMNS = frozenset({"created_at", "updated_at"})

@@ -1,4 +1,4 @@
-"""`python -m skor_bridge.bench.relay`: does a second relay worker double delivery?
+"""`python -m skor_bridge.tools.bench.relay`: does a second relay worker double delivery?
 
 The scenario of issue 14: a topic of 4 partitions holds `--records` records written by the
 bridge's Kafka sink (keyed by row, several versions per row); a receiver answers every
@@ -26,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skor_bridge.bench.bridge_proc import stop_process
-from skor_bridge.bench.outputs import Tansu
+from skor_bridge.tools.bench.bridge_proc import stop_process
+from skor_bridge.tools.bench.outputs import Tansu
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -165,7 +165,7 @@ def measure(workers: int, bootstrap: str, topic: str, receiver: SlowReceiver, re
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skor_bridge.bench.relay",
+    parser = argparse.ArgumentParser(prog="python -m skor_bridge.tools.bench.relay",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--kafka", help="bootstrap servers [default: a Tansu of our own]")
     parser.add_argument("--records", type=int, default=6000)

@@ -19,17 +19,31 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg2
 
-from skor_bridge.bench import footprint, latency, machine, memory, slow, throughput, write_cost
-from skor_bridge.bench.context import Context, Progress
-from skor_bridge.bench.outputs import AmqpCounter, KafkaCounter, Tansu, WebhookCounter, safe_url
-from skor_bridge.bench.receiver import FastReceiver, measure_ceiling
-from skor_bridge.bench.report import Row, rate, render, update_readme, verdict
-from skor_bridge.bench.scratch import TABLE, ScratchDatabase
-from skor_bridge.bench.writers import Writers, pgbench_path
 from skor_bridge.config import redact
+from skor_bridge.tools.bench import (
+    footprint,
+    latency,
+    machine,
+    memory,
+    slow,
+    throughput,
+    write_cost,
+)
+from skor_bridge.tools.bench.context import Context, Progress
+from skor_bridge.tools.bench.outputs import (
+    AmqpCounter,
+    KafkaCounter,
+    Tansu,
+    WebhookCounter,
+    safe_url,
+)
+from skor_bridge.tools.bench.receiver import FastReceiver, measure_ceiling
+from skor_bridge.tools.bench.report import Row, rate, render, update_readme, verdict
+from skor_bridge.tools.bench.scratch import TABLE, ScratchDatabase
+from skor_bridge.tools.bench.writers import Writers, pgbench_path
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.options import BenchOptions
+    from skor_bridge.tools.bench.options import BenchOptions
 
 #: Seconds the receiver's own ceiling is measured for, at most.
 CEILING_SECONDS = 3.0
@@ -142,7 +156,7 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
     if options.runs("database"):
         rows += footprint.measure(ctx)
     if options.runs("wal"):
-        from skor_bridge.bench import wal
+        from skor_bridge.tools.bench import wal
 
         rows += wal.measure(ctx, stack)
     if ceiling is not None:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from skor_bridge.bench.options import BenchOptions
-    from skor_bridge.bench.outputs import AmqpCounter, KafkaCounter, WebhookCounter
-    from skor_bridge.bench.receiver import FastReceiver
-    from skor_bridge.bench.scratch import ScratchDatabase
-    from skor_bridge.bench.writers import Writers
+    from skor_bridge.tools.bench.options import BenchOptions
+    from skor_bridge.tools.bench.outputs import AmqpCounter, KafkaCounter, WebhookCounter
+    from skor_bridge.tools.bench.receiver import FastReceiver
+    from skor_bridge.tools.bench.scratch import ScratchDatabase
+    from skor_bridge.tools.bench.writers import Writers
 
 
 class Progress:

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench.bridge_proc import BridgeProcess, cpu_seconds
-from skor_bridge.bench.context import Context, Drain
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import TABLE
-from skor_bridge.bench.writers import insert_backlog
+from skor_bridge.tools.bench.bridge_proc import BridgeProcess, cpu_seconds
+from skor_bridge.tools.bench.context import Context, Drain
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import TABLE
+from skor_bridge.tools.bench.writers import insert_backlog
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.outputs import Counter
+    from skor_bridge.tools.bench.outputs import Counter
 
 #: Events per second each output must reach (from the issue); None: no target.
 TARGETS: dict[str, float | None] = {"webhook": 4_800, "amqp": 8_000, "kafka": 15_000}

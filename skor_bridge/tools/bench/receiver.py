@@ -1,6 +1,6 @@
 """The benchmark's webhook receiver, in its own process, and a client that measures it.
 
-`skor_bridge.receiver` (http.server, a thread per connection) tops out at a few thousand
+`skor_bridge.tools.receiver` (http.server, a thread per connection) tops out at a few thousand
 requests a second, which would make the receiver, not the bridge, the figure measured.
 This one is an asyncio Protocol that parses only what it must: the header block, the
 Content-Length, and the row's `"id":` in the body. Every request is answered 200 with

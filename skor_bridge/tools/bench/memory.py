@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench.options import BIG_BACKLOG
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.throughput import drain, prepare, start_bridge
+from skor_bridge.tools.bench.options import BIG_BACKLOG
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.throughput import drain, prepare, start_bridge
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.context import Context
+    from skor_bridge.tools.bench.context import Context
 
 #: Peak memory target, MiB.
 MEMORY_TARGET_MB = 150.0

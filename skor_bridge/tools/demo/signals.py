@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from skor_bridge.demo.screen import Screen
+    from skor_bridge.tools.demo.screen import Screen
 
 
 @contextlib.contextmanager

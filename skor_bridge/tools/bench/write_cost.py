@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import CAPTURE_MODES
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import CAPTURE_MODES
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.context import Context
-    from skor_bridge.bench.writers import WriteRun
+    from skor_bridge.tools.bench.context import Context
+    from skor_bridge.tools.bench.writers import WriteRun
 
 #: The durable triggers' target: this share of no-trigger throughput with N writers.
 DURABLE_TARGET = 0.70

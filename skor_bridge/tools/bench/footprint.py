@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from skor_bridge.bench.bridge_proc import cpu_seconds
-from skor_bridge.bench.latency import P99_TARGET_MS, SETTLE, percentile, steady_latencies
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import TABLE
-from skor_bridge.bench.throughput import _wait_for, prepare, start_bridge
-from skor_bridge.bench.writers import run_paced
+from skor_bridge.tools.bench.bridge_proc import cpu_seconds
+from skor_bridge.tools.bench.latency import P99_TARGET_MS, SETTLE, percentile, steady_latencies
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import TABLE
+from skor_bridge.tools.bench.throughput import _wait_for, prepare, start_bridge
+from skor_bridge.tools.bench.writers import run_paced
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.bridge_proc import BridgeProcess
-    from skor_bridge.bench.context import Context
+    from skor_bridge.tools.bench.bridge_proc import BridgeProcess
+    from skor_bridge.tools.bench.context import Context
 
 #: PostgreSQL CPU of the bridge's sessions per event at the steady rate, microseconds.
 DB_CPU_TARGET_US = 150.0

@@ -18,17 +18,17 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench import latency, throughput
-from skor_bridge.bench.context import Context
-from skor_bridge.bench.logical_pg import LogicalServer
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import TABLE, ScratchDatabase
-from skor_bridge.bench.writers import Writers, insert_backlog
 from skor_bridge.capture import triggers
 from skor_bridge.capture.wal import install as wal_install
+from skor_bridge.tools.bench import latency, throughput
+from skor_bridge.tools.bench.context import Context
+from skor_bridge.tools.bench.logical_pg import LogicalServer
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import TABLE, ScratchDatabase
+from skor_bridge.tools.bench.writers import Writers, insert_backlog
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.writers import WriteRun
+    from skor_bridge.tools.bench.writers import WriteRun
 
 #: WAL capture's write-cost target: this share of no-capture throughput with N writers.
 WRITE_TARGET = 0.95
@@ -109,7 +109,7 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     if options.runs("latency"):
         rows += [_relabel(row) for row in latency.measure(ctx)]
     if options.runs("database"):
-        from skor_bridge.bench import footprint
+        from skor_bridge.tools.bench import footprint
 
         rows += footprint.measure(ctx, "WAL mode, its own server")
     where = "--wal-dsn" if options.wal_dsn else "a throwaway embedded PostgreSQL"

@@ -15,15 +15,15 @@ from skor_bridge.config import (
     WebhookConfig,
 )
 from skor_bridge.db import connect
-from skor_bridge.demo.database import scalar
-from skor_bridge.demo.options import AMQP_EXCHANGE, KAFKA_TOPIC, OUTPUT_PREFIX, SCHEMA
 from skor_bridge.errors import SkorError
+from skor_bridge.tools.demo.database import scalar
+from skor_bridge.tools.demo.options import AMQP_EXCHANGE, KAFKA_TOPIC, OUTPUT_PREFIX, SCHEMA
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from skor_bridge.bridge import Bridge
-    from skor_bridge.demo.options import DemoOptions
+    from skor_bridge.tools.demo.options import DemoOptions
 
 #: The demo's bridge keeps the log "forever": it must not drop partitions a real one keeps.
 KEEP_LOG = 100 * 365 * 86400.0

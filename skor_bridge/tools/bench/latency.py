@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import TABLE
-from skor_bridge.bench.throughput import prepare, start_bridge
-from skor_bridge.bench.writers import run_paced
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import TABLE
+from skor_bridge.tools.bench.throughput import prepare, start_bridge
+from skor_bridge.tools.bench.writers import run_paced
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.context import Context
+    from skor_bridge.tools.bench.context import Context
 
 #: p99 target at the fixed rate, in milliseconds.
 P99_TARGET_MS = 10.0

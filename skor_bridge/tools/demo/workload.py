@@ -17,7 +17,7 @@ from skor_bridge.errors import SkorError
 if TYPE_CHECKING:
     from psycopg2.extensions import connection
 
-    from skor_bridge.demo.database import DemoTable
+    from skor_bridge.tools.demo.database import DemoTable
 
 #: One cycle of the demo's changes; an UPDATE or DELETE with no live row becomes an INSERT.
 _PATTERN = ("INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "DELETE")

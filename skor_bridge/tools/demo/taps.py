@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from skor_bridge.config import redact
-from skor_bridge.demo.options import AMQP_EXCHANGE
 from skor_bridge.errors import SkorError
+from skor_bridge.tools.demo.options import AMQP_EXCHANGE
 
 if TYPE_CHECKING:
     from collections.abc import Callable

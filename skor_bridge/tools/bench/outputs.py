@@ -19,12 +19,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from skor_bridge.bench.bridge_proc import stop_process
+from skor_bridge.tools.bench.bridge_proc import stop_process
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from skor_bridge.bench.receiver import FastReceiver
+    from skor_bridge.tools.bench.receiver import FastReceiver
 
 T = TypeVar("T")
 

@@ -14,15 +14,19 @@ import psycopg2
 
 from skor_bridge.config import SourceConfig, redact
 from skor_bridge.db import connect
-from skor_bridge.demo.bridge import BridgeThread, demo_config, target
-from skor_bridge.demo.database import DemoTable, EmbeddedPostgres, scalar
-from skor_bridge.demo.options import KAFKA_TOPIC, OUTPUT_PREFIX, SCHEMA
-from skor_bridge.demo.screen import Screen, percentile
-from skor_bridge.demo.signals import interrupts_deferred, interrupts_held, terminate_as_interrupt
-from skor_bridge.demo.taps import AmqpTap, Arrival, KafkaTap
-from skor_bridge.demo.workload import CommitClock, Workload, body_key
 from skor_bridge.errors import SkorError
-from skor_bridge.receiver import Receiver
+from skor_bridge.tools.demo.bridge import BridgeThread, demo_config, target
+from skor_bridge.tools.demo.database import DemoTable, EmbeddedPostgres, scalar
+from skor_bridge.tools.demo.options import KAFKA_TOPIC, OUTPUT_PREFIX, SCHEMA
+from skor_bridge.tools.demo.screen import Screen, percentile
+from skor_bridge.tools.demo.signals import (
+    interrupts_deferred,
+    interrupts_held,
+    terminate_as_interrupt,
+)
+from skor_bridge.tools.demo.taps import AmqpTap, Arrival, KafkaTap
+from skor_bridge.tools.demo.workload import CommitClock, Workload, body_key
+from skor_bridge.tools.receiver import Receiver
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,8 +34,8 @@ if TYPE_CHECKING:
 
     from psycopg2.extensions import connection
 
-    from skor_bridge.demo.options import DemoOptions
-    from skor_bridge.receiver import Received
+    from skor_bridge.tools.demo.options import DemoOptions
+    from skor_bridge.tools.receiver import Received
 
 #: Seconds between the demo's changes: slow enough to watch, or just enough to be spread.
 INTERACTIVE_PACE = 0.4

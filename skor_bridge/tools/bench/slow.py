@@ -11,14 +11,14 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from skor_bridge.bench.latency import SETTLE, percentile
-from skor_bridge.bench.report import Row, count, rate, verdict
-from skor_bridge.bench.scratch import TABLE
-from skor_bridge.bench.throughput import prepare, start_bridge
-from skor_bridge.bench.writers import insert_backlog, run_paced
+from skor_bridge.tools.bench.latency import SETTLE, percentile
+from skor_bridge.tools.bench.report import Row, count, rate, verdict
+from skor_bridge.tools.bench.scratch import TABLE
+from skor_bridge.tools.bench.throughput import prepare, start_bridge
+from skor_bridge.tools.bench.writers import insert_backlog, run_paced
 
 if TYPE_CHECKING:
-    from skor_bridge.bench.context import Context
+    from skor_bridge.tools.bench.context import Context
 
 #: The receiver's answer delay (seconds) of the 50 ms runs.
 DELAY = 0.05

@@ -16,9 +16,9 @@ import psycopg2.errors
 
 from skor_bridge.capture import triggers
 from skor_bridge.db import connect, describe
-from skor_bridge.demo.options import OUTPUT_PREFIX, SCHEMA
 from skor_bridge.errors import SkorError, StartupError
 from skor_bridge.leader import LEADER_LOCK
+from skor_bridge.tools.demo.options import OUTPUT_PREFIX, SCHEMA
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from skor_bridge.demo.options import AMQP_EXCHANGE, DemoOptions
+from skor_bridge.tools.demo.options import AMQP_EXCHANGE, DemoOptions
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -49,7 +49,7 @@ __all__ = ["AMQP_EXCHANGE", "DemoOptions", "run"]
 def run(options: DemoOptions, out: TextIO) -> int:
     """Run the demo; 0 when it went as asked, 1 when --exit found events missing."""
     from skor_bridge import logs
-    from skor_bridge.demo.runner import Demo
+    from skor_bridge.tools.demo.runner import Demo
 
     logs.configure("INFO" if options.verbose else "WARNING")
     return Demo(options, out).run()

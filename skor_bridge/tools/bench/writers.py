@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 import psycopg2.extensions
 
-from skor_bridge.bench.bridge_proc import stop_process
+from skor_bridge.tools.bench.bridge_proc import stop_process
 
 if TYPE_CHECKING:
     from collections.abc import Callable
