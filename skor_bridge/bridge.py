@@ -58,8 +58,9 @@ class Bridge:
     def __init__(self, config: Config, instance: str | None = None) -> None:
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Every session of this instance carries its tag, for fencing (see `leader`).
-        self.config = replace(config, source=replace(
-            config.source, instance_tag=instance_tag(self.instance)))
+        self.config = replace(
+            config, source=replace(config.source, instance_tag=instance_tag(self.instance))
+        )
         self.metrics = Metrics()
         for output in config.outputs:
             self.metrics.add_output(output.name)
@@ -83,8 +84,12 @@ class Bridge:
         try:
             # Before leader election, so that a standby answers probes too.
             if self.config.metrics_port is not None:
-                health = HealthServer(self.metrics.registry, self.readiness,
-                                      self.config.metrics_port, self.config.metrics_host).start()
+                health = HealthServer(
+                    self.metrics.registry,
+                    self.readiness,
+                    self.config.metrics_port,
+                    self.config.metrics_host,
+                ).start()
             self.startup()
             leadership = Leadership(
                 self.config.source.dsn, self.instance, self.config.failover_timeout
@@ -114,9 +119,12 @@ class Bridge:
         head = None if source is None else source.head
         pruner = self.pruner
         ready, body = readiness(
-            self.active, self.instance, source is not None and source.healthy(),
+            self.active,
+            self.instance,
+            source is not None and source.healthy(),
             [(w.name, w.failed is not None, w.backlog(head)) for w in list(self.workers)],
-            holding=pruner.last.holding if pruner is not None else [])
+            holding=pruner.last.holding if pruner is not None else [],
+        )
         slot_report = getattr(source, "slot_report", None)
         if self.active and slot_report is not None:  # WAL mode: the slot's retained WAL
             slot_ok, body["slot"] = slot_report()
@@ -144,23 +152,31 @@ class Bridge:
                         "no skor schema in this database: install the triggers first "
                         "(skor-bridge triggers install triggers.json --dsn ...); the bridge "
                         "does not create it, so that a purged database is not started "
-                        "again from nothing") from None
+                        "again from nothing"
+                    ) from None
                 if self.mode == "durable" and wal_installed(cur):
                     self.mode = "wal"
                 if self.mode in ("durable", "wal"):
                     registry.register(cur, self.config, self.instance)
                 if self.mode != "wal" and inventory.nothing_captured(cur):
-                    log.warning("nothing is captured: this database has no capture trigger; "
-                                "install them with: skor-bridge triggers install "
-                                "triggers.json --dsn ...")
+                    log.warning(
+                        "nothing is captured: this database has no capture trigger; "
+                        "install them with: skor-bridge triggers install "
+                        "triggers.json --dsn ..."
+                    )
                 for problem in capture_problems(cur):
                     log.warning("capture needs a look: %s", problem)
             conn.commit()
         finally:
             conn.close()
         outputs = ", ".join(f"{o.name} ({o.kind})" for o in self.config.outputs)
-        log.info("skor-bridge %s starting: %s capture on %s; outputs: %s", self.instance,
-                 self.mode, self.config.source.safe_dsn, outputs)
+        log.info(
+            "skor-bridge %s starting: %s capture on %s; outputs: %s",
+            self.instance,
+            self.mode,
+            self.config.source.safe_dsn,
+            outputs,
+        )
 
     # -- active term ------------------------------------------------------------------------
 
@@ -185,8 +201,11 @@ class Bridge:
         self.workers = [
             OutputWorker(
                 output,
-                route(load_sink(output.kind, output.name, output.settings), output,
-                      self.config.source.dsn),
+                route(
+                    load_sink(output.kind, output.name, output.settings),
+                    output,
+                    self.config.source.dsn,
+                ),
                 feed,
                 self.metrics,
                 stopping,
@@ -217,8 +236,9 @@ class Bridge:
         finally:
             self.active = False
             pruner.stop()
-            self._shutdown_term(source, stopping, graceful=not lost and gone is None,
-                                saved=gone is None)
+            self._shutdown_term(
+                source, stopping, graceful=not lost and gone is None, saved=gone is None
+            )
         if gone is not None:
             log.error("%s", gone)
             self.fatal = gone
@@ -231,8 +251,9 @@ class Bridge:
         if lost:
             log.warning("leadership lost; standing by again")
 
-    def _shutdown_term(self, source: Source, stopping: threading.Event, graceful: bool,
-                       saved: bool = True) -> None:
+    def _shutdown_term(
+        self, source: Source, stopping: threading.Event, graceful: bool, saved: bool = True
+    ) -> None:
         source.stop_capture()
         for worker in self.workers:
             worker.draining.set()
@@ -241,8 +262,11 @@ class Bridge:
         deadline = time.monotonic() + GRACEFUL_TIMEOUT
         for worker in self.workers:
             if not _drained(worker, deadline):
-                log.warning("output %s: events still in flight are handed back (delivered "
-                            "again after a restart)", worker.name)
+                log.warning(
+                    "output %s: events still in flight are handed back (delivered "
+                    "again after a restart)",
+                    worker.name,
+                )
                 stopping.set()
                 worker.thread.join(timeout=10)
         stopping.set()
@@ -273,8 +297,9 @@ class Bridge:
             self.metrics.lag.labels(worker.name).set(state.lag_seconds)
         slot = getattr(getattr(source, "reader", None), "slot", None)
         if slot is not None:
-            self.metrics.wal_slot(slot.retained_bytes,
-                                  slot.wal_status if slot.exists else "missing")
+            self.metrics.wal_slot(
+                slot.retained_bytes, slot.wal_status if slot.exists else "missing"
+            )
 
 
 def _drained(worker: OutputWorker, deadline: float) -> bool:

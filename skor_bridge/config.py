@@ -24,12 +24,14 @@ MODES: tuple[Mode, ...] = ("durable", "notify", "wal")
 
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _URL_USERINFO = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I)
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@", re.I
+)
 _URL_QUERY_SECRET = re.compile(r"([?&](?:password|sasl\.password|secret)=)[^&]*", re.I)
 
 
-_HTTP_URL = re.compile(r"(?P<origin>https?://[^/\s?#'\"<>]+)(?P<rest>[/?#][^\s'\"<>]*)?",
-                       re.IGNORECASE)
+_HTTP_URL = re.compile(
+    r"(?P<origin>https?://[^/\s?#'\"<>]+)(?P<rest>[/?#][^\s'\"<>]*)?", re.IGNORECASE
+)
 
 
 def redact(text: str, urls: bool = True) -> str:
@@ -39,8 +41,9 @@ def redact(text: str, urls: bool = True) -> str:
     text = _KV_PASSWORD.sub(r"\1***", text)
     text = _URL_QUERY_SECRET.sub(r"\1***", text)
     if urls:
-        text = _HTTP_URL.sub(lambda m: m["origin"] + ("/..." if (m["rest"] or "/") != "/"
-                                                      else m["rest"] or ""), text)
+        text = _HTTP_URL.sub(
+            lambda m: m["origin"] + ("/..." if (m["rest"] or "/") != "/" else m["rest"] or ""), text
+        )
     return text
 
 
@@ -307,8 +310,13 @@ def dsn_from_skor_env(env: Mapping[str, str]) -> str | None:
 
     Skor documented PGPASS="''" for "no password", so a value of two single quotes means none.
     """
-    keys = {"DBNAME": "dbname", "PGUSER": "user", "PGPASS": "password", "PGHOST": "host",
-            "PGPORT": "port"}
+    keys = {
+        "DBNAME": "dbname",
+        "PGUSER": "user",
+        "PGPASS": "password",
+        "PGHOST": "host",
+        "PGPORT": "port",
+    }
     if not any(env.get(k) for k in ("DBNAME", "PGHOST")):
         return None
     parts = []

@@ -38,9 +38,11 @@ class SchemaGone(Stopped):
     so every thread ends quietly; the bridge says it once, in one line, and exits."""
 
     def __init__(self) -> None:
-        super().__init__("the skor schema was dropped while the bridge ran (skor-bridge "
-                         "triggers uninstall --purge?); stopping. Install the triggers again "
-                         "before restarting: a restart does not recreate it")
+        super().__init__(
+            "the skor schema was dropped while the bridge ran (skor-bridge "
+            "triggers uninstall --purge?); stopping. Install the triggers again "
+            "before restarting: a restart does not recreate it"
+        )
 
 
 #: Errors that mean the skor schema or one of its tables is gone.
@@ -122,8 +124,12 @@ class Reconnecting:
                 self.healthy = False
                 self.close()
                 delay = backoff_delay(attempt, 0.2, 5.0)
-                log.warning("%s: database unavailable (%s); retrying in %.1fs",
-                            self.purpose, describe(exc), delay)
+                log.warning(
+                    "%s: database unavailable (%s); retrying in %.1fs",
+                    self.purpose,
+                    describe(exc),
+                    delay,
+                )
                 if self.stop.wait(delay):
                     raise Stopped from None
 

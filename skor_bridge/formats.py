@@ -47,8 +47,10 @@ def _string(value: str | None) -> str:
 def envelope(event: ChangeEvent) -> bytes:
     old = getattr(event, "old", None)
     parts = [
-        f'"id": {_string(event.id)}', f'"op": {_string(event.op)}',
-        f'"schema": {_string(event.schema)}', f'"table": {_string(event.table)}',
+        f'"id": {_string(event.id)}',
+        f'"op": {_string(event.op)}',
+        f'"schema": {_string(event.schema)}',
+        f'"table": {_string(event.table)}',
         f'"data": {event.data}',
     ]
     if old is not None:
@@ -58,8 +60,13 @@ def envelope(event: ChangeEvent) -> bytes:
 
 
 def _attributes(event: ChangeEvent, source: str) -> list[tuple[str, str]]:
-    attributes = [("specversion", "1.0"), ("id", event.id), ("source", source),
-                  ("type", f"skor.{event.op.lower()}"), ("subject", event.qualified_table)]
+    attributes = [
+        ("specversion", "1.0"),
+        ("id", event.id),
+        ("source", source),
+        ("type", f"skor.{event.op.lower()}"),
+        ("subject", event.qualified_table),
+    ]
     moment = timestamp(event)
     if moment is not None:
         attributes.append(("time", moment))
@@ -75,8 +82,10 @@ def cloudevent(event: ChangeEvent, source: str) -> bytes:
 
 def cloudevent_headers(event: ChangeEvent, source: str) -> Headers:
     """Binary mode (Kafka): the attributes as ce_* headers; the value is the row."""
-    return (*((f"ce_{name}", value) for name, value in _attributes(event, source)),
-            ("content-type", JSON))
+    return (
+        *((f"ce_{name}", value) for name, value in _attributes(event, source)),
+        ("content-type", JSON),
+    )
 
 
 def render(event: ChangeEvent, fmt: str, kind: str, source: str) -> ChangeEvent:
@@ -86,10 +95,14 @@ def render(event: ChangeEvent, fmt: str, kind: str, source: str) -> ChangeEvent:
         return replace(event, raw_body=envelope(event), headers=(("content-type", JSON),))
     if fmt == "cloudevents":
         if kind == "kafka":
-            return replace(event, raw_body=event.data.encode("utf-8"),
-                           headers=cloudevent_headers(event, source))
-        return replace(event, raw_body=cloudevent(event, source),
-                       headers=(("content-type", CLOUDEVENTS_JSON),))
+            return replace(
+                event,
+                raw_body=event.data.encode("utf-8"),
+                headers=cloudevent_headers(event, source),
+            )
+        return replace(
+            event, raw_body=cloudevent(event, source), headers=(("content-type", CLOUDEVENTS_JSON),)
+        )
     return event
 
 

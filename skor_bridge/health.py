@@ -63,13 +63,16 @@ MAX_HEAD = 8192
 BACKLOG = 128
 
 _TEXT = "text/plain; charset=utf-8"
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-            503: "Service Unavailable"}
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-def readiness(active: bool, instance: str, database: bool,
-              outputs: list[tuple[str, bool, Backlog]],
-              holding: list[str] | None = None) -> tuple[bool, dict[str, Any]]:
+def readiness(
+    active: bool,
+    instance: str,
+    database: bool,
+    outputs: list[tuple[str, bool, Backlog]],
+    holding: list[str] | None = None,
+) -> tuple[bool, dict[str, Any]]:
     """(ready, body) as /readyz reports them; see the module docstring. `outputs` holds
     (name, failed, backlog) per output of the active instance; `holding`, the outputs that
     keep the log over --retention-size."""
@@ -79,14 +82,22 @@ def readiness(active: bool, instance: str, database: bool,
     for name, failed, state in outputs:
         held = name in (holding or [])
         ok = not failed and state.failing_seconds < STUCK_AFTER and not held
-        body[name] = {"ready": ok, "pending": state.pending,
-                      "lag_seconds": round(state.lag_seconds, 3),
-                      "failing_seconds": round(state.failing_seconds, 3)}
+        body[name] = {
+            "ready": ok,
+            "pending": state.pending,
+            "lag_seconds": round(state.lag_seconds, 3),
+            "failing_seconds": round(state.failing_seconds, 3),
+        }
         if held:
             body[name]["holding_log"] = True
     ready = database and all(o["ready"] for o in body.values())
-    return ready, {"ready": ready, "role": "active", "instance": instance,
-                   "database": database, "outputs": body}
+    return ready, {
+        "ready": ready,
+        "role": "active",
+        "instance": instance,
+        "database": database,
+        "outputs": body,
+    }
 
 
 class HealthServer:
@@ -99,8 +110,13 @@ class HealthServer:
     `MAX_HEAD` is refused. Keep-alive works, so a scraper reuses one connection.
     """
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], Readiness],
-                 port: int, host: str = HOST) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], Readiness],
+        port: int,
+        host: str = HOST,
+    ) -> None:
         self.registry = registry
         self.ready = ready
         self.host = host
@@ -108,13 +124,13 @@ class HealthServer:
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(self._loop_error)
         try:
-            self._server = self._loop.run_until_complete(asyncio.start_server(
-                self._serve, host, port, limit=MAX_HEAD, backlog=BACKLOG))
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, host, port, limit=MAX_HEAD, backlog=BACKLOG)
+            )
         except OSError as exc:
             self._loop.close()
             raise StartupError(f"metrics port {port}: {explain_os_error(exc)}") from None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="health",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="health", daemon=True)
 
     @property
     def port(self) -> int:
@@ -141,8 +157,9 @@ class HealthServer:
         """One line, never a traceback: the likely cause is running out of descriptors."""
         exc = context.get("exception")
         detail = explain_os_error(exc) if isinstance(exc, OSError) else (exc or "")
-        log.warning("health port: %s%s", context.get("message", "error"),
-                    f": {detail}" if detail else "")
+        log.warning(
+            "health port: %s%s", context.get("message", "error"), f": {detail}" if detail else ""
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._open >= MAX_CONNECTIONS:
@@ -157,17 +174,24 @@ class HealthServer:
                 path = parts[1].decode("latin-1").split("?", 1)[0] if len(parts) > 1 else ""
                 status, body, content_type = self._answer(method, path)
                 close = b"connection: close" in head.lower() or (
-                    len(parts) > 2 and parts[2] == b"HTTP/1.0")
+                    len(parts) > 2 and parts[2] == b"HTTP/1.0"
+                )
                 writer.write(
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
                     f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                     f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n".encode()
-                    + (body if method != b"HEAD" else b""))
+                    + (body if method != b"HEAD" else b"")
+                )
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
                 if close:
                     return
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError, OSError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            OSError,
+        ):
             return  # idle, too big, gone: the connection is simply closed
         finally:
             self._open -= 1
@@ -191,6 +215,8 @@ def explain_os_error(exc: BaseException) -> str:
     # asyncio rewords bind errors; the errno's own text is the one line we want.
     text = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-        return f"{text} (EMFILE: the process is out of file descriptors; raise its limit, " \
-               "e.g. ulimit -n)"
+        return (
+            f"{text} (EMFILE: the process is out of file descriptors; raise its limit, "
+            "e.g. ulimit -n)"
+        )
     return text

@@ -35,8 +35,7 @@ def _without_password(url: str) -> str:
         host = f"{host}:{parts.port}"
     if parts.username:
         host = f"{parts.username}@{host}"
-    return urllib.parse.urlunsplit((parts.scheme.lower(), host, parts.path or "/", parts.query,
-                                    ""))
+    return urllib.parse.urlunsplit((parts.scheme.lower(), host, parts.path or "/", parts.query, ""))
 
 
 def destination_key(kind: str, settings: SinkSettings) -> str:

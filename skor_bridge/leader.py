@@ -117,12 +117,16 @@ class Leadership:
             )
             holder = cur.fetchone()
         if not self._announced_standby:
-            log.info("instance %s is standing by (active: %s)", self.instance,
-                     holder[0] if holder else "unknown")
+            log.info(
+                "instance %s is standing by (active: %s)",
+                self.instance,
+                holder[0] if holder else "unknown",
+            )
             self._announced_standby = True
         if holder is not None and holder[2] > self.failover_timeout:
-            log.warning("active instance %s missed heartbeats for %.0fs; taking over",
-                        holder[0], holder[2])
+            log.warning(
+                "active instance %s missed heartbeats for %.0fs; taking over", holder[0], holder[2]
+            )
             with self._conn.cursor() as cur:
                 self._cut_off(cur, str(holder[0]))
                 # The lock holder itself, whatever its name says (an older release's).
@@ -134,8 +138,9 @@ class Leadership:
         cur.execute(_CUT_OFF, (instance_tag(instance),))
         row = cur.fetchone()
         if row is not None and row[0]:
-            log.warning("cut off %d database session(s) of instance %s, which led before",
-                        row[0], instance)
+            log.warning(
+                "cut off %d database session(s) of instance %s, which led before", row[0], instance
+            )
 
     def heartbeat(self) -> bool:
         """Refresh the heartbeat; False means leadership is lost and work must stop."""
@@ -146,8 +151,7 @@ class Leadership:
             with self._conn.cursor() as cur:
                 started = time.monotonic()
                 cur.execute(
-                    "UPDATE skor.leader SET heartbeat = now()"
-                    " WHERE backend_pid = pg_backend_pid()"
+                    "UPDATE skor.leader SET heartbeat = now() WHERE backend_pid = pg_backend_pid()"
                 )
                 if cur.rowcount != 1:
                     self._renewed = None

@@ -32,8 +32,9 @@ class RedactingFilter(logging.Filter):
 
 #: What differs between repeats of one warning: event ids and numbers (counts, ports,
 #: positions, delays). Anything else (another error, another table) is another warning.
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+",
-                      re.IGNORECASE)
+_VARYING = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+", re.IGNORECASE
+)
 
 
 class SummarisingFilter(logging.Filter):
@@ -49,8 +50,7 @@ class SummarisingFilter(logging.Filter):
     #: Distinct repeating messages remembered; the oldest is forgotten beyond this.
     MAX_KEYS = 1000
 
-    def __init__(self, window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.window = window
         self.clock = clock
@@ -78,8 +78,10 @@ class SummarisingFilter(logging.Filter):
                 return False
             entry[:] = [now, 0]
         if held:
-            record.msg = (f"{record.getMessage()} (and {int(held)} more like it in the last "
-                          f"{now - since:.0f}s)")
+            record.msg = (
+                f"{record.getMessage()} (and {int(held)} more like it in the last "
+                f"{now - since:.0f}s)"
+            )
             record.args = None
         return True
 

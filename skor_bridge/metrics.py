@@ -22,48 +22,82 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.captured_total = Counter(
-            "skor_events_captured", "Events moved from the outbox into the log.", registry=r)
+            "skor_events_captured", "Events moved from the outbox into the log.", registry=r
+        )
         self.delivered_total = Counter(
-            "skor_events_delivered", "Events an output confirmed.", ["output"], registry=r)
+            "skor_events_delivered", "Events an output confirmed.", ["output"], registry=r
+        )
         self.retried_total = Counter(
-            "skor_events_retried", "Failed attempts that will be retried.", ["output"], registry=r)
+            "skor_events_retried", "Failed attempts that will be retried.", ["output"], registry=r
+        )
         self.dead_total = Counter(
-            "skor_events_dead_lettered", "Events an output gave up on.", ["output"], registry=r)
+            "skor_events_dead_lettered", "Events an output gave up on.", ["output"], registry=r
+        )
         self.pending = Gauge(
-            "skor_events_pending", "Events captured but not yet delivered.", ["output"],
-            registry=r)
+            "skor_events_pending", "Events captured but not yet delivered.", ["output"], registry=r
+        )
         self.lag = Gauge(
-            "skor_lag_seconds", "Age of the oldest undelivered event.", ["output"], registry=r)
+            "skor_lag_seconds", "Age of the oldest undelivered event.", ["output"], registry=r
+        )
         self.latency = Histogram(
-            "skor_delivery_latency_seconds", "From capture (trigger) to confirmed delivery.",
-            ["output"], buckets=_LATENCY_BUCKETS, registry=r)
+            "skor_delivery_latency_seconds",
+            "From capture (trigger) to confirmed delivery.",
+            ["output"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.slot_retained = Gauge(
-            "skor_wal_slot_retained_bytes", "WAL mode: WAL the replication slot holds back on "
-            "the server (pg_current_wal_lsn() - restart_lsn).", registry=r)
+            "skor_wal_slot_retained_bytes",
+            "WAL mode: WAL the replication slot holds back on "
+            "the server (pg_current_wal_lsn() - restart_lsn).",
+            registry=r,
+        )
         self.slot_status = Gauge(
-            "skor_wal_slot_status", "WAL mode: 1 for the slot's wal_status (reserved, "
-            "extended, unreserved, lost, missing).", ["status"], registry=r)
+            "skor_wal_slot_status",
+            "WAL mode: 1 for the slot's wal_status (reserved, "
+            "extended, unreserved, lost, missing).",
+            ["status"],
+            registry=r,
+        )
         self.log_bytes = Gauge(
-            "skor_log_bytes", "Size of the event log on disk, as of the last retention pass.",
-            registry=r)
+            "skor_log_bytes",
+            "Size of the event log on disk, as of the last retention pass.",
+            registry=r,
+        )
         self.oldest_snapshot = Gauge(
-            "skor_oldest_snapshot_seconds", "Age of the oldest snapshot another session holds "
-            "in the database (it keeps VACUUM from cleaning the outbox).", registry=r)
+            "skor_oldest_snapshot_seconds",
+            "Age of the oldest snapshot another session holds "
+            "in the database (it keeps VACUUM from cleaning the outbox).",
+            registry=r,
+        )
         self.outbox_dead_tuples = Gauge(
-            "skor_outbox_dead_tuples", "Dead rows in skor.outbox, as of the last retention "
-            "pass.", registry=r)
+            "skor_outbox_dead_tuples",
+            "Dead rows in skor.outbox, as of the last retention pass.",
+            registry=r,
+        )
         self.holding_log = Gauge(
-            "skor_output_holding_log", "1 when the output has not delivered events that "
-            "--retention-size would drop, so the log is kept over its size limit.", ["output"],
-            registry=r)
+            "skor_output_holding_log",
+            "1 when the output has not delivered events that "
+            "--retention-size would drop, so the log is kept over its size limit.",
+            ["output"],
+            registry=r,
+        )
         self.role = Gauge(
-            "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r)
+            "skor_active", "1 when this instance is the active one, 0 on standby.", registry=r
+        )
 
     def add_output(self, output: str) -> None:
         """Create the output's series at zero, so dashboards and alerts see them before
         the first event (a labelled series otherwise appears only when first used)."""
-        for metric in (self.delivered_total, self.retried_total, self.dead_total, self.pending,
-                       self.lag, self.latency, self.holding_log):
+        for metric in (
+            self.delivered_total,
+            self.retried_total,
+            self.dead_total,
+            self.pending,
+            self.lag,
+            self.latency,
+            self.holding_log,
+        ):
             metric.labels(output)
 
     def clear_backlog(self, outputs: list[str]) -> None:

@@ -158,8 +158,10 @@ def start_from(value: object) -> str:
     try:
         moment(str(value))
     except ValueError:
-        raise ValueError("expected latest, earliest, a log position (123) or a time (2024-05-"
-                         f"01T12:00:00Z, or 2h for two hours ago), got {value!r}") from None
+        raise ValueError(
+            "expected latest, earliest, a log position (123) or a time (2024-05-"
+            f"01T12:00:00Z, or 2h for two hours ago), got {value!r}"
+        ) from None
     return str(value).strip()
 
 
@@ -168,8 +170,9 @@ def table_pattern(value: object) -> list[str]:
     patterns = strings(value)
     for pattern in patterns:
         if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)?", pattern):
-            raise ValueError(f"expected TABLE or SCHEMA.TABLE globs (orders, billing.*), "
-                             f"got {pattern!r}")
+            raise ValueError(
+                f"expected TABLE or SCHEMA.TABLE globs (orders, billing.*), got {pattern!r}"
+            )
     return patterns
 
 
@@ -201,103 +204,417 @@ class Option:
 
 
 WEBHOOK, AMQP, KAFKA, ROUTING, TUNING = (
-    "Webhook output", "RabbitMQ output", "Kafka output", "Every output", "Tuning and operations")
+    "Webhook output",
+    "RabbitMQ output",
+    "Kafka output",
+    "Every output",
+    "Tuning and operations",
+)
 
 OPTIONS: tuple[Option, ...] = (
-    Option("dsn", text, "libpq DSN or postgresql:// URI. Without it, Skor's DBNAME, PGUSER, "
-           "PGPASS, PGHOST and PGPORT variables are used.", "DSN", key="dsn"),
-    Option("mode", choice("durable", "notify", "wal"), "durable (outbox, nothing lost), notify "
-           "(Skor's pg_notify, lossy) or wal (a replication slot; chosen by itself once "
-           "installed with triggers install --mode wal).", "durable|notify|wal", "durable",
-           "durable", key="mode"),
+    Option(
+        "dsn",
+        text,
+        "libpq DSN or postgresql:// URI. Without it, Skor's DBNAME, PGUSER, "
+        "PGPASS, PGHOST and PGPORT variables are used.",
+        "DSN",
+        key="dsn",
+    ),
+    Option(
+        "mode",
+        choice("durable", "notify", "wal"),
+        "durable (outbox, nothing lost), notify "
+        "(Skor's pg_notify, lossy) or wal (a replication slot; chosen by itself once "
+        "installed with triggers install --mode wal).",
+        "durable|notify|wal",
+        "durable",
+        "durable",
+        key="mode",
+    ),
     # -- outputs given on the command line
-    Option("webhook", text, "Webhook URL, optionally named: NAME=URL; repeat for several. "
-           "Skor's WEBHOOKURL also works.", "[NAME=]URL", panel=WEBHOOK, style="multi",
-           scope="webhook", key="url"),
-    Option("webhook_secret", checked(config.signing_key), "whsec_<base64 key>: sign as "
-           "Standard Webhooks do.", "whsec_KEY", panel=WEBHOOK, scope="webhook", key="secret"),
-    Option("header", checked(config.parse_header), "Extra request header; repeatable.",
-           "NAME:VALUE", panel=WEBHOOK, style="multi", scope="webhook", key="headers"),
-    Option("webhook_timeout", positive(), "Seconds per request (connect, send, answer); past "
-           "it, that row's event is retried.", "SECONDS", "10", 10.0,
-           WEBHOOK, scope="webhook", key="timeout"),
-    Option("webhook_concurrency", integer(1), "Most requests in flight (different rows); "
-           "adapts below it to the receiver's latency.", "N", "256",
-           256, WEBHOOK, scope="webhook", key="concurrency"),
-    Option("webhook_ca_file", checked(_file), "PEM file of the CA that signs an https receiver's "
-           "certificate.", "FILE", "the public CA bundle", panel=WEBHOOK, scope="webhook",
-           key="ca_file"),
-    Option("amqp", text, "RabbitMQ amqp:// or amqps:// URL, optionally named: NAME=URL.",
-           "[NAME=]URL", panel=AMQP, scope="amqp", key="url"),
-    Option("amqp_exchange", text, "Durable topic exchange.", "EXCHANGE", "skor", "skor", AMQP,
-           scope="amqp", key="exchange"),
-    Option("amqp_routing_key", _template, "Template with {schema} {table} {op}.", "TEMPLATE",
-           "{schema}.{table}.{op}", "{schema}.{table}.{op}", AMQP, scope="amqp",
-           key="routing_key"),
-    Option("amqp_mandatory", boolean, "Retry messages no queue receives, instead of counting "
-           "them.", "", None, False, AMQP, style="flag", scope="amqp", key="mandatory"),
-    Option("kafka", text, "Kafka bootstrap servers, optionally named: NAME=HOST:PORT[,...].",
-           "[NAME=]HOST:PORT", panel=KAFKA, scope="kafka", key="bootstrap"),
-    Option("kafka_topic", _template, "Template with {schema} {table} {op}.", "TEMPLATE",
-           "skor.{schema}.{table}", "skor.{schema}.{table}", KAFKA, scope="kafka", key="topic"),
-    Option("kafka_option", checked(config.parse_option), "librdkafka setting, passed through; "
-           "repeatable.", "KEY=VALUE", panel=KAFKA, style="multi", scope="kafka", key="options"),
-    Option("kafka_create_topics", boolean, "Create missing topics.", "", "create", True, KAFKA,
-           style="switch", scope="kafka", key="create_topics"),
-    Option("kafka_partitions", integer(1), "Partitions of created topics.", "N", "broker's",
-           panel=KAFKA, scope="kafka", key="partitions"),
-    Option("kafka_replication_factor", integer(1), "Replication of created topics.", "N",
-           "broker's", panel=KAFKA, scope="kafka", key="replication_factor"),
+    Option(
+        "webhook",
+        text,
+        "Webhook URL, optionally named: NAME=URL; repeat for several. "
+        "Skor's WEBHOOKURL also works.",
+        "[NAME=]URL",
+        panel=WEBHOOK,
+        style="multi",
+        scope="webhook",
+        key="url",
+    ),
+    Option(
+        "webhook_secret",
+        checked(config.signing_key),
+        "whsec_<base64 key>: sign as Standard Webhooks do.",
+        "whsec_KEY",
+        panel=WEBHOOK,
+        scope="webhook",
+        key="secret",
+    ),
+    Option(
+        "header",
+        checked(config.parse_header),
+        "Extra request header; repeatable.",
+        "NAME:VALUE",
+        panel=WEBHOOK,
+        style="multi",
+        scope="webhook",
+        key="headers",
+    ),
+    Option(
+        "webhook_timeout",
+        positive(),
+        "Seconds per request (connect, send, answer); past it, that row's event is retried.",
+        "SECONDS",
+        "10",
+        10.0,
+        WEBHOOK,
+        scope="webhook",
+        key="timeout",
+    ),
+    Option(
+        "webhook_concurrency",
+        integer(1),
+        "Most requests in flight (different rows); adapts below it to the receiver's latency.",
+        "N",
+        "256",
+        256,
+        WEBHOOK,
+        scope="webhook",
+        key="concurrency",
+    ),
+    Option(
+        "webhook_ca_file",
+        checked(_file),
+        "PEM file of the CA that signs an https receiver's certificate.",
+        "FILE",
+        "the public CA bundle",
+        panel=WEBHOOK,
+        scope="webhook",
+        key="ca_file",
+    ),
+    Option(
+        "amqp",
+        text,
+        "RabbitMQ amqp:// or amqps:// URL, optionally named: NAME=URL.",
+        "[NAME=]URL",
+        panel=AMQP,
+        scope="amqp",
+        key="url",
+    ),
+    Option(
+        "amqp_exchange",
+        text,
+        "Durable topic exchange.",
+        "EXCHANGE",
+        "skor",
+        "skor",
+        AMQP,
+        scope="amqp",
+        key="exchange",
+    ),
+    Option(
+        "amqp_routing_key",
+        _template,
+        "Template with {schema} {table} {op}.",
+        "TEMPLATE",
+        "{schema}.{table}.{op}",
+        "{schema}.{table}.{op}",
+        AMQP,
+        scope="amqp",
+        key="routing_key",
+    ),
+    Option(
+        "amqp_mandatory",
+        boolean,
+        "Retry messages no queue receives, instead of counting them.",
+        "",
+        None,
+        False,
+        AMQP,
+        style="flag",
+        scope="amqp",
+        key="mandatory",
+    ),
+    Option(
+        "kafka",
+        text,
+        "Kafka bootstrap servers, optionally named: NAME=HOST:PORT[,...].",
+        "[NAME=]HOST:PORT",
+        panel=KAFKA,
+        scope="kafka",
+        key="bootstrap",
+    ),
+    Option(
+        "kafka_topic",
+        _template,
+        "Template with {schema} {table} {op}.",
+        "TEMPLATE",
+        "skor.{schema}.{table}",
+        "skor.{schema}.{table}",
+        KAFKA,
+        scope="kafka",
+        key="topic",
+    ),
+    Option(
+        "kafka_option",
+        checked(config.parse_option),
+        "librdkafka setting, passed through; repeatable.",
+        "KEY=VALUE",
+        panel=KAFKA,
+        style="multi",
+        scope="kafka",
+        key="options",
+    ),
+    Option(
+        "kafka_create_topics",
+        boolean,
+        "Create missing topics.",
+        "",
+        "create",
+        True,
+        KAFKA,
+        style="switch",
+        scope="kafka",
+        key="create_topics",
+    ),
+    Option(
+        "kafka_partitions",
+        integer(1),
+        "Partitions of created topics.",
+        "N",
+        "broker's",
+        panel=KAFKA,
+        scope="kafka",
+        key="partitions",
+    ),
+    Option(
+        "kafka_replication_factor",
+        integer(1),
+        "Replication of created topics.",
+        "N",
+        "broker's",
+        panel=KAFKA,
+        scope="kafka",
+        key="replication_factor",
+    ),
     # -- any output
-    Option("tables", table_pattern, "Only these tables reach the command line's outputs: "
-           "globs of TABLE or SCHEMA.TABLE, comma-separated.", "GLOB[,GLOB]", "every table",
-           (), ROUTING, scope="output", key="tables"),
-    Option("format", choice("skor", "envelope", "cloudevents"), "Body of each message: skor "
-           "({data, table, schema, op}), envelope (adds id, old, position...) or "
-           "cloudevents (CloudEvents 1.0).", "skor|envelope|cloudevents", "skor", "skor",
-           ROUTING, scope="output", key="format"),
-    Option("start_from", start_from, "Where a new output starts: latest, earliest, a log "
-           "position or a time (ISO-8601, or 2h for two hours ago).", "WHERE",
-           "latest; earliest on a database that has delivered nothing yet", "auto", ROUTING,
-           scope="output", key="start_from"),
-    Option("max_attempts", integer(1), "Dead-letter an event after N failed attempts.", "N",
-           "retry forever", panel=ROUTING, scope="output", key="max_attempts"),
-    Option("initial_backoff", positive(), "First retry delay.", "SECONDS", "0.5", 0.5,
-           scope="output", key="initial_backoff", cli=False),
-    Option("max_backoff", positive(), "Longest retry delay.", "SECONDS", "60", 60.0,
-           scope="output", key="max_backoff", cli=False),
-    Option("show_full_urls", boolean, "Show webhook URLs whole (path and query) in logs, "
-           "errors and status, instead of scheme://host/...: only where the URL holds no "
-           "token.", "", None, False, TUNING, style="flag", key="show_full_urls"),
+    Option(
+        "tables",
+        table_pattern,
+        "Only these tables reach the command line's outputs: "
+        "globs of TABLE or SCHEMA.TABLE, comma-separated.",
+        "GLOB[,GLOB]",
+        "every table",
+        (),
+        ROUTING,
+        scope="output",
+        key="tables",
+    ),
+    Option(
+        "format",
+        choice("skor", "envelope", "cloudevents"),
+        "Body of each message: skor "
+        "({data, table, schema, op}), envelope (adds id, old, position...) or "
+        "cloudevents (CloudEvents 1.0).",
+        "skor|envelope|cloudevents",
+        "skor",
+        "skor",
+        ROUTING,
+        scope="output",
+        key="format",
+    ),
+    Option(
+        "start_from",
+        start_from,
+        "Where a new output starts: latest, earliest, a log "
+        "position or a time (ISO-8601, or 2h for two hours ago).",
+        "WHERE",
+        "latest; earliest on a database that has delivered nothing yet",
+        "auto",
+        ROUTING,
+        scope="output",
+        key="start_from",
+    ),
+    Option(
+        "max_attempts",
+        integer(1),
+        "Dead-letter an event after N failed attempts.",
+        "N",
+        "retry forever",
+        panel=ROUTING,
+        scope="output",
+        key="max_attempts",
+    ),
+    Option(
+        "initial_backoff",
+        positive(),
+        "First retry delay.",
+        "SECONDS",
+        "0.5",
+        0.5,
+        scope="output",
+        key="initial_backoff",
+        cli=False,
+    ),
+    Option(
+        "max_backoff",
+        positive(),
+        "Longest retry delay.",
+        "SECONDS",
+        "60",
+        60.0,
+        scope="output",
+        key="max_backoff",
+        cli=False,
+    ),
+    Option(
+        "show_full_urls",
+        boolean,
+        "Show webhook URLs whole (path and query) in logs, "
+        "errors and status, instead of scheme://host/...: only where the URL holds no "
+        "token.",
+        "",
+        None,
+        False,
+        TUNING,
+        style="flag",
+        key="show_full_urls",
+    ),
     # -- tuning
-    Option("poll_interval", positive(), "Seconds between looks at an idle outbox.", "SECONDS",
-           "0.002", 0.002, TUNING, key="poll_interval"),
-    Option("batch_size", integer(1), "Events moved or read per round trip.", "N", "2000", 2000,
-           TUNING, key="batch_size"),
-    Option("max_in_flight", integer(1), "Events held in memory per output.", "N", "20000",
-           20000, TUNING, key="max_in_flight"),
-    Option("failover_timeout", positive(0.5), "Seconds of missed heartbeats before a standby "
-           "takes over (more than 0.5).", "SECONDS", "10", 10.0, TUNING, key="failover_timeout"),
-    Option("max_slot_lag", size, "WAL mode: WAL the replication slot may hold back on the "
-           "server before /readyz fails and a warning is logged (1GB, 512MB...).", "BYTES",
-           "1GB", 1024**3, TUNING, key="max_slot_lag"),
-    Option("retention", positive(), "Keep delivered events this long for replay.", "DURATION",
-           "7d", 7 * 86400.0, TUNING, key="retention"),
-    Option("retention_size", size, "...and keep the log under this size on disk, whichever "
-           "comes first; never dropping what an output has not delivered.", "SIZE", "1GB",
-           1024**3, TUNING, key="retention_size"),
-    Option("retention_interval", positive(), "Seconds between retention passes.", "SECONDS",
-           "60", 60.0, TUNING, key="retention_interval", hidden=True),
-    Option("partition_size", integer(1), "Positions per log partition.", "N", "100000",
-           100_000, key="partition_size", cli=False),
-    Option("metrics_port", integer(1, 65535), "Serve /metrics, /healthz and /readyz on this "
-           "port.", "PORT", "off", panel=TUNING, key="metrics_port"),
-    Option("metrics_host", text, "Address the metrics server listens on (0.0.0.0: every "
-           "interface).", "ADDRESS", "127.0.0.1", "127.0.0.1", TUNING, key="metrics_host"),
-    Option("log_level", choice("debug", "info", "warning", "error"), "Least severe log "
-           "lines shown.", "debug|info|warning|error", "info", "info", TUNING, key="log_level"),
-    Option("log_format", choice("text", "json"), "One line of text or one JSON object per "
-           "log line.", "text|json", "text", "text", TUNING, key="log_format"),
+    Option(
+        "poll_interval",
+        positive(),
+        "Seconds between looks at an idle outbox.",
+        "SECONDS",
+        "0.002",
+        0.002,
+        TUNING,
+        key="poll_interval",
+    ),
+    Option(
+        "batch_size",
+        integer(1),
+        "Events moved or read per round trip.",
+        "N",
+        "2000",
+        2000,
+        TUNING,
+        key="batch_size",
+    ),
+    Option(
+        "max_in_flight",
+        integer(1),
+        "Events held in memory per output.",
+        "N",
+        "20000",
+        20000,
+        TUNING,
+        key="max_in_flight",
+    ),
+    Option(
+        "failover_timeout",
+        positive(0.5),
+        "Seconds of missed heartbeats before a standby takes over (more than 0.5).",
+        "SECONDS",
+        "10",
+        10.0,
+        TUNING,
+        key="failover_timeout",
+    ),
+    Option(
+        "max_slot_lag",
+        size,
+        "WAL mode: WAL the replication slot may hold back on the "
+        "server before /readyz fails and a warning is logged (1GB, 512MB...).",
+        "BYTES",
+        "1GB",
+        1024**3,
+        TUNING,
+        key="max_slot_lag",
+    ),
+    Option(
+        "retention",
+        positive(),
+        "Keep delivered events this long for replay.",
+        "DURATION",
+        "7d",
+        7 * 86400.0,
+        TUNING,
+        key="retention",
+    ),
+    Option(
+        "retention_size",
+        size,
+        "...and keep the log under this size on disk, whichever "
+        "comes first; never dropping what an output has not delivered.",
+        "SIZE",
+        "1GB",
+        1024**3,
+        TUNING,
+        key="retention_size",
+    ),
+    Option(
+        "retention_interval",
+        positive(),
+        "Seconds between retention passes.",
+        "SECONDS",
+        "60",
+        60.0,
+        TUNING,
+        key="retention_interval",
+        hidden=True,
+    ),
+    Option(
+        "partition_size",
+        integer(1),
+        "Positions per log partition.",
+        "N",
+        "100000",
+        100_000,
+        key="partition_size",
+        cli=False,
+    ),
+    Option(
+        "metrics_port",
+        integer(1, 65535),
+        "Serve /metrics, /healthz and /readyz on this port.",
+        "PORT",
+        "off",
+        panel=TUNING,
+        key="metrics_port",
+    ),
+    Option(
+        "metrics_host",
+        text,
+        "Address the metrics server listens on (0.0.0.0: every interface).",
+        "ADDRESS",
+        "127.0.0.1",
+        "127.0.0.1",
+        TUNING,
+        key="metrics_host",
+    ),
+    Option(
+        "log_level",
+        choice("debug", "info", "warning", "error"),
+        "Least severe log lines shown.",
+        "debug|info|warning|error",
+        "info",
+        "info",
+        TUNING,
+        key="log_level",
+    ),
+    Option(
+        "log_format",
+        choice("text", "json"),
+        "One line of text or one JSON object per log line.",
+        "text|json",
+        "text",
+        "text",
+        TUNING,
+        key="log_format",
+    ),
 )
 
 BY_NAME = {option.name: option for option in OPTIONS}

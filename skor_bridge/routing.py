@@ -33,8 +33,9 @@ def matcher(patterns: Sequence[str]) -> Any:
     def matches(schema: str, table: str) -> bool:
         if not patterns:
             return True
-        return (any(fnmatch.fnmatchcase(f"{schema}.{table}", p) for p in qualified)
-                or any(fnmatch.fnmatchcase(table, p) for p in bare))
+        return any(fnmatch.fnmatchcase(f"{schema}.{table}", p) for p in qualified) or any(
+            fnmatch.fnmatchcase(table, p) for p in bare
+        )
 
     return matches
 
@@ -50,8 +51,7 @@ class Routed(Sink):
         self._matches = matcher(output.tables)
         self._skipped: list[tuple[int, Result]] = []
         # The engine reads these off the sink (batch size, concurrency, bounds).
-        for attribute in ("kind", "max_batch", "max_in_flight", "adaptive",
-                          "completion_bound"):
+        for attribute in ("kind", "max_batch", "max_in_flight", "adaptive", "completion_bound"):
             if hasattr(inner, attribute):
                 setattr(self, attribute, getattr(inner, attribute))
 

@@ -42,11 +42,18 @@ T = TypeVar("T")
 _KINDS = ("webhook", "amqp", "kafka")
 #: Top-level file keys that hold other keys; `relay` is read by `skor-bridge relay` only
 #: (skor_bridge.relay.config), so one file may serve a bridge and its relays.
-_SECTIONS = {"retry": ("max_attempts", "initial_backoff", "max_backoff"), "outputs": (),
-             "relay": ()}
+_SECTIONS = {
+    "retry": ("max_attempts", "initial_backoff", "max_backoff"),
+    "outputs": (),
+    "relay": (),
+}
 #: Output options that also have a bridge-wide value at the file's top level.
-_FILE_WIDE = {"start_from": "start_from", "max_attempts": "retry.max_attempts",
-              "initial_backoff": "retry.initial_backoff", "max_backoff": "retry.max_backoff"}
+_FILE_WIDE = {
+    "start_from": "start_from",
+    "max_attempts": "retry.max_attempts",
+    "initial_backoff": "retry.initial_backoff",
+    "max_backoff": "retry.max_backoff",
+}
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,18 @@ def load_file(path: Path) -> dict[str, Any]:
     known = {*top_keys(), "start_from", *_SECTIONS}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{path}: unknown key {key!r}; expected one of "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{path}: unknown key {key!r}; expected one of {', '.join(sorted(known))}"
+            )
     retry = data.get("retry", {})
     if not isinstance(retry, dict):
         raise ConfigError(f"{path}: retry: expected a table ([retry]), got {retry!r}")
     for key in retry:
         if key not in _SECTIONS["retry"]:
-            raise ConfigError(f"{path}: unknown key 'retry.{key}'; expected one of "
-                              f"{', '.join(_SECTIONS['retry'])}")
+            raise ConfigError(
+                f"{path}: unknown key 'retry.{key}'; expected one of "
+                f"{', '.join(_SECTIONS['retry'])}"
+            )
     return data
 
 
@@ -109,8 +119,12 @@ def _from_file(option: Option, file: Mapping[str, Any]) -> tuple[bool, object, s
     return (key in section), section.get(key), path
 
 
-def resolve(cli: Mapping[str, object], environ: Mapping[str, str],
-            file: Mapping[str, Any], label: str = "config") -> dict[str, Given]:
+def resolve(
+    cli: Mapping[str, object],
+    environ: Mapping[str, str],
+    file: Mapping[str, Any],
+    label: str = "config",
+) -> dict[str, Given]:
     """Every option's value and where it came from. `cli` holds only what the command line
     gave (None or [] for the rest); `label` names the file in messages."""
     values: dict[str, Given] = {}
@@ -137,8 +151,9 @@ def _given(option: Option, raw: object, where: str) -> Given:
     return Given(_parse(option, raw, where), where)
 
 
-def build_config(cli: Mapping[str, object], config_file: Path | None,
-                 environ: Mapping[str, str]) -> Config:
+def build_config(
+    cli: Mapping[str, object], config_file: Path | None, environ: Mapping[str, str]
+) -> Config:
     file = load_file(config_file) if config_file else {}
     values = resolve(cli, environ, file, str(config_file) if config_file else "config")
 
@@ -147,24 +162,47 @@ def build_config(cli: Mapping[str, object], config_file: Path | None,
 
     dsn = value("dsn") or dsn_from_skor_env(environ)
     if not dsn:
-        raise ConfigError("--dsn: give --dsn, SKOR_DSN, dsn in the --config file, or Skor's "
-                          "DBNAME/PGHOST variables")
-    source = _make(values["dsn"].where if value("dsn") else "DBNAME/PGHOST", lambda: SourceConfig(
-        dsn=dsn, mode=value("mode"), poll_interval=value("poll_interval"),
-        batch_size=value("batch_size"), max_slot_lag=value("max_slot_lag")))
-    retry = _make("retry", lambda: RetryPolicy(
-        value("max_attempts"), value("initial_backoff"), value("max_backoff")))
-    outputs = _merge(_file_outputs(file, str(config_file), value("show_full_urls"), retry),
-                     _command_line_outputs(values, environ, retry))
-    return _make("outputs", lambda: Config(
-        source=source, outputs=tuple(output for output, _ in outputs),
-        max_in_flight=value("max_in_flight"), failover_timeout=value("failover_timeout"),
-        retention_seconds=value("retention"), retention_bytes=value("retention_size"),
-        retention_interval=value("retention_interval"),
-        partition_size=value("partition_size"), metrics_port=value("metrics_port"),
-        metrics_host=value("metrics_host"), log_format=value("log_format"),
-        log_level=value("log_level").upper(), start_from=value("start_from"),
-        show_full_urls=value("show_full_urls")))
+        raise ConfigError(
+            "--dsn: give --dsn, SKOR_DSN, dsn in the --config file, or Skor's "
+            "DBNAME/PGHOST variables"
+        )
+    source = _make(
+        values["dsn"].where if value("dsn") else "DBNAME/PGHOST",
+        lambda: SourceConfig(
+            dsn=dsn,
+            mode=value("mode"),
+            poll_interval=value("poll_interval"),
+            batch_size=value("batch_size"),
+            max_slot_lag=value("max_slot_lag"),
+        ),
+    )
+    retry = _make(
+        "retry",
+        lambda: RetryPolicy(value("max_attempts"), value("initial_backoff"), value("max_backoff")),
+    )
+    outputs = _merge(
+        _file_outputs(file, str(config_file), value("show_full_urls"), retry),
+        _command_line_outputs(values, environ, retry),
+    )
+    return _make(
+        "outputs",
+        lambda: Config(
+            source=source,
+            outputs=tuple(output for output, _ in outputs),
+            max_in_flight=value("max_in_flight"),
+            failover_timeout=value("failover_timeout"),
+            retention_seconds=value("retention"),
+            retention_bytes=value("retention_size"),
+            retention_interval=value("retention_interval"),
+            partition_size=value("partition_size"),
+            metrics_port=value("metrics_port"),
+            metrics_host=value("metrics_host"),
+            log_format=value("log_format"),
+            log_level=value("log_level").upper(),
+            start_from=value("start_from"),
+            show_full_urls=value("show_full_urls"),
+        ),
+    )
 
 
 def _make(where: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -180,20 +218,37 @@ def _make(where: str, build: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 Placed = tuple[OutputConfig, str]  # an output and where the user declared it
 
 
-def _output(kind: str, settings: SinkSettings, name: str | None, legacy: str,
-            common: Mapping[str, Any], retry: RetryPolicy, where: str) -> OutputConfig:
+def _output(
+    kind: str,
+    settings: SinkSettings,
+    name: str | None,
+    legacy: str,
+    common: Mapping[str, Any],
+    retry: RetryPolicy,
+    where: str,
+) -> OutputConfig:
     if name is not None and not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"{where}: name: use letters, digits, '.', '_' or '-' (at most 63), "
-                          f"got {name!r}")
-    return _make(where, lambda: OutputConfig(
-        name=name or identity.derived_name(kind, settings), kind=kind,  # type: ignore[arg-type]
-        settings=settings, retry=retry, tables=tuple(common["tables"]),
-        format=common["format"], start_from=common.get("start_from"),
-        legacy_name=legacy if legacy != name else None))
+        raise ConfigError(
+            f"{where}: name: use letters, digits, '.', '_' or '-' (at most 63), got {name!r}"
+        )
+    return _make(
+        where,
+        lambda: OutputConfig(
+            name=name or identity.derived_name(kind, settings),
+            kind=kind,  # type: ignore[arg-type]
+            settings=settings,
+            retry=retry,
+            tables=tuple(common["tables"]),
+            format=common["format"],
+            start_from=common.get("start_from"),
+            legacy_name=legacy if legacy != name else None,
+        ),
+    )
 
 
-def _file_outputs(file: Mapping[str, Any], label: str, full_urls: bool,
-                  retry: RetryPolicy) -> list[Placed]:
+def _file_outputs(
+    file: Mapping[str, Any], label: str, full_urls: bool, retry: RetryPolicy
+) -> list[Placed]:
     tables = file.get("outputs", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"{label}: outputs: expected [[outputs]] tables")
@@ -209,23 +264,42 @@ def _file_outputs(file: Mapping[str, Any], label: str, full_urls: bool,
             if key in ("type", "name"):
                 continue
             if key not in keys:
-                raise ConfigError(f"{where}: unknown key {key!r} for a {kind} output; expected "
-                                  f"one of name, {', '.join(sorted(keys))}")
-            parsed[key] = _mapping(raw, f"{where}.{key}") if key in ("headers", "options") \
+                raise ConfigError(
+                    f"{where}: unknown key {key!r} for a {kind} output; expected "
+                    f"one of name, {', '.join(sorted(keys))}"
+                )
+            parsed[key] = (
+                _mapping(raw, f"{where}.{key}")
+                if key in ("headers", "options")
                 else _parse(keys[key], raw, f"{where}.{key}")
+            )
         name = table.get("name")
         if name is not None and not isinstance(name, str):
             raise ConfigError(f"{where}.name: expected a string, got {name!r}")
-        common = {"tables": parsed.pop("tables", []), "format": parsed.pop("format", "skor"),
-                  "start_from": parsed.pop("start_from", None)}
-        own_retry = _make(where, RetryPolicy, parsed.pop("max_attempts", retry.max_attempts),
-                          parsed.pop("initial_backoff", retry.initial_backoff),
-                          parsed.pop("max_backoff", retry.max_backoff))
+        common = {
+            "tables": parsed.pop("tables", []),
+            "format": parsed.pop("format", "skor"),
+            "start_from": parsed.pop("start_from", None),
+        }
+        own_retry = _make(
+            where,
+            RetryPolicy,
+            parsed.pop("max_attempts", retry.max_attempts),
+            parsed.pop("initial_backoff", retry.initial_backoff),
+            parsed.pop("max_backoff", retry.max_backoff),
+        )
         if kind == "webhook":
             parsed["show_full_url"] = full_urls
         settings = _settings(kind, parsed, where)
-        output = _output(kind, settings, name, name or identity.legacy_name(kind, index), common,
-                         own_retry, where)
+        output = _output(
+            kind,
+            settings,
+            name,
+            name or identity.legacy_name(kind, index),
+            common,
+            own_retry,
+            where,
+        )
         result.append((output, where))
     return result
 
@@ -253,8 +327,9 @@ def _split_name(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def _command_line_outputs(values: Mapping[str, Given], environ: Mapping[str, str],
-                          retry: RetryPolicy) -> list[Placed]:
+def _command_line_outputs(
+    values: Mapping[str, Given], environ: Mapping[str, str], retry: RetryPolicy
+) -> list[Placed]:
     def value(name: str) -> Any:
         return values[name].value
 
@@ -269,28 +344,69 @@ def _command_line_outputs(values: Mapping[str, Given], environ: Mapping[str, str
     for index, (text, where) in enumerate(webhooks):
         name, url = _split_name(text)
         settings = _make(
-            where, WebhookConfig, url=url, secret=value("webhook_secret"), headers=headers,
-            timeout=value("webhook_timeout"), concurrency=value("webhook_concurrency"),
-            ca_file=value("webhook_ca_file"), show_full_url=value("show_full_urls"))
-        result.append((_output("webhook", settings, name, identity.legacy_name("webhook", index),
-                               common, retry, where), where))
+            where,
+            WebhookConfig,
+            url=url,
+            secret=value("webhook_secret"),
+            headers=headers,
+            timeout=value("webhook_timeout"),
+            concurrency=value("webhook_concurrency"),
+            ca_file=value("webhook_ca_file"),
+            show_full_url=value("show_full_urls"),
+        )
+        result.append(
+            (
+                _output(
+                    "webhook",
+                    settings,
+                    name,
+                    identity.legacy_name("webhook", index),
+                    common,
+                    retry,
+                    where,
+                ),
+                where,
+            )
+        )
     if value("amqp"):
         name, url = _split_name(value("amqp"))
-        settings = _make(values["amqp"].where, lambda: AmqpConfig(
-            url=url, exchange=value("amqp_exchange"), routing_key=value("amqp_routing_key"),
-            mandatory=value("amqp_mandatory")))
-        result.append((_output("amqp", settings, name, "amqp", common, retry,
-                               values["amqp"].where), values["amqp"].where))
+        settings = _make(
+            values["amqp"].where,
+            lambda: AmqpConfig(
+                url=url,
+                exchange=value("amqp_exchange"),
+                routing_key=value("amqp_routing_key"),
+                mandatory=value("amqp_mandatory"),
+            ),
+        )
+        result.append(
+            (
+                _output("amqp", settings, name, "amqp", common, retry, values["amqp"].where),
+                values["amqp"].where,
+            )
+        )
     if value("kafka"):
         name, bootstrap = _split_name(value("kafka"))
-        options = tuple(_make(values["kafka_option"].where, parse_option, o)
-                        for o in value("kafka_option"))
-        settings = _make(values["kafka"].where, lambda: KafkaConfig(
-            bootstrap=bootstrap, topic=value("kafka_topic"), options=options,
-            create_topics=value("kafka_create_topics"), partitions=value("kafka_partitions"),
-            replication_factor=value("kafka_replication_factor")))
-        result.append((_output("kafka", settings, name, "kafka", common, retry,
-                               values["kafka"].where), values["kafka"].where))
+        options = tuple(
+            _make(values["kafka_option"].where, parse_option, o) for o in value("kafka_option")
+        )
+        settings = _make(
+            values["kafka"].where,
+            lambda: KafkaConfig(
+                bootstrap=bootstrap,
+                topic=value("kafka_topic"),
+                options=options,
+                create_topics=value("kafka_create_topics"),
+                partitions=value("kafka_partitions"),
+                replication_factor=value("kafka_replication_factor"),
+            ),
+        )
+        result.append(
+            (
+                _output("kafka", settings, name, "kafka", common, retry, values["kafka"].where),
+                values["kafka"].where,
+            )
+        )
     return result
 
 
@@ -300,7 +416,7 @@ def _merge(from_file: list[Placed], from_command_line: list[Placed]) -> list[Pla
     outputs = list(from_file)
     for output, where in from_command_line:
         key = identity.destination_key(output.kind, output.settings)
-        for index, (old, _) in enumerate(outputs[:len(from_file)]):
+        for index, (old, _) in enumerate(outputs[: len(from_file)]):
             same_place = identity.destination_key(old.kind, old.settings) == key
             if old.name == output.name or (same_place and _derived(output)):
                 name = output.name if not _derived(output) else old.name
@@ -311,12 +427,13 @@ def _merge(from_file: list[Placed], from_command_line: list[Placed]) -> list[Pla
     seen: dict[str, str] = {}
     for output, where in outputs:
         if output.name in seen:
-            raise ConfigError(f"{seen[output.name]} and {where} are both the output named "
-                              f"{output.name!r}; give each a distinct name")
+            raise ConfigError(
+                f"{seen[output.name]} and {where} are both the output named "
+                f"{output.name!r}; give each a distinct name"
+            )
         seen[output.name] = where
     # A legacy name now worn by another output is that output's progress, not to adopt.
-    return [(replace(o, legacy_name=None) if o.legacy_name in seen else o, w)
-            for o, w in outputs]
+    return [(replace(o, legacy_name=None) if o.legacy_name in seen else o, w) for o, w in outputs]
 
 
 def _derived(output: OutputConfig) -> bool:

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def handle_stop_signals(stopping: threading.Event,
-                        request_stop: Callable[[], None]) -> Callable[[], None]:
+def handle_stop_signals(
+    stopping: threading.Event, request_stop: Callable[[], None]
+) -> Callable[[], None]:
     """Route SIGTERM/SIGINT to `request_stop` (called on the first one, while `stopping` is
     not set); return the function that puts an embedding program's handlers back.
 

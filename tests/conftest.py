@@ -12,12 +12,16 @@ import pytest
 from skor_bridge.tools.receiver import Receiver
 
 pytest_plugins = [
-    "tests.fixtures_amqp", "tests.fixtures_kafka", "tests.fixtures_bridge", "tests.fixtures_wal",
+    "tests.fixtures_amqp",
+    "tests.fixtures_kafka",
+    "tests.fixtures_bridge",
+    "tests.fixtures_wal",
 ]
 
 #: The server every test database is created on; override for another PostgreSQL.
 ADMIN_DSN = os.environ.get(
-    "SKOR_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    "SKOR_TEST_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 
 
 def _admin():

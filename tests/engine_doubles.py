@@ -20,8 +20,15 @@ from skor_bridge.sinks.base import DELIVERED, Completion, Outcome, Result, Sink
 
 
 def change(position: int, row: int, version: int = 0) -> ChangeEvent:
-    return ChangeEvent(id=f"e{position}", position=position, schema="public", table="t",
-                       op="UPDATE", data=f'{{"id":{row},"v":{version}}}', key=f'{{"id":{row}}}')
+    return ChangeEvent(
+        id=f"e{position}",
+        position=position,
+        schema="public",
+        table="t",
+        op="UPDATE",
+        data=f'{{"id":{row},"v":{version}}}',
+        key=f'{{"id":{row}}}',
+    )
 
 
 @dataclass
@@ -57,10 +64,14 @@ class MemoryFeed:
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
         self.dead.append(event)
 
-    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
-                           ) -> list[tuple[int, ChangeEvent, bool]]:
-        return [(i, e, parked) for i, (e, parked) in sorted(self.redeliveries.items())
-                if i > after_id and (include_parked or not parked)][:limit]
+    def fetch_redeliveries(
+        self, after_id: int, limit: int, include_parked: bool
+    ) -> list[tuple[int, ChangeEvent, bool]]:
+        return [
+            (i, e, parked)
+            for i, (e, parked) in sorted(self.redeliveries.items())
+            if i > after_id and (include_parked or not parked)
+        ][:limit]
 
     def park(self, events: list[ChangeEvent]) -> list[int]:
         ids = []
@@ -70,11 +81,14 @@ class MemoryFeed:
             self._next_id += 1
         return ids
 
-    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
-                     limit: int) -> list[tuple[int, ChangeEvent]]:
-        return [(i, e) for i, (e, parked) in sorted(self.redeliveries.items())
-                if parked and i > after_id and (e.schema, e.table, e.key) == (
-                    schema, table, row_key)][:limit]
+    def fetch_parked(
+        self, schema: str, table: str, row_key: str | None, after_id: int, limit: int
+    ) -> list[tuple[int, ChangeEvent]]:
+        return [
+            (i, e)
+            for i, (e, parked) in sorted(self.redeliveries.items())
+            if parked and i > after_id and (e.schema, e.table, e.key) == (schema, table, row_key)
+        ][:limit]
 
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
         del self.redeliveries[redelivery_id]
@@ -138,11 +152,15 @@ class ScriptedSink(Sink):
         return done
 
 
-def make_worker(sink: Sink, feed: MemoryFeed, max_in_flight: int = 10_000,
-                max_attempts: int | None = None) -> OutputWorker:
-    output = OutputConfig("out", "webhook", WebhookConfig(url="http://127.0.0.1:9/"),
-                          RetryPolicy(max_attempts=max_attempts, initial_backoff=0.01,
-                                      max_backoff=0.05))
+def make_worker(
+    sink: Sink, feed: MemoryFeed, max_in_flight: int = 10_000, max_attempts: int | None = None
+) -> OutputWorker:
+    output = OutputConfig(
+        "out",
+        "webhook",
+        WebhookConfig(url="http://127.0.0.1:9/"),
+        RetryPolicy(max_attempts=max_attempts, initial_backoff=0.01, max_backoff=0.05),
+    )
     return OutputWorker(output, sink, feed, Metrics(), threading.Event(), max_in_flight, 500)
 
 

@@ -49,16 +49,20 @@ class AmqpQueue:
             channel.exchange_declare(self.exchange, "topic", durable=True)
             # Not exclusive: an exclusive queue dies with its connection, and the helpers use
             # one connection per call. x-expires removes it if a crashed run skips teardown.
-            channel.queue_declare(self.queue, durable=self.durable,
-                                  arguments={"x-expires": 600_000, **(arguments or {})})
+            channel.queue_declare(
+                self.queue,
+                durable=self.durable,
+                arguments={"x-expires": 600_000, **(arguments or {})},
+            )
             channel.queue_bind(self.queue, self.exchange, binding_key)
 
     def unbind(self, binding_key: str = "#") -> None:
         with amqp_channel(self.url) as channel:
             channel.queue_unbind(self.queue, self.exchange, binding_key)
 
-    def drain(self, expected_count: int | None = None, timeout: float = 10.0,
-              idle: float = 0.5) -> list[Message]:
+    def drain(
+        self, expected_count: int | None = None, timeout: float = 10.0, idle: float = 0.5
+    ) -> list[Message]:
         """Consume until `expected_count` messages arrived or `timeout` passed.
 
         Without `expected_count`, stop once nothing arrived for `idle` seconds.
@@ -102,8 +106,9 @@ def make_amqp_queue(amqp_url: str) -> Iterator[Callable[..., AmqpQueue]]:
     """
     made: list[AmqpQueue] = []
 
-    def make(durable: bool = False, binding_key: str = "#",
-             arguments: dict[str, object] | None = None) -> AmqpQueue:
+    def make(
+        durable: bool = False, binding_key: str = "#", arguments: dict[str, object] | None = None
+    ) -> AmqpQueue:
         suffix = uuid.uuid4().hex[:12]
         queue = AmqpQueue(amqp_url, f"skor-test-{suffix}", f"skor-test-{suffix}", durable)
         made.append(queue)

@@ -29,7 +29,9 @@ class BridgeProcess:
             # The child keeps its own copy of the descriptor.
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "skor_bridge", "run", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
             )
         return self
 

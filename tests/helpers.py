@@ -67,8 +67,10 @@ def delivered_total(dsn, output):
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT coalesce(sum(delivered_total), 0) FROM skor.outputs"
-                        " WHERE name = %s", (output,))
+            cur.execute(
+                "SELECT coalesce(sum(delivered_total), 0) FROM skor.outputs WHERE name = %s",
+                (output,),
+            )
             return cur.fetchone()[0]
     finally:
         conn.close()
@@ -77,5 +79,8 @@ def delivered_total(dsn, output):
 def wait_delivered(dsn, output, count, timeout=60.0):
     """Wait until the bridge recorded `count` deliveries to `output` (progress is saved after
     each batch, so this also means the output's messages exist)."""
-    wait_until(lambda: delivered_total(dsn, output) >= count, timeout=timeout,
-               message=f"{count} deliveries to {output}")
+    wait_until(
+        lambda: delivered_total(dsn, output) >= count,
+        timeout=timeout,
+        message=f"{count} deliveries to {output}",
+    )

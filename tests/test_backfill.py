@@ -22,13 +22,18 @@ TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int DEFAULT 0)"
 def run_backfill(dsn, *args, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "skor_bridge", "backfill", "--dsn", dsn, *args],
-        capture_output=True, text=True, timeout=timeout)
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_backfill(dsn, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "skor_bridge", "backfill", "--dsn", dsn, *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def table_view(dsn, table="items"):
@@ -54,11 +59,13 @@ def receiver_view(receiver):
 
 def wait_log_drained(dsn, receiver, timeout=120.0):
     """Wait until the outbox is empty and the receiver holds every log event."""
+
     def done():
         if scalar(dsn, "SELECT count(*) FROM skor.outbox"):
             return False
         head = scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer")
         return scalar(dsn, "SELECT min(position) FROM skor.outputs") >= head
+
     wait_until(done, timeout=timeout, message="everything delivered")
 
 
@@ -91,8 +98,12 @@ def test_existing_rows_arrive_as_read_and_the_receiver_equals_the_table(
     dsn, capture_table, bridge, receiver
 ):
     # Given 5,000 rows written before capture was installed, and a running bridge
-    execute(dsn, TABLE, "INSERT INTO items (id, name, qty) SELECT g, 'n' || g, g % 7"
-                        " FROM generate_series(1, 5000) g")
+    execute(
+        dsn,
+        TABLE,
+        "INSERT INTO items (id, name, qty) SELECT g, 'n' || g, g % 7"
+        " FROM generate_series(1, 5000) g",
+    )
     capture_table("SELECT 1", "items")
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     # When the table is backfilled
@@ -104,15 +115,24 @@ def test_existing_rows_arrive_as_read_and_the_receiver_equals_the_table(
     events = bodies(receiver)
     assert len(events) == 5000
     assert {(e["op"], e["table"], e["schema"]) for e in events} == {("READ", "items", "public")}
-    assert {"data": {"id": 9, "name": "n9", "qty": 2}, "table": "items", "schema": "public",
-            "op": "READ"} in events
+    assert {
+        "data": {"id": 9, "name": "n9", "qty": 2},
+        "table": "items",
+        "schema": "public",
+        "op": "READ",
+    } in events
     assert receiver_view(receiver) == table_view(dsn)
     # And status shows it finished with its progress
-    status = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn,
-                             "--json"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     backfills = json.loads(status.stdout)["backfills"]
     assert [(b["table"], b["state"], b["rows_sent"], b["rows_total"]) for b in backfills] == [
-        ("public.items", "finished", 5000, 5000)]
+        ("public.items", "finished", 5000, 5000)
+    ]
 
 
 @pytest.mark.slow
@@ -121,10 +141,13 @@ def test_configured_columns_and_composite_keys_match_the_live_events(
 ):
     # Given a table with a two-column key, captured with some columns only
     # (numeric: the row key is canonical, 1.50 and 1.5 are one key, as in the triggers)
-    execute(dsn, 'CREATE TABLE "odd ""name""" (a numeric, b text, secret text, note text,'
-                 ' PRIMARY KEY (b, a))',
-            'INSERT INTO "odd ""name""" SELECT (g % 3) + 0.50, \'k\' || g, \'s\','
-            ' \'ü"\' || g FROM generate_series(1, 50) g')
+    execute(
+        dsn,
+        'CREATE TABLE "odd ""name""" (a numeric, b text, secret text, note text,'
+        " PRIMARY KEY (b, a))",
+        'INSERT INTO "odd ""name""" SELECT (g % 3) + 0.50, \'k\' || g, \'s\','
+        " 'ü\"' || g FROM generate_series(1, 50) g",
+    )
     capture_table("SELECT 1", 'odd "name"', columns=["a", "b", "note"])
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     # When it is backfilled in small chunks, and one row is then updated live
@@ -135,11 +158,11 @@ def test_configured_columns_and_composite_keys_match_the_live_events(
     assert receiver.wait_for(51)
     # Then READ carries the configured columns only, and the same row key as live events
     events = bodies(receiver)
-    assert {"a": 1.5, "b": "k4", "note": 'ü"4'} in [e["data"] for e in events
-                                                     if e["op"] == "READ"]
+    assert {"a": 1.5, "b": "k4", "note": 'ü"4'} in [e["data"] for e in events if e["op"] == "READ"]
     assert events[-1]["data"] == {"a": 1.5, "b": "k4", "note": "x"}
-    keys = scalar(dsn, "SELECT array_agg(DISTINCT row_key) FROM skor.log WHERE row_key LIKE"
-                       " '%%\"k4\",%%'")
+    keys = scalar(
+        dsn, "SELECT array_agg(DISTINCT row_key) FROM skor.log WHERE row_key LIKE '%%\"k4\",%%'"
+    )
     assert keys == ['{"b":"k4","a":1.5}']
 
 
@@ -155,13 +178,17 @@ def _writer(dsn, stop, ids, seed, first_new):
                 what = rng.random()
                 row = rng.randint(1, ids)
                 if what < 0.5:
-                    cur.execute("UPDATE items SET qty = qty + 1, name = %s WHERE id = %s",
-                                (f"w{rng.random()}", row))
+                    cur.execute(
+                        "UPDATE items SET qty = qty + 1, name = %s WHERE id = %s",
+                        (f"w{rng.random()}", row),
+                    )
                 elif what < 0.7:
                     cur.execute("DELETE FROM items WHERE id = %s", (row,))
                 elif what < 0.85:
-                    cur.execute("INSERT INTO items (id, name) VALUES (%s, 'back') ON CONFLICT"
-                                " DO NOTHING", (row,))
+                    cur.execute(
+                        "INSERT INTO items (id, name) VALUES (%s, 'back') ON CONFLICT DO NOTHING",
+                        (row,),
+                    )
                 else:
                     cur.execute("INSERT INTO items (id, name) VALUES (%s, 'new')", (next_id,))
                     next_id += 1
@@ -174,15 +201,20 @@ def test_backfill_under_concurrent_writes_ends_equal_to_the_table(
     dsn, capture_table, bridge, receiver
 ):
     # Given 20,000 rows and a bridge delivering to a receiver
-    execute(dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g"
-                        " FROM generate_series(1, 20000) g")
+    execute(
+        dsn,
+        TABLE,
+        "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 20000) g",
+    )
     capture_table("SELECT 1", "items")
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     # When the table is backfilled while two writers update, delete and insert
     stop = threading.Event()
     # The second writer inserts far above the first's new ids, so they never collide.
-    writers = [threading.Thread(target=_writer, args=(dsn, stop, 20000, 1, 20001)),
-               threading.Thread(target=_writer, args=(dsn, stop, 20000, 2, 1_000_000))]
+    writers = [
+        threading.Thread(target=_writer, args=(dsn, stop, 20000, 1, 20001)),
+        threading.Thread(target=_writer, args=(dsn, stop, 20000, 2, 1_000_000)),
+    ]
     for writer in writers:
         writer.start()
     try:
@@ -202,13 +234,19 @@ def test_backfill_under_concurrent_writes_ends_equal_to_the_table(
 @pytest.mark.slow
 def test_killed_backfill_continues_where_it_stopped(dsn, capture_table, bridge, receiver):
     # Given a backfill killed with SIGKILL part of the way through 20,000 rows
-    execute(dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g"
-                        " FROM generate_series(1, 20000) g")
+    execute(
+        dsn,
+        TABLE,
+        "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 20000) g",
+    )
     capture_table("SELECT 1", "items")
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     first = start_backfill(dsn, "--table", "items", "--chunk-size", "200")
-    wait_until(lambda: (scalar(dsn, "SELECT max(rows_sent) FROM skor.backfills") or 0) >= 4000,
-               timeout=120, message="part of the backfill sent")
+    wait_until(
+        lambda: (scalar(dsn, "SELECT max(rows_sent) FROM skor.backfills") or 0) >= 4000,
+        timeout=120,
+        message="part of the backfill sent",
+    )
     first.kill()
     first.wait(10)
     # The server may still finish (and commit) the chunk statement the client had sent.
@@ -216,11 +254,18 @@ def test_killed_backfill_continues_where_it_stopped(dsn, capture_table, bridge, 
     while sent != (sent := scalar(dsn, "SELECT rows_sent FROM skor.backfills")):
         time.sleep(1)
     assert 4000 <= sent < 20000
-    status = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn,
-                             "--json"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(status.stdout)["backfills"][0]["state"] == "interrupted"
-    execute(dsn, "UPDATE items SET qty = 5 WHERE id IN (1, 19999)",
-            "DELETE FROM items WHERE id IN (2, 19998)")
+    execute(
+        dsn,
+        "UPDATE items SET qty = 5 WHERE id IN (1, 19999)",
+        "DELETE FROM items WHERE id IN (2, 19998)",
+    )
     # When it is run again
     again = run_backfill(dsn, "--table", "items", "--chunk-size", "200")
     # Then it continues after the last chunk sent, and the receiver ends equal to the table
@@ -238,14 +283,18 @@ def test_named_outputs_only_receive_the_backfill(dsn, capture_table, bridge, rec
     from skor_bridge.tools.receiver import Receiver
 
     # Given two webhook outputs and 300 existing rows
-    execute(dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g"
-                        " FROM generate_series(1, 300) g")
+    execute(
+        dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 300) g"
+    )
     capture_table("SELECT 1", "items")
     with Receiver() as other:
         bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook", other.url).wait_active()
         wait_until(lambda: len(output_names(dsn)) == 2, message="both outputs started")
-        first = [name for name in output_names(dsn)
-                 if scalar(dsn, "SELECT kind FROM skor.outputs WHERE name = %s", (name,))][0]
+        first = [
+            name
+            for name in output_names(dsn)
+            if scalar(dsn, "SELECT kind FROM skor.outputs WHERE name = %s", (name,))
+        ][0]
         # When the backfill names one of them, and a live change follows
         done = run_backfill(dsn, "--table", "items", "--output", first)
         assert done.returncode == 0, done.stderr
@@ -258,23 +307,37 @@ def test_named_outputs_only_receive_the_backfill(dsn, capture_table, bridge, rec
         def ops_of(r):
             return [e["op"] for e in bodies(r)]
 
-        wait_until(lambda: all("UPDATE" in ops_of(r) for r in both)
-                   and max(ops_of(r).count("READ") for r in both) >= 299, timeout=90,
-                   message="backfill and update delivered")
+        wait_until(
+            lambda: (
+                all("UPDATE" in ops_of(r) for r in both)
+                and max(ops_of(r).count("READ") for r in both) >= 299
+            ),
+            timeout=90,
+            message="backfill and update delivered",
+        )
         ops = sorted(({e["op"] for e in bodies(r)} for r in both), key=len)
         assert ops == [{"UPDATE"}, {"READ", "UPDATE"}]
         reads = {e["data"]["id"] for r in both for e in bodies(r) if e["op"] == "READ"}
         assert set(range(2, 301)) <= reads
-    wait_until(lambda: scalar(dsn, "SELECT min(position) FROM skor.outputs")
-               == scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer"), timeout=30,
-               message="both outputs' positions past the backfill")
+    wait_until(
+        lambda: (
+            scalar(dsn, "SELECT min(position) FROM skor.outputs")
+            == scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer")
+        ),
+        timeout=30,
+        message="both outputs' positions past the backfill",
+    )
 
 
 @pytest.mark.slow
 def test_tables_that_cannot_be_backfilled_get_one_line(dsn, capture_table):
     capture_table(TABLE, "items")
-    execute(dsn, "CREATE TABLE nokey (a int)", "CREATE TABLE plain (id int PRIMARY KEY)",
-            "CREATE VIEW v AS SELECT 1 AS id")
+    execute(
+        dsn,
+        "CREATE TABLE nokey (a int)",
+        "CREATE TABLE plain (id int PRIMARY KEY)",
+        "CREATE VIEW v AS SELECT 1 AS id",
+    )
     from skor_bridge.capture import triggers
 
     triggers.install(dsn, triggers.parse_config([{"table": "items"}, {"table": "nokey"}]))
@@ -306,16 +369,23 @@ def test_a_second_backfill_of_the_same_table_is_refused(dsn, capture_table):
     capture_table("SELECT 1", "items")
     first = start_backfill(dsn, "--table", "items", "--chunk-size", "10")
     try:
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.outbox") >= 10,
-                   message="first chunk sent")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.outbox") >= 10,
+            message="first chunk sent",
+        )
         # When a second one starts
         second = run_backfill(dsn, "--table", "items")
         # Then it is refused in one line
         assert second.returncode == 2
         assert second.stderr.strip() == (
-            "error: table: a backfill of public.items is already running")
-        status = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn,
-                                 "--json"], capture_output=True, text=True, timeout=60)
+            "error: table: a backfill of public.items is already running"
+        )
+        status = subprocess.run(
+            [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert json.loads(status.stdout)["backfills"][0]["state"] == "running"
     finally:
         first.kill()

@@ -26,14 +26,19 @@ def test_wal_mode_backfill_under_concurrent_writes_ends_equal_to_the_table(
     wal_dsn, bridge, receiver
 ):
     # Given 20,000 rows of a table captured in WAL mode, and a bridge delivering them
-    execute(wal_dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g"
-                            " FROM generate_series(1, 20000) g")
+    execute(
+        wal_dsn,
+        TABLE,
+        "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 20000) g",
+    )
     wal_install.install(wal_dsn, triggers.parse_config([{"table": "items"}]))
     bridge("--dsn", wal_dsn, "--webhook", receiver.url).wait_active()
     # When it is backfilled while two writers update, delete and insert
     stop = threading.Event()
-    writers = [threading.Thread(target=_writer, args=(wal_dsn, stop, 20000, 1, 20001)),
-               threading.Thread(target=_writer, args=(wal_dsn, stop, 20000, 2, 1_000_000))]
+    writers = [
+        threading.Thread(target=_writer, args=(wal_dsn, stop, 20000, 1, 20001)),
+        threading.Thread(target=_writer, args=(wal_dsn, stop, 20000, 2, 1_000_000)),
+    ]
     for writer in writers:
         writer.start()
     try:

@@ -9,9 +9,19 @@ import pytest
 from skor_bridge.backoff import backoff_delay
 
 
-@pytest.mark.parametrize(("attempt", "ceiling"), [
-    (0, 0.5), (1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, 10.0), (60, 10.0),
-])
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [
+        (0, 0.5),
+        (1, 0.5),
+        (2, 1.0),
+        (3, 2.0),
+        (4, 4.0),
+        (5, 8.0),
+        (6, 10.0),
+        (60, 10.0),
+    ],
+)
 def test_the_delay_doubles_per_attempt_up_to_the_cap_with_equal_jitter(attempt, ceiling):
     rng = random.Random(attempt)
     delays = [backoff_delay(attempt, 0.5, 10.0, rng) for _ in range(2000)]

@@ -42,9 +42,14 @@ EXPECTED_ROWS = [
 
 
 def bench(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "skor_bridge", "bench", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "SKOR_DSN": ADMIN_DSN}, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "skor_bridge", "bench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SKOR_DSN": ADMIN_DSN},
+        **kwargs,
+    )
 
 
 def scratch_name(progress: str) -> str:
@@ -76,9 +81,25 @@ def test_the_benchmark_reports_every_figure_and_leaves_nothing_behind(kafka_brok
     output = tmp_path / "bench.md"
     # When the benchmark runs with tiny sizes
     # (the slow-receiver section has fixed sizes, a 45 s outage among them: run on its own)
-    process = bench("--seconds", "1", "--backlog", "500", "--rounds", "1", "--no-big-backlog",
-                    "--skip", "slow", "--amqp", AMQP_URL, "--kafka", kafka_broker.bootstrap,
-                    "--output", str(output), "--update-readme", str(readme))
+    process = bench(
+        "--seconds",
+        "1",
+        "--backlog",
+        "500",
+        "--rounds",
+        "1",
+        "--no-big-backlog",
+        "--skip",
+        "slow",
+        "--amqp",
+        AMQP_URL,
+        "--kafka",
+        kafka_broker.bootstrap,
+        "--output",
+        str(output),
+        "--update-readme",
+        str(readme),
+    )
     stdout, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr
     # Then the table names the machine and has every figure, each a positive number

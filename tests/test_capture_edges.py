@@ -38,13 +38,16 @@ def events(db):
 
 def test_a_user_after_trigger_that_sorts_first_cannot_reorder_a_rows_events(db, dsn, tmp_path):
     # Given a user AFTER ROW trigger named to fire before ours, updating the row just written
-    execute(db, """
+    execute(
+        db,
+        """
         CREATE TABLE t (id int PRIMARY KEY, v text, filled text);
         CREATE FUNCTION fill() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN UPDATE t SET filled = 'yes' WHERE id = NEW.id; RETURN NULL; END $$;
         CREATE TRIGGER "A_fill" AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION fill();
         CREATE TRIGGER "0fill" AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION fill();
-    """)
+    """,
+    )
     result = cli("install", write_config(tmp_path, [{"table": "t"}]), "--dsn", dsn)
     assert result.exit_code == 0, result.output
     # Then install names the other AFTER ROW triggers
@@ -56,18 +59,23 @@ def test_a_user_after_trigger_that_sorts_first_cannot_reorder_a_rows_events(db, 
     for number in (1, 2):
         key = f'{{"id":{number}}}'
         assert [(op, filled) for op, k, filled in got if k == key] == [
-            ("INSERT", None), ("UPDATE", "yes"), ("UPDATE", "yes")]
+            ("INSERT", None),
+            ("UPDATE", "yes"),
+            ("UPDATE", "yes"),
+        ]
 
 
 # -- 9.2 deferrable keys -------------------------------------------------------------------
 
 
 def test_a_deferrable_primary_key_is_refused_with_one_line_naming_it(db, dsn, tmp_path):
-    execute(db, "CREATE TABLE ok (id int PRIMARY KEY);"
-                "CREATE TABLE d (id int, CONSTRAINT d_key PRIMARY KEY (id)"
-                " DEFERRABLE INITIALLY DEFERRED)")
-    result = cli("install", write_config(tmp_path, [{"table": "ok"}, {"table": "d"}]),
-                 "--dsn", dsn)
+    execute(
+        db,
+        "CREATE TABLE ok (id int PRIMARY KEY);"
+        "CREATE TABLE d (id int, CONSTRAINT d_key PRIMARY KEY (id)"
+        " DEFERRABLE INITIALLY DEFERRED)",
+    )
+    result = cli("install", write_config(tmp_path, [{"table": "ok"}, {"table": "d"}]), "--dsn", dsn)
     assert result.exit_code == 1
     assert len(result.stderr.splitlines()) == 1
     assert '"d_key"' in result.stderr and "DEFERRABLE" in result.stderr
@@ -87,8 +95,11 @@ def test_partitioned_table_events_carry_the_root_name_and_moves_are_key_changes(
     # Given capture on a partitioned table, and a partition attached after install
     execute(db, PARTITIONED)
     install_config(dsn, [{"table": "m"}])
-    execute(db, "CREATE TABLE m_asia (LIKE m); ALTER TABLE m ATTACH PARTITION m_asia "
-                "FOR VALUES IN ('asia')")
+    execute(
+        db,
+        "CREATE TABLE m_asia (LIKE m); ALTER TABLE m ATTACH PARTITION m_asia "
+        "FOR VALUES IN ('asia')",
+    )
     # When a row is inserted, updated in place, moved to other partitions and deleted
     execute(db, "INSERT INTO m VALUES (1, 'eu', 'a')")
     execute(db, "UPDATE m SET v = 'b' WHERE id = 1")
@@ -99,9 +110,12 @@ def test_partitioned_table_events_carry_the_root_name_and_moves_are_key_changes(
     # INSERT of the new one
     eu, us, asia = (f'{{"id":1,"region":"{r}"}}' for r in ("eu", "us", "asia"))
     assert [(op, table, key, data["v"]) for op, table, key, data in events(db)] == [
-        ("INSERT", "m", eu, "a"), ("UPDATE", "m", eu, "b"),
-        ("DELETE", "m", eu, "b"), ("INSERT", "m", us, "b"),
-        ("DELETE", "m", us, "b"), ("INSERT", "m", asia, "c"),
+        ("INSERT", "m", eu, "a"),
+        ("UPDATE", "m", eu, "b"),
+        ("DELETE", "m", eu, "b"),
+        ("INSERT", "m", us, "b"),
+        ("DELETE", "m", us, "b"),
+        ("INSERT", "m", asia, "c"),
         ("DELETE", "m", asia, "c"),
     ]
 
@@ -125,23 +139,32 @@ def test_update_only_capture_of_a_partitioned_table_does_not_lose_moves(db, dsn)
 
 def test_one_row_has_one_key_whatever_the_writers_session(db, dsn):
     # Given keys whose JSON rendering depends on the session or on the value's spelling
-    execute(db, """
+    execute(
+        db,
+        """
         CREATE EXTENSION IF NOT EXISTS citext;
         CREATE TABLE at_time (at timestamptz PRIMARY KEY, v text);
         CREATE TABLE amount (n numeric PRIMARY KEY, v text);
         CREATE TABLE names (name citext PRIMARY KEY, v text);
-    """)
+    """,
+    )
     install_config(dsn, [{"table": t} for t in ("at_time", "amount", "names")])
     tokyo = connect(dsn, TimeZone="Asia/Tokyo")
     new_york = connect(dsn, TimeZone="America/New_York")
     try:
         # When two sessions in different time zones write the same rows, spelled differently
-        execute(tokyo, "INSERT INTO at_time VALUES ('2024-06-01 12:00+00', 'a');"
-                       "INSERT INTO amount VALUES (1.0, 'a');"
-                       "INSERT INTO names VALUES ('Ann', 'a')")
-        execute(new_york, "UPDATE at_time SET v = 'b', at = '2024-06-01 08:00-04';"
-                          "UPDATE amount SET v = 'b', n = 1.00;"
-                          "UPDATE names SET v = 'b', name = 'ANN'")
+        execute(
+            tokyo,
+            "INSERT INTO at_time VALUES ('2024-06-01 12:00+00', 'a');"
+            "INSERT INTO amount VALUES (1.0, 'a');"
+            "INSERT INTO names VALUES ('Ann', 'a')",
+        )
+        execute(
+            new_york,
+            "UPDATE at_time SET v = 'b', at = '2024-06-01 08:00-04';"
+            "UPDATE amount SET v = 'b', n = 1.00;"
+            "UPDATE names SET v = 'b', name = 'ANN'",
+        )
     finally:
         tokyo.close()
         new_york.close()
@@ -149,9 +172,11 @@ def test_one_row_has_one_key_whatever_the_writers_session(db, dsn):
     got = [(op, table, key) for op, table, key, _ in events(db)]
     assert got == [
         ("INSERT", "at_time", '{"at":"2024-06-01T12:00:00+00:00"}'),
-        ("INSERT", "amount", '{"n":1}'), ("INSERT", "names", '{"name":"ann"}'),
+        ("INSERT", "amount", '{"n":1}'),
+        ("INSERT", "names", '{"name":"ann"}'),
         ("UPDATE", "at_time", '{"at":"2024-06-01T12:00:00+00:00"}'),
-        ("UPDATE", "amount", '{"n":1}'), ("UPDATE", "names", '{"name":"ann"}'),
+        ("UPDATE", "amount", '{"n":1}'),
+        ("UPDATE", "names", '{"name":"ann"}'),
     ]
 
 
@@ -159,13 +184,23 @@ def test_one_row_has_one_key_whatever_the_writers_session(db, dsn):
 
 
 def test_an_update_of_the_primary_key_is_a_delete_of_the_old_key_then_an_insert(db, dsn):
-    execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text, n int);"
-                "CREATE TABLE u (id int PRIMARY KEY, v text, n int)")
-    install_config(dsn, [{"table": "t"},
-                         {"table": "u", "columns": {"update": ["id", "v"]},
-                          "update_columns": ["n"]}])
-    execute(db, "INSERT INTO t VALUES (1, 'a', 0); UPDATE t SET id = 2, v = 'b';"
-                "INSERT INTO u VALUES (1, 'a', 0); UPDATE u SET id = 2, v = 'b'")
+    execute(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, n int);"
+        "CREATE TABLE u (id int PRIMARY KEY, v text, n int)",
+    )
+    install_config(
+        dsn,
+        [
+            {"table": "t"},
+            {"table": "u", "columns": {"update": ["id", "v"]}, "update_columns": ["n"]},
+        ],
+    )
+    execute(
+        db,
+        "INSERT INTO t VALUES (1, 'a', 0); UPDATE t SET id = 2, v = 'b';"
+        "INSERT INTO u VALUES (1, 'a', 0); UPDATE u SET id = 2, v = 'b'",
+    )
     assert [(op, table, key, data) for op, table, key, data in events(db)] == [
         ("INSERT", "t", '{"id":1}', {"id": 1, "v": "a", "n": 0}),
         ("DELETE", "t", '{"id":1}', {"id": 1, "v": "a", "n": 0}),
@@ -182,30 +217,40 @@ def test_an_update_of_the_primary_key_is_a_delete_of_the_old_key_then_an_insert(
 @pytest.mark.slow
 def test_renaming_or_dropping_captured_columns_never_fails_a_write(db, dsn):
     # Given capture of every column of t and of listed columns of u
-    execute(db, "CREATE TABLE t (id int PRIMARY KEY, a text, b text);"
-                "CREATE TABLE u (id int PRIMARY KEY, a text, b text)")
+    execute(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text);"
+        "CREATE TABLE u (id int PRIMARY KEY, a text, b text)",
+    )
     install_config(dsn, [{"table": "t"}, {"table": "u", "columns": ["id", "a", "b"]}])
     with db.cursor() as cur:
         assert triggers.capture_problems(cur) == []
     # When the captured columns, the key included, are renamed or dropped
-    execute(db, "ALTER TABLE t RENAME COLUMN a TO a2; ALTER TABLE t DROP COLUMN b;"
-                "ALTER TABLE u RENAME COLUMN a TO a2; ALTER TABLE u DROP COLUMN b;"
-                "ALTER TABLE u RENAME COLUMN id TO ident")
+    execute(
+        db,
+        "ALTER TABLE t RENAME COLUMN a TO a2; ALTER TABLE t DROP COLUMN b;"
+        "ALTER TABLE u RENAME COLUMN a TO a2; ALTER TABLE u DROP COLUMN b;"
+        "ALTER TABLE u RENAME COLUMN id TO ident",
+    )
     # Then writes still succeed and are captured with the columns that exist
-    execute(db, "INSERT INTO t VALUES (1, 'x'); UPDATE t SET a2 = 'y';"
-                "INSERT INTO u VALUES (1, 'x'); UPDATE u SET a2 = 'y'; DELETE FROM u")
+    execute(
+        db,
+        "INSERT INTO t VALUES (1, 'x'); UPDATE t SET a2 = 'y';"
+        "INSERT INTO u VALUES (1, 'x'); UPDATE u SET a2 = 'y'; DELETE FROM u",
+    )
     assert [(op, table, key, data) for op, table, key, data in events(db)] == [
         ("INSERT", "t", '{"id":1}', {"id": 1, "a2": "x"}),
         ("UPDATE", "t", '{"id":1}', {"id": 1, "a2": "y"}),
-        ("INSERT", "u", None, {}), ("UPDATE", "u", None, {}), ("DELETE", "u", None, {}),
+        ("INSERT", "u", None, {}),
+        ("UPDATE", "u", None, {}),
+        ("DELETE", "u", None, {}),
     ]
     # And the problems are reported, per table
     with db.cursor() as cur:
         problems = triggers.capture_problems(cur)
     for column in ("a", "b"):
         assert f"public.u: column {column} does not exist any more" in " ".join(problems)
-    assert any(p.startswith("public.u: primary key changed from (id) to (ident)")
-               for p in problems)
+    assert any(p.startswith("public.u: primary key changed from (id) to (ident)") for p in problems)
     assert not any(p.startswith("public.t: ") for p in problems)
     # And `skor-bridge status` shows them
     from typer.testing import CliRunner
@@ -224,8 +269,10 @@ def test_renaming_or_dropping_captured_columns_never_fails_a_write(db, dsn):
 def test_a_carriage_return_cannot_end_a_comment_and_run_sql(db, dsn):
     execute(db, "CREATE TABLE victim (id int); CREATE TABLE t (id int PRIMARY KEY)")
     fn = f'skor."{capture_function_name("public", "t")}"'
-    attack = (f"true --\r)) EXECUTE FUNCTION {fn}(); DROP TABLE victim; "
-              "CREATE TRIGGER zz AFTER INSERT ON t FOR EACH ROW WHEN ((true")
+    attack = (
+        f"true --\r)) EXECUTE FUNCTION {fn}(); DROP TABLE victim; "
+        "CREATE TRIGGER zz AFTER INSERT ON t FOR EACH ROW WHEN ((true"
+    )
     entry = {"table": "t", "columns": {"insert": "*"}, "when": attack}
     # The config refuses the control character
     with pytest.raises(ConfigError, match="control character"):
@@ -259,14 +306,22 @@ def writer_role(db):
 
 def test_a_writer_cannot_forge_events_but_its_writes_are_captured(db, dsn, tmp_path, writer_role):
     # Given a table written by another role, and an old install that granted it the outbox
-    execute(db, "CREATE TABLE items (id int PRIMARY KEY);"
-                f'GRANT INSERT ON items TO "{writer_role}"')
+    execute(db, f'CREATE TABLE items (id int PRIMARY KEY);GRANT INSERT ON items TO "{writer_role}"')
     install_config(dsn, [{"table": "items"}])
-    execute(db, f'GRANT USAGE ON SCHEMA skor TO "{writer_role}";'
-                f'GRANT INSERT ON skor.outbox TO "{writer_role}"')
+    execute(
+        db,
+        f'GRANT USAGE ON SCHEMA skor TO "{writer_role}";'
+        f'GRANT INSERT ON skor.outbox TO "{writer_role}"',
+    )
     # When installed (again) with --grant
-    result = cli("install", write_config(tmp_path, [{"table": "items"}]), "--dsn", dsn,
-                 "--grant", writer_role)
+    result = cli(
+        "install",
+        write_config(tmp_path, [{"table": "items"}]),
+        "--dsn",
+        dsn,
+        "--grant",
+        writer_role,
+    )
     assert result.exit_code == 0, result.output
     writer = psycopg2.connect(dsn + f" user={writer_role}")
     writer.autocommit = True
@@ -274,19 +329,24 @@ def test_a_writer_cannot_forge_events_but_its_writes_are_captured(db, dsn, tmp_p
         # Then its writes are captured, but writing the outbox directly is refused
         execute(writer, "INSERT INTO items VALUES (1)")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-            execute(writer, "INSERT INTO skor.outbox (schema_name, table_name, op, data)"
-                            " VALUES ('public', 'payments', 'INSERT', '{}')")
+            execute(
+                writer,
+                "INSERT INTO skor.outbox (schema_name, table_name, op, data)"
+                " VALUES ('public', 'payments', 'INSERT', '{}')",
+            )
     finally:
         writer.close()
     assert [(op, table) for op, table, _, _ in events(db)] == [("INSERT", "items")]
-    (secdef, config) = execute(db, "SELECT prosecdef, proconfig FROM pg_proc "
-                                   "WHERE proname LIKE 'capture%'")[0]
+    (secdef, config) = execute(
+        db, "SELECT prosecdef, proconfig FROM pg_proc WHERE proname LIKE 'capture%'"
+    )[0]
     assert secdef and config == ["search_path=pg_catalog, pg_temp"]
 
 
 def test_an_op_is_escaped_in_the_body_and_unknown_ops_are_refused():
-    forged = ChangeEvent(id="1", position=1, schema="s", table="t",
-                         op='INSERT", "admin": true, "x": "', data="{}")
+    forged = ChangeEvent(
+        id="1", position=1, schema="s", table="t", op='INSERT", "admin": true, "x": "', data="{}"
+    )
     body = json.loads(forged.body())
     assert body["op"] == 'INSERT", "admin": true, "x": "' and "admin" not in body
     assert ChangeEvent.known_op("READ") and not ChangeEvent.known_op(forged.op)
@@ -304,8 +364,10 @@ def timed(conn, sql):
 @pytest.mark.slow
 def test_an_install_waiting_on_one_table_never_blocks_the_others(db, dsn, tmp_path):
     # Given capture on a and b, and an application transaction left open on b
-    execute(db, "CREATE TABLE a (id int PRIMARY KEY, v text); "
-                "CREATE TABLE b (id int PRIMARY KEY, v text)")
+    execute(
+        db,
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)",
+    )
     install_config(dsn, [{"table": "a"}, {"table": "b"}])
     blocker = psycopg2.connect(dsn)
     execute(blocker, "INSERT INTO b VALUES (1, 'open')")
@@ -322,8 +384,9 @@ def test_an_install_waiting_on_one_table_never_blocks_the_others(db, dsn, tmp_pa
 
         def run() -> None:
             try:
-                install_config(dsn, [{"table": t, "columns": ["id"], "when": quiet}
-                                     for t in ("a", "b")])
+                install_config(
+                    dsn, [{"table": t, "columns": ["id"], "when": quiet} for t in ("a", "b")]
+                )
             except BaseException as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
             done.set()
@@ -333,8 +396,11 @@ def test_an_install_waiting_on_one_table_never_blocks_the_others(db, dsn, tmp_pa
         # Then the application's reads and writes of a never wait more than a moment
         worst = 0.0
         for number in range(40):
-            worst = max(worst, timed(app, "SELECT count(*) FROM a"),
-                        timed(app, f"INSERT INTO a VALUES ({number + 10}, 'x')"))
+            worst = max(
+                worst,
+                timed(app, "SELECT count(*) FROM a"),
+                timed(app, f"INSERT INTO a VALUES ({number + 10}, 'x')"),
+            )
             time.sleep(0.05)
         assert not done.is_set()
         assert worst < 1.0
@@ -374,9 +440,13 @@ def test_notify_mode_names_the_root_table_and_tells_key_changes(db, dsn):
     listener = listen(dsn)
     try:
         # (one statement per transaction: PostgreSQL folds equal payloads of one transaction)
-        for sql in ("INSERT INTO m VALUES (1, 'eu', 'a')", "UPDATE m SET region = 'us'",
-                    "INSERT INTO t VALUES (1, 'a')", "UPDATE t SET id = 2",
-                    "UPDATE t SET v = 'b'"):
+        for sql in (
+            "INSERT INTO m VALUES (1, 'eu', 'a')",
+            "UPDATE m SET region = 'us'",
+            "INSERT INTO t VALUES (1, 'a')",
+            "UPDATE t SET id = 2",
+            "UPDATE t SET v = 'b'",
+        ):
             execute(db, sql)
         payloads = [json.loads(p) for p in notifications(listener, 7)]
     finally:
@@ -386,7 +456,8 @@ def test_notify_mode_names_the_root_table_and_tells_key_changes(db, dsn):
         ("DELETE", "m", {"id": 1, "region": "eu", "v": "a"}),
         ("INSERT", "m", {"id": 1, "region": "us", "v": "a"}),
         ("INSERT", "t", {"v": "a"}),
-        ("DELETE", "t", {"v": "a"}), ("INSERT", "t", {"v": "a"}),
+        ("DELETE", "t", {"v": "a"}),
+        ("INSERT", "t", {"v": "a"}),
         ("UPDATE", "t", {"v": "b"}),
     ]
     assert user_triggers(db)[0][1].startswith("!notify_skor_")
@@ -394,16 +465,23 @@ def test_notify_mode_names_the_root_table_and_tells_key_changes(db, dsn):
 
 def test_row_key_sql_gives_other_producers_the_triggers_key(db, dsn):
     # Given rows captured by the triggers
-    execute(db, "CREATE EXTENSION IF NOT EXISTS citext;"
-                "CREATE TABLE k (at timestamptz, n numeric, c citext, i int,"
-                " PRIMARY KEY (at, n, c, i))")
+    execute(
+        db,
+        "CREATE EXTENSION IF NOT EXISTS citext;"
+        "CREATE TABLE k (at timestamptz, n numeric, c citext, i int,"
+        " PRIMARY KEY (at, n, c, i))",
+    )
     install_config(dsn, [{"table": "k"}])
     execute(db, "SET TimeZone = 'Asia/Tokyo'; INSERT INTO k VALUES (now(), 2.50, 'Ab', 1)")
     # When another producer computes the key with row_key_sql from a session elsewhere
     from skor_bridge.capture.trigger_sql import row_key_sql
 
-    key = [("at", "timestamp with time zone"), ("n", "numeric(10,2)"), ("c", "public.citext"),
-           ("i", "integer")]
+    key = [
+        ("at", "timestamp with time zone"),
+        ("n", "numeric(10,2)"),
+        ("c", "public.citext"),
+        ("i", "integer"),
+    ]
     execute(db, "SET TimeZone = 'America/New_York'")
     (computed,) = execute(db, f"SELECT {row_key_sql('row_to_json(k)', key)} FROM k")[0]
     # Then it is the triggers' key, byte for byte
@@ -421,7 +499,10 @@ def test_reinstall_replaces_an_earlier_releases_trigger_names(db, dsn):
     install_config(dsn, [{"table": "t"}])
     # Then only the new names remain, and each change is captured once
     assert [name for _, name in user_triggers(db)] == [
-        "!skor_capture_delete", "!skor_capture_insert", "!skor_capture_update"]
+        "!skor_capture_delete",
+        "!skor_capture_insert",
+        "!skor_capture_update",
+    ]
     execute(db, "INSERT INTO t VALUES (1, 'a')")
     assert len(outbox(db)) == 1
 
@@ -431,9 +512,15 @@ def test_reinstalling_takes_no_lock_that_stalls_a_running_bridge(db, dsn):
     # Given capture installed, and a bridge-like session writing every skor table
     execute(db, "CREATE TABLE a (id int PRIMARY KEY)")
     install_config(dsn, [{"table": "a"}])
-    tables = [r[0] for r in execute(db, "SELECT format('skor.%I', relname) FROM pg_class "
-                                        "WHERE relnamespace = 'skor'::regnamespace "
-                                        "AND relkind IN ('r', 'p')")]
+    tables = [
+        r[0]
+        for r in execute(
+            db,
+            "SELECT format('skor.%I', relname) FROM pg_class "
+            "WHERE relnamespace = 'skor'::regnamespace "
+            "AND relkind IN ('r', 'p')",
+        )
+    ]
     bridge = psycopg2.connect(dsn)
     execute(bridge, "".join(f"LOCK TABLE {t} IN ROW EXCLUSIVE MODE;" for t in tables))
     try:
@@ -448,8 +535,10 @@ def test_reinstalling_takes_no_lock_that_stalls_a_running_bridge(db, dsn):
 
 
 def test_the_generated_script_holds_no_control_characters():
-    specs = [TableSpec(table="t", update_columns=("v",), when="NEW.v > 0 -- note"),
-             TableSpec(table="u", columns=(("update", ("a", "b")),))]
+    specs = [
+        TableSpec(table="t", update_columns=("v",), when="NEW.v > 0 -- note"),
+        TableSpec(table="u", columns=(("update", ("a", "b")),)),
+    ]
     for mode in ("durable", "notify"):
         script = triggers.generate_sql(specs, mode)
         assert not [c for c in script if c < " " and c not in "\n\t"]
@@ -459,14 +548,23 @@ def test_upgrading_revokes_what_earlier_releases_granted_writers(db, dsn, writer
     # Given a database where 0.1's `--grant` gave a writer INSERT on the outbox
     execute(db, "CREATE TABLE items (id int PRIMARY KEY)")
     install_config(dsn, [{"table": "items"}])
-    execute(db, f'GRANT USAGE ON SCHEMA skor TO "{writer_role}";'
-                f'GRANT INSERT ON skor.outbox TO "{writer_role}";'
-                "GRANT SELECT ON skor.log TO PUBLIC;"
-                "DELETE FROM skor.migrations WHERE version = 11")
+    execute(
+        db,
+        f'GRANT USAGE ON SCHEMA skor TO "{writer_role}";'
+        f'GRANT INSERT ON skor.outbox TO "{writer_role}";'
+        "GRANT SELECT ON skor.log TO PUBLIC;"
+        "DELETE FROM skor.migrations WHERE version = 11",
+    )
     # When the schema is brought up to date
     install_config(dsn, [{"table": "items"}])
     # Then no role but the owner keeps any privilege on skor's tables
-    assert execute(db, """
+    assert (
+        execute(
+            db,
+            """
         SELECT c.relname, a.grantee::regrole::text, a.privilege_type
         FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
-        WHERE c.relnamespace = 'skor'::regnamespace AND a.grantee <> c.relowner""") == []
+        WHERE c.relnamespace = 'skor'::regnamespace AND a.grantee <> c.relowner""",
+        )
+        == []
+    )

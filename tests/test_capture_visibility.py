@@ -37,38 +37,61 @@ def listed(dsn: str) -> dict[str, dict]:
 def test_changes_name_what_was_added_removed_and_changed():
     before = {"public.a": ["insert"], "public.b": ["insert", "update"]}
     after = {"public.b": ["insert"], "public.c": ["delete"]}
-    assert changes(before, after) == ["added public.c (delete)", "removed public.a (insert)",
-                                      "changed public.b: insert, update -> insert"]
+    assert changes(before, after) == [
+        "added public.c (delete)",
+        "removed public.a (insert)",
+        "changed public.b: insert, update -> insert",
+    ]
 
 
 @pytest.mark.slow
 def test_triggers_list_shows_tables_ops_columns_and_problems(dsn, tmp_path):
     execute(dsn, TABLES)
-    path = write(tmp_path, [
-        {"table": "orders", "columns": {"insert": ["id", "status"], "update": "*"}},
-        {"table": "customers", "columns": "*"}])
+    path = write(
+        tmp_path,
+        [
+            {"table": "orders", "columns": {"insert": ["id", "status"], "update": "*"}},
+            {"table": "customers", "columns": "*"},
+        ],
+    )
     assert cli("triggers", "install", path, "--dsn", dsn).exit_code == 0
     tables = listed(dsn)
     assert tables["public.orders"] == {
-        "schema": "public", "table": "orders", "mode": "durable", "ops": ["insert", "update"],
-        "columns": {"insert": ["id", "status"], "update": None}, "condition": None,
-        "problems": []}
+        "schema": "public",
+        "table": "orders",
+        "mode": "durable",
+        "ops": ["insert", "update"],
+        "columns": {"insert": ["id", "status"], "update": None},
+        "condition": None,
+        "problems": [],
+    }
     assert tables["public.customers"]["ops"] == ["insert", "update", "delete"]
     text = cli("triggers", "list", "--dsn", dsn)
     assert text.exit_code == 0
-    assert text.stdout.splitlines()[1].split() == ["public.customers", "durable",
-                                                   "insert,update,delete", "*", "-"]
+    assert text.stdout.splitlines()[1].split() == [
+        "public.customers",
+        "durable",
+        "insert,update,delete",
+        "*",
+        "-",
+    ]
     # When a captured column is renamed, a trigger disabled and a table dropped
-    execute(dsn, "ALTER TABLE orders RENAME COLUMN status TO state",
-            'ALTER TABLE orders DISABLE TRIGGER "!skor_capture_update"',
-            "DROP TABLE customers")
+    execute(
+        dsn,
+        "ALTER TABLE orders RENAME COLUMN status TO state",
+        'ALTER TABLE orders DISABLE TRIGGER "!skor_capture_update"',
+        "DROP TABLE customers",
+    )
     # Then each is a problem, and the command exits 1
     problems = listed(dsn)["public.orders"]["problems"]
-    assert problems == ["update trigger is disabled",
-                        "column status does not exist any more (renamed or dropped?): events "
-                        "leave it out until triggers.json is updated and installed again"]
+    assert problems == [
+        "update trigger is disabled",
+        "column status does not exist any more (renamed or dropped?): events "
+        "leave it out until triggers.json is updated and installed again",
+    ]
     assert listed(dsn)["public.customers"]["problems"] == [
-        "table does not exist any more (dropped or renamed?): nothing is captured"]
+        "table does not exist any more (dropped or renamed?): nothing is captured"
+    ]
     assert cli("triggers", "list", "--dsn", dsn).exit_code == 1
     # (while writes keep working: issue 9.6)
     execute(dsn, "INSERT INTO orders (id, state) VALUES (1, 'new')")
@@ -80,21 +103,27 @@ def test_install_says_what_it_added_and_removed_and_refuses_an_empty_file(dsn, t
     first = write(tmp_path, [{"table": "orders"}, {"table": "customers"}])
     result = cli("triggers", "install", first, "--dsn", dsn)
     assert "added public.orders (insert, update, delete)" in result.stderr
-    second = write(tmp_path, [{"table": "customers", "columns": {"insert": "*"}},
-                              {"table": "payments"}], "second.json")
+    second = write(
+        tmp_path,
+        [{"table": "customers", "columns": {"insert": "*"}}, {"table": "payments"}],
+        "second.json",
+    )
     result = cli("triggers", "install", second, "--dsn", dsn)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[:3] == [
         "added public.payments (insert, update, delete)",
         "removed public.orders (insert, update, delete)",
-        "changed public.customers: insert, update, delete -> insert"]
+        "changed public.customers: insert, update, delete -> insert",
+    ]
     # An empty file would remove everything: refused without --force
     empty = write(tmp_path, [], "empty.json")
     refused = cli("triggers", "install", empty, "--dsn", dsn)
     assert refused.exit_code == 2
-    assert refused.stderr == (f"error: {empty} lists no table: installing it would remove "
-                              "every capture trigger (2 table(s) captured now); give --force "
-                              "to do that\n")
+    assert refused.stderr == (
+        f"error: {empty} lists no table: installing it would remove "
+        "every capture trigger (2 table(s) captured now); give --force "
+        "to do that\n"
+    )
     assert set(listed(dsn)) == {"public.customers", "public.payments"}
     forced = cli("triggers", "install", empty, "--dsn", dsn, "--force")
     assert forced.exit_code == 0 and "removed public.payments" in forced.stderr
@@ -105,8 +134,10 @@ def test_install_says_what_it_added_and_removed_and_refuses_an_empty_file(dsn, t
 def test_run_warns_when_nothing_is_captured(dsn, bridge, receiver, tmp_path):
     # Given a database whose capture triggers were removed (the skor schema stays)
     execute(dsn, TABLES)
-    assert cli("triggers", "install", write(tmp_path, [{"table": "orders"}]), "--dsn",
-               dsn).exit_code == 0
+    assert (
+        cli("triggers", "install", write(tmp_path, [{"table": "orders"}]), "--dsn", dsn).exit_code
+        == 0
+    )
     assert cli("triggers", "uninstall", "--dsn", dsn).exit_code == 0
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     assert "nothing is captured: this database has no capture trigger" in process.log

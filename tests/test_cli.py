@@ -10,15 +10,25 @@ import typer.main
 from skor_bridge.cli import COMMAND_MODULES, app
 
 #: Imported only inside commands: loading them for `--help` costs a visible fraction of a second.
-HEAVY = ("psycopg2", "pika", "confluent_kafka", "prometheus_client",
-         "skor_bridge.bridge", "skor_bridge.dispatch", "skor_bridge.sinks")
+HEAVY = (
+    "psycopg2",
+    "pika",
+    "confluent_kafka",
+    "prometheus_client",
+    "skor_bridge.bridge",
+    "skor_bridge.dispatch",
+    "skor_bridge.sinks",
+)
 
 
 def test_help_and_version_import_no_driver_or_pipeline_module():
-    code = ("import sys; from skor_bridge.cli import app; "
-            f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys; from skor_bridge.cli import app; "
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 

@@ -31,8 +31,12 @@ def test_rows_written_while_the_bridge_is_down_are_delivered_when_it_starts(
 ):
     # Given triggers installed and 300 inserts, updates and deletes with no bridge running
     capture_table(TABLE, "items")
-    execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 300) g",
-            "UPDATE items SET qty = 1 WHERE id <= 100", "DELETE FROM items WHERE id > 250")
+    execute(
+        dsn,
+        "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 300) g",
+        "UPDATE items SET qty = 1 WHERE id <= 100",
+        "DELETE FROM items WHERE id > 250",
+    )
     # When the bridge starts
     bridge("--dsn", dsn, "--webhook", receiver.url)
     # Then every change arrives, in order per row, with Skor's body
@@ -40,9 +44,16 @@ def test_rows_written_while_the_bridge_is_down_are_delivered_when_it_starts(
     events = bodies(receiver)
     assert len(events) == 450
     assert {(e["op"], e["table"], e["schema"]) for e in events} == {
-        ("INSERT", "items", "public"), ("UPDATE", "items", "public"), ("DELETE", "items", "public")}
-    assert {"data": {"id": 1, "name": "n1", "qty": 0}, "table": "items", "schema": "public",
-            "op": "INSERT"} in events
+        ("INSERT", "items", "public"),
+        ("UPDATE", "items", "public"),
+        ("DELETE", "items", "public"),
+    }
+    assert {
+        "data": {"id": 1, "name": "n1", "qty": 0},
+        "table": "items",
+        "schema": "public",
+        "op": "INSERT",
+    } in events
     per_row: dict[int, list[str]] = {}
     for e in events:
         per_row.setdefault(e["data"]["id"], []).append(e["op"])
@@ -69,9 +80,20 @@ def test_headers_carry_a_stable_event_id_signature_and_custom_headers(
     secret = "whsec_" + base64.b64encode(key).decode()
     capture_table(TABLE, "items")
     with Receiver(respond=first_attempt_fails) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook-secret", secret,
-               "--header", "Authorization: Bearer t0ken", "--header", "X-Team:orders",
-               "--config", short_retry_config(tmp_path))
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--webhook-secret",
+            secret,
+            "--header",
+            "Authorization: Bearer t0ken",
+            "--header",
+            "X-Team:orders",
+            "--config",
+            short_retry_config(tmp_path),
+        )
         # When 5 rows are inserted
         execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(1, 5) g")
         assert receiver.wait_for(5)
@@ -101,8 +123,9 @@ def test_a_webhook_answering_503_then_refusing_connections_loses_nothing(
     receiver = Receiver(respond=lambda r: 503 if time.monotonic() - started < 1.5 else 200)
     receiver.start()
     port = receiver.port
-    process = bridge("--dsn", dsn, "--webhook", receiver.url,
-                     "--config", short_retry_config(tmp_path)).wait_active()
+    process = bridge(
+        "--dsn", dsn, "--webhook", receiver.url, "--config", short_retry_config(tmp_path)
+    ).wait_active()
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 200) g")
     assert receiver.wait_for(200, timeout=30)
     # When the receiver goes away (connections refused) while 200 more rows are written
@@ -126,9 +149,16 @@ def test_sigkill_mid_stream_then_restart_delivers_every_committed_row(
     # Given a bridge delivering while a writer inserts 3000 rows
     capture_table(TABLE, "items")
     first = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    writer = threading.Thread(target=execute, args=(dsn, *[
-        f"INSERT INTO items (id, name) SELECT g, 'k' FROM generate_series({i}, {i + 99}) g"
-        for i in range(1, 3001, 100)]))
+    writer = threading.Thread(
+        target=execute,
+        args=(
+            dsn,
+            *[
+                f"INSERT INTO items (id, name) SELECT g, 'k' FROM generate_series({i}, {i + 99}) g"
+                for i in range(1, 3001, 100)
+            ],
+        ),
+    )
     writer.start()
     # When the bridge is killed with SIGKILL part-way through
     wait_until(lambda: receiver.count >= 500, message="500 deliveries")
@@ -137,8 +167,10 @@ def test_sigkill_mid_stream_then_restart_delivers_every_committed_row(
     # And started again
     bridge("--dsn", dsn, "--webhook", receiver.url)
     # Then every committed row arrives
-    wait_until(lambda: len({json.loads(r.body)["data"]["id"] for r in receiver.delivered()})
-               >= 3000, message="all 3000 rows")
+    wait_until(
+        lambda: len({json.loads(r.body)["data"]["id"] for r in receiver.delivered()}) >= 3000,
+        message="all 3000 rows",
+    )
     ids = {json.loads(r.body)["data"]["id"] for r in receiver.delivered()}
     assert ids == set(range(1, 3001))
     dup = duplicates(receiver)
@@ -202,8 +234,14 @@ def test_changes_to_one_row_arrive_in_commit_order_under_concurrent_updates(
     execute(dsn, "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g")
     rng = random.Random(7)
     with Receiver(respond=lambda r: 503 if rng.random() < 0.1 else 200) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url,
-               "--config", short_retry_config(tmp_path, max_backoff=0.2)).wait_active()
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.2),
+        ).wait_active()
         assert receiver.wait_for(10)
 
         # When 4 writers increment the same 10 rows 50 times each
@@ -248,8 +286,9 @@ def test_many_huge_rows_arrive_while_the_bridge_memory_stays_bounded(
 ):
     # Given 80 rows of 2 MB each written while the bridge is down (160 MB of events)
     capture_table("CREATE TABLE docs (id int PRIMARY KEY, body text)", "docs")
-    execute(dsn, "INSERT INTO docs SELECT g, repeat(md5(g::text), 65536)"
-                 " FROM generate_series(1, 80) g")
+    execute(
+        dsn, "INSERT INTO docs SELECT g, repeat(md5(g::text), 65536) FROM generate_series(1, 80) g"
+    )
     # When the bridge delivers them
     process = bridge("--dsn", dsn, "--webhook", receiver.url)
     assert receiver.wait_for(80, timeout=120)
@@ -271,18 +310,35 @@ def test_max_attempts_dead_letters_and_later_changes_of_the_row_still_flow(
 
     capture_table(TABLE, "items")
     with Receiver(respond=respond) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url, "--max-attempts", "3",
-               "--config", short_retry_config(tmp_path, max_backoff=0.1))
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--max-attempts",
+            "3",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.1),
+        )
         # When rows are written, one poisonous, one bad, then both rows change again
-        execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'poison'), (2, 'bad'), (3, 'ok')",
-                "UPDATE items SET name = 'fine' WHERE id IN (1, 2)")
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) VALUES (1, 'poison'), (2, 'bad'), (3, 'ok')",
+            "UPDATE items SET name = 'fine' WHERE id IN (1, 2)",
+        )
         assert receiver.wait_for(3, timeout=30)
         # Then both bad events are dead letters, kept in the database with their error
         with db.cursor() as cur:
-            wait_until(lambda: cur.execute("SELECT count(*) FROM skor.dead_letters") or
-                       cur.fetchone()[0] == 2, message="two dead letters")
-            cur.execute("SELECT data::json->>'name', attempts, last_error, status"
-                        " FROM skor.dead_letters ORDER BY data::json->>'name'")
+            wait_until(
+                lambda: (
+                    cur.execute("SELECT count(*) FROM skor.dead_letters") or cur.fetchone()[0] == 2
+                ),
+                message="two dead letters",
+            )
+            cur.execute(
+                "SELECT data::json->>'name', attempts, last_error, status"
+                " FROM skor.dead_letters ORDER BY data::json->>'name'"
+            )
             rows = cur.fetchall()
         assert rows[0][:2] == ("bad", 1) and "HTTP 400" in rows[0][2]
         assert rows[1][:2] == ("poison", 3) and "HTTP 503" in rows[1][2]
@@ -299,8 +355,9 @@ def test_a_bad_dsn_fails_fast_with_one_line_and_no_password(bridge):
     port = sock.getsockname()[1]
     sock.close()
     started = time.monotonic()
-    process = bridge("--dsn", f"postgresql://app:hunter2@127.0.0.1:{port}/db",
-                     "--webhook", "http://127.0.0.1:9/")
+    process = bridge(
+        "--dsn", f"postgresql://app:hunter2@127.0.0.1:{port}/db", "--webhook", "http://127.0.0.1:9/"
+    )
     code = process.proc.wait(30)
     # Then it exits non-zero within 30 s, with one line that hides the password
     assert code == 1 and time.monotonic() - started < 30
@@ -310,8 +367,9 @@ def test_a_bad_dsn_fails_fast_with_one_line_and_no_password(bridge):
 
 
 def test_a_malformed_dsn_is_a_config_error(bridge):
-    process = bridge("--dsn", "host=localhost password=s3cret dbname",
-                     "--webhook", "http://127.0.0.1:9/")
+    process = bridge(
+        "--dsn", "host=localhost password=s3cret dbname", "--webhook", "http://127.0.0.1:9/"
+    )
     assert process.proc.wait(30) == 2
     assert "s3cret" not in process.log and process.log.startswith("error: --dsn:")
 
@@ -326,8 +384,14 @@ def test_skor_positional_form_and_docker_variables_work(dsn, capture_table, brid
     assert first.stop() == 0
     # Skor's Docker variables, with PGPASS="''" meaning no password
     params = psycopg2.extensions.parse_dsn(dsn)
-    env = {"DBNAME": params["dbname"], "PGUSER": "postgres", "PGPASS": "''",
-           "PGHOST": "127.0.0.1", "PGPORT": "5432", "WEBHOOKURL": receiver.url}
+    env = {
+        "DBNAME": params["dbname"],
+        "PGUSER": "postgres",
+        "PGPASS": "''",
+        "PGHOST": "127.0.0.1",
+        "PGPORT": "5432",
+        "WEBHOOKURL": receiver.url,
+    }
     bridge(env=env).wait_active()
     execute(dsn, "INSERT INTO items (id, name) VALUES (2, 'b')")
     assert receiver.wait_for(2)
@@ -382,13 +446,22 @@ def test_notify_mode_delivers_skor_payloads_while_listening(
 ):
     capture_table(TABLE, "items", columns=columns, mode="notify")
     bridge("--dsn", dsn, "--webhook", receiver.url, "--mode", "notify").wait_for_log(
-        "listening on channel")
-    execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'a')",
-            "UPDATE items SET name = 'b' WHERE id = 1", "DELETE FROM items WHERE id = 1")
+        "listening on channel"
+    )
+    execute(
+        dsn,
+        "INSERT INTO items (id, name) VALUES (1, 'a')",
+        "UPDATE items SET name = 'b' WHERE id = 1",
+        "DELETE FROM items WHERE id = 1",
+    )
     assert receiver.wait_for(3)
     data = {"id": 1, "name": "a", "qty": 0} if columns == "*" else {"id": 1, "name": "a"}
-    assert bodies(receiver)[0] == {"table": "items", "schema": "public", "op": "INSERT",
-                                   "data": data}
+    assert bodies(receiver)[0] == {
+        "table": "items",
+        "schema": "public",
+        "op": "INSERT",
+        "data": data,
+    }
     assert [e["op"] for e in bodies(receiver)] == ["INSERT", "UPDATE", "DELETE"]
 
 
@@ -416,17 +489,29 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
     stuck = StuckRow(1)
     capture_table(TABLE, "items")
     with Receiver(respond=stuck.respond) as receiver:
-        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
-                         "--max-in-flight", "50",
-                         "--config", short_retry_config(tmp_path, max_backoff=0.2))
+        process = bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"webhook={receiver.url}",
+            "--max-in-flight",
+            "50",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.2),
+        )
         # When row 1 fails and 500 other rows (and more changes of row 1) are written
         execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'first')")
         wait_until(lambda: receiver.count >= 2, message="row 1 tried twice")
-        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 501) g",
-                "UPDATE items SET qty = 1 WHERE id = 1", "UPDATE items SET qty = 2 WHERE id = 1")
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 501) g",
+            "UPDATE items SET qty = 1 WHERE id = 1",
+            "UPDATE items SET qty = 2 WHERE id = 1",
+        )
         # Then all other rows arrive although the window holds only 50 events
         assert receiver.wait_for(500, timeout=30), process.log
         assert "parked" in process.log
+
         # And the output's position moved past the stuck row (saved on a short timer)
         def position():
             with db.cursor() as cur:
@@ -437,8 +522,11 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
         # When row 1 recovers, its three changes arrive in order
         stuck.clear()
         assert receiver.wait_for(503, timeout=30)
-        row1 = [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
-                if json.loads(r.body)["data"]["id"] == 1]
+        row1 = [
+            json.loads(r.body)["data"]["qty"]
+            for r in receiver.delivered()
+            if json.loads(r.body)["data"]["id"] == 1
+        ]
         assert row1 == [0, 1, 2]
         with db.cursor() as cur:
             cur.execute("SELECT count(*) FROM skor.redeliveries")
@@ -446,21 +534,33 @@ def test_a_row_that_keeps_failing_is_parked_so_other_rows_keep_flowing(
 
 
 @pytest.mark.slow
-def test_parked_events_survive_a_restart_and_keep_their_order(
-    dsn, capture_table, bridge, tmp_path
-):
+def test_parked_events_survive_a_restart_and_keep_their_order(dsn, capture_table, bridge, tmp_path):
     # Given row 1 parked behind a failing receiver
     stuck = StuckRow(1)
     capture_table(TABLE, "items")
     with Receiver(respond=stuck.respond) as receiver:
-        args = ("--dsn", dsn, "--webhook", receiver.url, "--max-in-flight", "20",
-                "--config", short_retry_config(tmp_path, max_backoff=0.2))
+        args = (
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--max-in-flight",
+            "20",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.2),
+        )
         first = bridge(*args)
-        execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'first')",
-                "UPDATE items SET qty = 1 WHERE id = 1")
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) VALUES (1, 'first')",
+            "UPDATE items SET qty = 1 WHERE id = 1",
+        )
         wait_until(lambda: receiver.count >= 2, message="row 1 tried")
-        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 100) g",
-                "UPDATE items SET qty = 2 WHERE id = 1")
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(2, 100) g",
+            "UPDATE items SET qty = 2 WHERE id = 1",
+        )
         assert receiver.wait_for(99, timeout=30)
         first.wait_for_log("parked")
         # When the bridge restarts and the receiver recovers
@@ -470,8 +570,11 @@ def test_parked_events_survive_a_restart_and_keep_their_order(
         # Then row 1's changes arrive in commit order, once each
         assert receiver.wait_for(102, timeout=30)
         time.sleep(0.5)
-        row1 = [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
-                if json.loads(r.body)["data"]["id"] == 1]
+        row1 = [
+            json.loads(r.body)["data"]["qty"]
+            for r in receiver.delivered()
+            if json.loads(r.body)["data"]["id"] == 1
+        ]
         assert row1 == [0, 1, 2]
 
 
@@ -480,10 +583,27 @@ def certificate(tmp_path):
     """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -498,16 +618,15 @@ def test_an_https_webhook_is_verified_against_the_given_ca_file(
     capture_table(TABLE, "items")
     with Receiver(tls=context) as receiver:
         # When one bridge trusts that CA and another only the public bundle
-        trusting = bridge("--dsn", dsn, "--webhook", receiver.url,
-                          "--webhook-ca-file", str(cert))
+        trusting = bridge("--dsn", dsn, "--webhook", receiver.url, "--webhook-ca-file", str(cert))
         execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'a')")
         # Then the trusting bridge delivers over TLS
         assert receiver.wait_for(1)
         assert trusting.stop() == 0
         execute(dsn, "INSERT INTO items (id, name) VALUES (2, 'b')")
-        doubting = bridge("--dsn", dsn, "--webhook", receiver.url,
-                          "--config", short_retry_config(tmp_path))
+        doubting = bridge(
+            "--dsn", dsn, "--webhook", receiver.url, "--config", short_retry_config(tmp_path)
+        )
         # And the other refuses the unknown certificate, retrying, never delivering
-        doubting.wait_for_log("self-signed certificate (for a private CA, give "
-                              "--webhook-ca-file)")
+        doubting.wait_for_log("self-signed certificate (for a private CA, give --webhook-ca-file)")
         assert receiver.wait_for(2, timeout=1) is False

@@ -28,12 +28,18 @@ RUN_TIMEOUT = 60
 
 SUMMARY = re.compile(
     r"^summary: (?P<events>\d+) events .*; webhook (?P<got>\d+)/(?P<made>\d+) "
-    r"p50 [\d.]+ ms p99 [\d.]+ ms(;|$)", re.M)
+    r"p50 [\d.]+ ms p99 [\d.]+ ms(;|$)",
+    re.M,
+)
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "skor_bridge", "demo", *args],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
 
 
 def embedded_dir(output: str) -> Path:
@@ -54,17 +60,17 @@ def catalog(dsn: str) -> dict[str, list]:
     """What a user would notice changed: schemas, relations, functions, triggers, data."""
     queries = {
         "schemas": "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%'"
-                   " AND nspname <> 'information_schema' ORDER BY 1",
+        " AND nspname <> 'information_schema' ORDER BY 1",
         "relations": "SELECT c.oid::regclass::text, c.relkind FROM pg_class c"
-                     " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                     " WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
-                     " ORDER BY 1",
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+        " ORDER BY 1",
         "functions": "SELECT p.oid::regprocedure::text FROM pg_proc p"
-                     " JOIN pg_namespace n ON n.oid = p.pronamespace"
-                     " WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
-                     " ORDER BY 1",
+        " JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+        " ORDER BY 1",
         "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
-                    " WHERE NOT tgisinternal ORDER BY 1, 2",
+        " WHERE NOT tgisinternal ORDER BY 1, 2",
         "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
         "customers": "SELECT * FROM customers ORDER BY id",
     }
@@ -101,12 +107,9 @@ def test_the_demo_delivers_every_change_on_an_embedded_postgres_and_removes_it()
 
 
 @pytest.mark.slow
-def test_the_demo_also_publishes_to_rabbitmq_and_kafka_and_reads_both_back(
-    amqp_url, kafka_broker
-):
+def test_the_demo_also_publishes_to_rabbitmq_and_kafka_and_reads_both_back(amqp_url, kafka_broker):
     # When the demo runs with RabbitMQ and Kafka outputs too
-    result = demo("--events", "6", "--exit", "--amqp", amqp_url,
-                  "--kafka", kafka_broker.bootstrap)
+    result = demo("--events", "6", "--exit", "--amqp", amqp_url, "--kafka", kafka_broker.bootstrap)
     # Then every change arrived at all three outputs
     assert result.returncode == 0, result.stdout + result.stderr
     summary = SUMMARY.search(result.stdout)
@@ -141,9 +144,7 @@ def test_the_demo_on_a_given_database_drops_its_table_and_touches_nothing_else(d
 
 
 @pytest.mark.slow
-def test_the_demo_refuses_a_database_whose_capture_triggers_it_would_replace(
-    dsn, capture_table
-):
+def test_the_demo_refuses_a_database_whose_capture_triggers_it_would_replace(dsn, capture_table):
     # Given a database whose table `items` is captured already
     capture_table("CREATE TABLE items (id int PRIMARY KEY, name text)", "items")
     before = catalog_triggers(dsn)
@@ -160,8 +161,10 @@ def catalog_triggers(dsn: str) -> list[tuple[str, str]]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
-                        " WHERE NOT tgisinternal ORDER BY 1, 2")
+            cur.execute(
+                "SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
+                " WHERE NOT tgisinternal ORDER BY 1, 2"
+            )
             rows = cur.fetchall()
             cur.execute("SELECT to_regclass('public.skor_demo_orders')")
             assert cur.fetchone() == (None,)
@@ -174,12 +177,16 @@ def catalog_triggers(dsn: str) -> list[tuple[str, str]]:
 def test_ctrl_c_stops_the_interactive_demo_after_showing_the_users_own_change():
     # Given the interactive demo, waiting for the user's changes. Python keeps ignoring
     # SIGINT if it started ignored (a CI job in the background), so the handler is set.
-    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-             " sys.argv = ['skor-bridge', 'demo', '--events', '2'];"
-             " runpy.run_module('skor_bridge', run_name='__main__')")
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        " sys.argv = ['skor-bridge', 'demo', '--events', '2'];"
+        " runpy.run_module('skor_bridge', run_name='__main__')"
+    )
     process = subprocess.Popen(
         [sys.executable, "-c", start],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: queue.Queue[str] = queue.Queue()

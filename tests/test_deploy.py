@@ -35,12 +35,17 @@ METRICS_PORT = 9187
 
 def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
-             if not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
     text = re.sub(r"\\\n", " ", "\n".join(lines))
-    return [(keyword.upper(), rest.strip())
-            for keyword, _, rest in (line.strip().partition(" ") for line in text.splitlines())
-            if keyword]
+    return [
+        (keyword.upper(), rest.strip())
+        for keyword, _, rest in (line.strip().partition(" ") for line in text.splitlines())
+        if keyword
+    ]
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -54,22 +59,35 @@ def compose() -> dict:
 
 
 def manifests() -> list[dict]:
-    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def one(kind: str, component: str | None = None) -> dict:
-    found = [doc for doc in manifests() if doc["kind"] == kind and (
-        component is None
-        or doc["metadata"]["labels"].get("app.kubernetes.io/component") == component)]
+    found = [
+        doc
+        for doc in manifests()
+        if doc["kind"] == kind
+        and (
+            component is None
+            or doc["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        )
+    ]
     assert len(found) == 1, f"expected one {kind} {component or ''}, found {len(found)}"
     return found[0]
 
 
 def pod_specs() -> list[dict]:
-    return [one("Deployment", "bridge")["spec"]["template"]["spec"],
-            one("Job")["spec"]["template"]["spec"],
-            one("Deployment", "relay")["spec"]["template"]["spec"]]
+    return [
+        one("Deployment", "bridge")["spec"]["template"]["spec"],
+        one("Job")["spec"]["template"]["spec"],
+        one("Deployment", "relay")["spec"]["template"]["spec"],
+    ]
 
 
 def is_skor_image(image: str) -> bool:
@@ -131,8 +149,10 @@ def k8s_command_lines() -> list[tuple[str, list[str], dict[str, str]]]:
             if not is_skor_image(container["image"]):
                 continue
             assert "command" not in container, "keep the image's ENTRYPOINT (skor-bridge)"
-            env = {e["name"]: e.get("value", "postgresql://user@host/db")
-                   for e in container.get("env", [])}
+            env = {
+                e["name"]: e.get("value", "postgresql://user@host/db")
+                for e in container.get("env", [])
+            }
             found.append((container["name"], container["args"], env))
     return found
 
@@ -152,8 +172,9 @@ def test_the_image_is_built_in_two_stages_and_runs_the_wheel_as_a_non_root_user(
     # Then a builder stage makes a wheel and the slim final stage installs only that wheel
     assert len(froms) >= 2 and re.search(r"\bAS builder$", froms[0], re.I)
     assert froms[-1] == "python:3.11-slim"
-    assert any(k == "RUN" and "pip wheel" in a for k, a in instructions[: len(instructions)
-                                                                        - len(final)])
+    assert any(
+        k == "RUN" and "pip wheel" in a for k, a in instructions[: len(instructions) - len(final)]
+    )
     installs = [a for k, a in final if k == "RUN" and "pip install" in a]
     assert installs and all(".whl" in a and "[" not in a for a in installs), installs
     assert any(k == "COPY" and a.startswith("--from=builder") for k, a in final)
@@ -175,18 +196,31 @@ def test_every_copy_source_exists_and_is_let_into_the_build_context():
     for source in sources:
         assert (ROOT / source).exists(), f"COPY source {source} does not exist"
     # And .dockerignore lets in what the wheel needs, and keeps out what it must not
-    for needed in ("pyproject.toml", "skor_bridge/__init__.py", "skor_bridge/py.typed",
-                   "skor_bridge/capture/triggers.py"):
+    for needed in (
+        "pyproject.toml",
+        "skor_bridge/__init__.py",
+        "skor_bridge/py.typed",
+        "skor_bridge/capture/triggers.py",
+    ):
         assert not dockerignored(needed), f"{needed} is left out of the build context"
-    for secret in (".git/config", ".venv/bin/python", "tests/conftest.py", ".env",
-                   "deploy/k8s/secret.yaml", "skor_bridge/__pycache__/cli.cpython-311.pyc"):
+    for secret in (
+        ".git/config",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        ".env",
+        "deploy/k8s/secret.yaml",
+        "skor_bridge/__pycache__/cli.cpython-311.pyc",
+    ):
         assert dockerignored(secret), f"{secret} would be sent to the builder"
 
 
 def dockerignored(path: str) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parents decides."""
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     parts = path.split("/")
     candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
     ignored = False
@@ -233,8 +267,12 @@ def test_the_healthcheck_calls_healthz_on_the_metrics_port_the_image_sets():
 
 def test_every_skor_variable_named_in_the_deploy_files_is_one_the_cli_reads():
     # Given every SKOR_* name in the Dockerfile, the compose file, the manifests and README
-    files = [ROOT / "Dockerfile", DEPLOY / "docker-compose.yml", DEPLOY / "README.md",
-             *K8S.glob("*.yaml")]
+    files = [
+        ROOT / "Dockerfile",
+        DEPLOY / "docker-compose.yml",
+        DEPLOY / "README.md",
+        *K8S.glob("*.yaml"),
+    ]
     named = {name for path in files for name in re.findall(r"\bSKOR_[A-Z0-9_]+", path.read_text())}
     # Then the CLI reads each of them
     assert {"SKOR_DSN", "SKOR_METRICS_PORT"} <= named
@@ -261,7 +299,8 @@ def test_compose_services_have_images_and_wait_for_healthy_dependencies():
             if condition == "service_healthy":
                 has_check = "test" in (target.get("healthcheck") or {})
                 assert has_check or (is_skor_image(target["image"]) and image_healthcheck), (
-                    f"{name} waits for {dependency} to be healthy, which has no healthcheck")
+                    f"{name} waits for {dependency} to be healthy, which has no healthcheck"
+                )
             else:
                 assert condition == "service_completed_successfully", condition
                 assert target.get("restart", "no") == "no", f"{dependency} must run once"
@@ -312,8 +351,12 @@ def test_the_compose_receiver_script_answers_webhooks_and_health_checks(tmp_path
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = (tmp_path / "receiver.log").open("wb")
-    process = subprocess.Popen([sys.executable, str(DEPLOY / "compose" / "receiver.py")],
-                               env={"PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(DEPLOY / "compose" / "receiver.py")],
+        env={"PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 10
@@ -326,8 +369,9 @@ def test_the_compose_receiver_script_answers_webhooks_and_health_checks(tmp_path
                 assert time.monotonic() < deadline, "receiver did not start"
                 time.sleep(0.05)
         body = b'{"data": {"id": 1}, "table": "orders", "schema": "public", "op": "INSERT"}'
-        request = urllib.request.Request(f"{url}/hooks/skor", data=body,
-                                         headers={"webhook-id": "e1"})
+        request = urllib.request.Request(
+            f"{url}/hooks/skor", data=body, headers={"webhook-id": "e1"}
+        )
         # Then it answers 200 and logs one line for the event
         assert urllib.request.urlopen(request, timeout=2).status == 200
     finally:
@@ -344,7 +388,8 @@ def test_every_skor_bridge_command_line_in_compose_and_kubernetes_parses(monkeyp
     # Given every skor-bridge invocation, with its environment
     lines = compose_command_lines() + k8s_command_lines()
     assert {"triggers", "bridge", "skor-bridge", "install-triggers", "skor-relay"} <= {
-        n for n, _, _ in lines}
+        n for n, _, _ in lines
+    }
     # Then the CLI accepts each, its options and its SKOR_* values
     for name, args, env in lines:
         try:
@@ -445,8 +490,11 @@ def test_secret_references_resolve_and_the_dsn_comes_from_the_secret():
     secret = one("Secret")
     for spec in pod_specs():
         for container in spec["containers"]:
-            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
-                    if "valueFrom" in e}
+            refs = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in container["env"]
+                if "valueFrom" in e
+            }
             # Then each names that Secret and one of its keys, and SKOR_DSN is among them
             # (the relay reads no database)
             assert "SKOR_DSN" in refs or container["args"][0] == "relay"
@@ -476,8 +524,7 @@ def test_relay_workers_read_the_topics_the_bridge_writes_and_deliver_to_webhooks
     data = config_map_data()
     (tmp_path / "skor.toml").write_text(data["skor.toml"])
     (tmp_path / "relay.toml").write_text(data["relay.toml"])
-    bridge = build_config({"dsn": "postgresql://skor@postgres/shop"},
-                          tmp_path / "skor.toml", {})
+    bridge = build_config({"dsn": "postgresql://skor@postgres/shop"}, tmp_path / "skor.toml", {})
     relay = build_relay_config({}, tmp_path / "relay.toml", {})
     # Then the relay runs `relay` with that file
     assert container["args"] == ["relay", "--config", "/etc/skor/relay.toml"]
@@ -498,7 +545,8 @@ def test_relay_workers_read_the_topics_the_bridge_writes_and_deliver_to_webhooks
     bridge_labels = one("Deployment", "bridge")["spec"]["template"]["metadata"]["labels"]
     assert not deployment["spec"]["selector"]["matchLabels"].items() <= bridge_labels.items()
     assert not one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= (
-        template["metadata"]["labels"].items())
+        template["metadata"]["labels"].items()
+    )
 
 
 def test_the_lag_metric_to_scale_relays_on_is_the_one_they_export():

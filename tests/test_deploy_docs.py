@@ -39,8 +39,9 @@ def test_compose_binds_a_demo_queue_to_the_routing_keys_the_bridge_sends():
     (binding,) = definitions["bindings"]
     assert binding["source"] == exchange and binding["destination_type"] == "queue"
     # The bridge's default routing key, for an insert into public.orders:
-    key = AmqpConfig(url="amqp://h/").routing_key.format(schema="public", table="orders",
-                                                         op="insert")
+    key = AmqpConfig(url="amqp://h/").routing_key.format(
+        schema="public", table="orders", op="insert"
+    )
     pattern = re.escape(binding["routing_key"]).replace(r"\*", r"[^.]+").replace(r"\#", ".*")
     assert re.fullmatch(pattern, key)
 

@@ -42,8 +42,9 @@ def test_each_row_keeps_its_order_under_random_delays_and_failures():
     # failing a third of the attempts
     rng = random.Random(7)
     events = [change(p + 1, row=p % 40, version=p // 40) for p in range(400)]
-    sink = ScriptedSink(lambda e: (RETRY if rng.random() < 0.33 else DELIVERED,
-                                   rng.uniform(0, 0.004)))
+    sink = ScriptedSink(
+        lambda e: (RETRY if rng.random() < 0.33 else DELIVERED, rng.uniform(0, 0.004))
+    )
     feed = MemoryFeed(events)
     worker = make_worker(sink, feed)
     # When the worker runs until everything is delivered
@@ -85,8 +86,9 @@ def test_a_row_that_keeps_failing_is_parked_and_others_flow_past_it():
     # Given a window of 20 events, row 0 failing, and 200 other rows
     failing = {"on": True}
     events = [change(1, row=0)] + [change(p, row=p) for p in range(2, 202)] + [change(202, row=0)]
-    sink = ScriptedSink(lambda e: (RETRY if failing["on"] and '"id":0' in e.key else DELIVERED,
-                                   0.0))
+    sink = ScriptedSink(
+        lambda e: (RETRY if failing["on"] and '"id":0' in e.key else DELIVERED, 0.0)
+    )
     feed = MemoryFeed(events)
     worker = make_worker(sink, feed, max_in_flight=20)
     # When the worker runs
@@ -164,9 +166,7 @@ def test_retry_after_pauses_the_output(monkeypatch):
     assert time.monotonic() - started >= 0.3
 
 
-def test_an_outage_is_logged_once_probed_one_at_a_time_and_releases_every_row(
-    monkeypatch, caplog
-):
+def test_an_outage_is_logged_once_probed_one_at_a_time_and_releases_every_row(monkeypatch, caplog):
     monkeypatch.setattr(outage, "PROBE_INTERVALS", (0.05,))
     # Given a receiver that is down for every row
     down = {"on": True}
@@ -218,8 +218,15 @@ def test_outage_transitions_are_never_summarised_as_repeats():
     summariser = SummarisingFilter(window=60.0)
 
     def record(transition: bool) -> logging.LogRecord:
-        made = logging.LogRecord("skor_bridge.dispatch.delivery", logging.WARNING, __file__, 1,
-                                 "output %s is failing (%s)", ("out", "HTTP 503"), None)
+        made = logging.LogRecord(
+            "skor_bridge.dispatch.delivery",
+            logging.WARNING,
+            __file__,
+            1,
+            "output %s is failing (%s)",
+            ("out", "HTTP 503"),
+            None,
+        )
         if transition:
             made.transition = True
         return made
@@ -238,8 +245,9 @@ def test_a_parked_lane_keeps_one_page_in_memory_and_is_read_back_in_order(monkey
     events = [change(p, row=0, version=p) for p in range(1, 101)]
     events += [change(p, row=p) for p in range(101, 151)]
     events += [change(p, row=0, version=p) for p in range(151, 251)]
-    sink = ScriptedSink(lambda e: (RETRY if failing["on"] and '"id":0' in e.key else DELIVERED,
-                                   0.0))
+    sink = ScriptedSink(
+        lambda e: (RETRY if failing["on"] and '"id":0' in e.key else DELIVERED, 0.0)
+    )
     feed = MemoryFeed(events)
     worker = make_worker(sink, feed, max_in_flight=20)
     # When the worker runs until the other rows are through and progress is at the end
@@ -251,7 +259,8 @@ def test_a_parked_lane_keeps_one_page_in_memory_and_is_read_back_in_order(monkey
     failing["on"] = False
     run_until(worker, lambda: not feed.redeliveries)
     assert [e.position for e in sink.delivered if '"id":0' in e.key] == (
-        list(range(1, 101)) + list(range(151, 251)))
+        list(range(1, 101)) + list(range(151, 251))
+    )
 
 
 def test_after_a_restart_parked_events_are_neither_parked_again_nor_sent_twice(monkeypatch):

@@ -50,9 +50,7 @@ def test_one_hanging_row_does_not_hold_up_a_thousand_others(dsn, capture_table, 
         assert receiver.wait_for(1001, timeout=30)
 
 
-def test_per_row_order_holds_under_random_delays_and_failures(
-    dsn, capture_table, bridge, tmp_path
-):
+def test_per_row_order_holds_under_random_delays_and_failures(dsn, capture_table, bridge, tmp_path):
     # Given a receiver answering after 0-30 ms, and 503 for one request in ten
     rng = random.Random(11)
     lock = threading.Lock()
@@ -65,11 +63,20 @@ def test_per_row_order_holds_under_random_delays_and_failures(
 
     capture_table(TABLE, "items")
     with Receiver(respond=respond) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url,
-               "--config", short_retry_config(tmp_path, max_backoff=0.2)).wait_active()
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.2),
+        ).wait_active()
         # When 100 rows are inserted and each is updated 9 times, in separate transactions
-        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(1, 100) g",
-                *["UPDATE items SET qty = qty + 1" for _ in range(9)])
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) SELECT g, 'x' FROM generate_series(1, 100) g",
+            *["UPDATE items SET qty = qty + 1" for _ in range(9)],
+        )
         assert receiver.wait_for(1000, timeout=90)
         # Then each row's versions arrived in commit order
         versions = defaultdict(list)
@@ -81,9 +88,7 @@ def test_per_row_order_holds_under_random_delays_and_failures(
             assert seen == sorted(seen) and set(seen) == set(range(10)), (row, seen)
 
 
-def test_after_an_outage_every_waiting_row_is_delivered_within_seconds(
-    dsn, capture_table, bridge
-):
+def test_after_an_outage_every_waiting_row_is_delivered_within_seconds(dsn, capture_table, bridge):
     # Given a running bridge and a receiver that goes down
     capture_table(TABLE, "items")
     receiver = Receiver().start()
@@ -94,8 +99,11 @@ def test_after_an_outage_every_waiting_row_is_delivered_within_seconds(
     receiver.stop()
     # When 500 rows change while it is down (for 8 s)
     for start in range(1, 501, 50):
-        execute(dsn, f"INSERT INTO items (id, name) SELECT g, 'x'"
-                     f" FROM generate_series({start}, {start + 49}) g")
+        execute(
+            dsn,
+            f"INSERT INTO items (id, name) SELECT g, 'x'"
+            f" FROM generate_series({start}, {start + 49}) g",
+        )
         time.sleep(0.5)
     process.wait_for_log("is failing")
     time.sleep(3)
@@ -128,5 +136,8 @@ def test_a_crash_with_hundreds_of_requests_in_flight_loses_nothing(dsn, capture_
     # Then a restarted bridge delivers every row that was not confirmed: nothing is lost
     with Receiver() as fast:
         bridge("--dsn", dsn, "--webhook", f"hook={fast.url}").wait_active()
-        wait_until(lambda: before | {row_of(r) for r in fast.delivered()}
-                   == set(range(1, 3001)), timeout=60, message="every row delivered")
+        wait_until(
+            lambda: before | {row_of(r) for r in fast.delivered()} == set(range(1, 3001)),
+            timeout=60,
+            message="every row delivered",
+        )

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.slow
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text, qty int NOT NULL DEFAULT 0)"
 
 #: 5,000 updates of 9 kB to one row: 45 MB of events for one lane.
-HEAVY = ("DO $$ BEGIN FOR i IN 1..5000 LOOP"
-         " UPDATE items SET name = repeat('x', 9000), qty = i WHERE id = 1;"
-         " END LOOP; END $$")
+HEAVY = (
+    "DO $$ BEGIN FOR i IN 1..5000 LOOP"
+    " UPDATE items SET name = repeat('x', 9000), qty = i WHERE id = 1;"
+    " END LOOP; END $$"
+)
 #: Peak memory growth allowed: processing heavy rows costs some (batches of them are read,
 #: moved and parked: about 30 MiB measured, as for a row that does not fail), but holding
 #: the lane would add its 45 MB on top.
@@ -45,8 +47,11 @@ class StuckRow:
 
 
 def row1_versions(receiver) -> list[int]:
-    return [json.loads(r.body)["data"]["qty"] for r in receiver.delivered()
-            if json.loads(r.body)["data"]["id"] == 1]
+    return [
+        json.loads(r.body)["data"]["qty"]
+        for r in receiver.delivered()
+        if json.loads(r.body)["data"]["id"] == 1
+    ]
 
 
 def test_a_failing_row_with_heavy_updates_is_paged_from_the_database_not_held_in_memory(
@@ -56,16 +61,27 @@ def test_a_failing_row_with_heavy_updates_is_paged_from_the_database_not_held_in
     stuck = StuckRow()
     capture_table(TABLE, "items")
     with Receiver(respond=stuck.respond) as receiver:
-        args = ("--dsn", dsn, "--webhook", f"hook={receiver.url}", "--max-in-flight", "1000",
-                "--config", short_retry_config(tmp_path, max_backoff=0.5))
+        args = (
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"hook={receiver.url}",
+            "--max-in-flight",
+            "1000",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.5),
+        )
         process = bridge(*args).wait_active()
         execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 200) g")
         assert receiver.wait_for(199)
         baseline = peak_mib(process)
         # When row 1 gets 5,000 updates of 9 kB while it keeps failing
         execute(dsn, HEAVY)
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") >= 5000,
-                   timeout=120, message="row 1's events parked")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") >= 5000,
+            timeout=120,
+            message="row 1's events parked",
+        )
         # Then other rows keep flowing meanwhile
         execute(dsn, "INSERT INTO items (id, name) SELECT g, 'b' FROM generate_series(201, 300) g")
         assert receiver.wait_for(299, timeout=30)
@@ -77,10 +93,16 @@ def test_a_failing_row_with_heavy_updates_is_paged_from_the_database_not_held_in
         restarted = bridge(*args).wait_active()
         # And when row 1 recovers, all its 5,001 changes arrive, in order
         stuck.stuck.clear()
-        wait_until(lambda: len(row1_versions(receiver)) >= 5001, timeout=180,
-                   message="row 1's changes delivered")
+        wait_until(
+            lambda: len(row1_versions(receiver)) >= 5001,
+            timeout=180,
+            message="row 1's changes delivered",
+        )
         versions = row1_versions(receiver)
         assert versions == sorted(versions) and set(versions) == set(range(5001))
         assert peak_mib(restarted) < baseline + MARGIN, peak_mib(restarted)
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") == 0,
-                   timeout=30, message="parked rows finished")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") == 0,
+            timeout=30,
+            message="parked rows finished",
+        )

@@ -58,13 +58,16 @@ def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
     # Given an active bridge and a standby, and a writer committing 3000 rows over ~3 s
     capture_table(TABLE, "items")
     active, standby = active_and_standby(
-        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}")
+        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}"
+    )
     committed = []
 
     def write() -> None:
         for start in range(1, 3001, 50):
-            execute(dsn, f"INSERT INTO items SELECT g, 'k' FROM generate_series({start},"
-                         f" {start + 49}) g")
+            execute(
+                dsn,
+                f"INSERT INTO items SELECT g, 'k' FROM generate_series({start}, {start + 49}) g",
+            )
             committed.extend(range(start, start + 50))
             time.sleep(0.05)
 
@@ -76,9 +79,11 @@ def test_the_standby_delivers_every_committed_row_within_10s_of_a_sigkill(
     killed = time.monotonic()
     writer.join()
     # Then the standby takes over and every committed row arrives within 10 s of the kill
-    wait_until(lambda: delivered_ids(receiver) >= set(committed),
-               timeout=max(0.0, killed + 10 - time.monotonic()),
-               message="every committed row after the kill")
+    wait_until(
+        lambda: delivered_ids(receiver) >= set(committed),
+        timeout=max(0.0, killed + 10 - time.monotonic()),
+        message="every committed row after the kill",
+    )
     assert delivered_ids(receiver) == set(range(1, 3001))
     assert "is now active" in standby.log
 
@@ -90,7 +95,8 @@ def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
     # Given an active bridge that delivered 100 rows, and a standby
     capture_table(TABLE, "items")
     active, standby = active_and_standby(
-        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}")
+        bridge, "--dsn", dsn, "--webhook", f"webhook={receiver.url}"
+    )
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
     assert receiver.wait_for(100)
     # When the active one gets SIGTERM
@@ -103,8 +109,9 @@ def test_sigterm_on_the_active_hands_over_to_the_standby_at_once(
     assert active.proc.wait(30) == 0
     # And rows written afterwards are delivered by the new active instance, once each
     execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
-    wait_until(lambda: delivered_ids(receiver) == set(range(1, 201)), timeout=10,
-               message="rows 101-200")
+    wait_until(
+        lambda: delivered_ids(receiver) == set(range(1, 201)), timeout=10, message="rows 101-200"
+    )
     assert receiver.wait_for(200) and len(receiver.delivered()) == 200
 
 
@@ -131,8 +138,11 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
             assert "missed heartbeats" in standby.log
             # And delivers what is written meanwhile
             execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
-            wait_until(lambda: delivered_ids(receiver) >= set(range(1, 201)), timeout=10,
-                       message="rows 101-200 via the new active instance")
+            wait_until(
+                lambda: delivered_ids(receiver) >= set(range(1, 201)),
+                timeout=10,
+                message="rows 101-200 via the new active instance",
+            )
         finally:
             # When the frozen one resumes
             stuck.signal(signal.SIGCONT)
@@ -140,8 +150,11 @@ def test_a_stuck_active_is_cut_off_after_the_failover_timeout_and_progress_never
         # Then it notices it lost leadership and stands by instead of delivering
         stuck.wait_for_log("leadership lost", timeout=10)
         execute(dsn, "INSERT INTO items SELECT g, 'c' FROM generate_series(201, 300) g")
-        wait_until(lambda: delivered_ids(receiver) == set(range(1, 301)), timeout=10,
-                   message="rows 201-300")
+        wait_until(
+            lambda: delivered_ids(receiver) == set(range(1, 301)),
+            timeout=10,
+            message="rows 201-300",
+        )
         time.sleep(0.5)
     assert stuck.log.count("is now active") == 1
     # And the saved position only ever moved forward, ending at the last event
@@ -166,8 +179,16 @@ def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_o
         return 200 if data["v"] != 1 or accept_v1.is_set() else 503
 
     with Receiver(respond=respond) as receiver:
-        args = ("--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--failover-timeout", "2",
-                "--config", short_retry_config(tmp_path, max_backoff=0.3))
+        args = (
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"webhook={receiver.url}",
+            "--failover-timeout",
+            "2",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.3),
+        )
         frozen, standby = active_and_standby(bridge, *args)
         execute(dsn, "INSERT INTO items VALUES (1, 1)")
         wait_until(lambda: receiver.count >= 3, message="version 1 tried")
@@ -179,8 +200,11 @@ def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_o
             accept_v1.set()
             execute(dsn, "UPDATE items SET v = 2 WHERE id = 1")
             standby.wait_active(timeout=20)
-            wait_until(lambda: [json.loads(r.body)["data"]["v"] for r in receiver.delivered()]
-                       [-1:] == [2], timeout=20, message="version 2 delivered")
+            wait_until(
+                lambda: [json.loads(r.body)["data"]["v"] for r in receiver.delivered()][-1:] == [2],
+                timeout=20,
+                message="version 2 delivered",
+            )
         finally:
             # And the frozen one resumes, its retry long due
             frozen.signal(signal.SIGCONT)
@@ -189,6 +213,6 @@ def test_a_frozen_active_that_resumes_never_sends_an_old_version_after_the_new_o
 
     # Then the receiver never got version 1 after version 2
     versions = [json.loads(r.body)["data"]["v"] for r in receiver.delivered()]
-    assert versions[versions.index(2):] == [2], versions
+    assert versions[versions.index(2) :] == [2], versions
     # And the new leader cut off every session of the old instance, not only its lock's
     assert "cut off" in standby.log

@@ -20,8 +20,9 @@ TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
 
 def _limit_descriptors() -> None:
     """Runs in the bridge's process before exec: the common 1024 soft limit."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(
-        resource.RLIMIT_NOFILE)[1]))
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
 
 
 @pytest.mark.slow
@@ -38,9 +39,22 @@ def test_delivery_continues_with_a_thousand_idle_connections_on_the_health_port(
     log_path = tmp_path / "bridge.log"
     with log_path.open("ab") as log:
         bridge = subprocess.Popen(
-            [sys.executable, "-m", "skor_bridge", "run", "--dsn", dsn, "--webhook",
-             f"hook={receiver.url}", "--metrics-port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_limit_descriptors)
+            [
+                sys.executable,
+                "-m",
+                "skor_bridge",
+                "run",
+                "--dsn",
+                dsn,
+                "--webhook",
+                f"hook={receiver.url}",
+                "--metrics-port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_limit_descriptors,
+        )
     idle: list[socket.socket] = []
     try:
         wait_until(lambda: "is now active" in log_path.read_text(), message="active")
@@ -53,14 +67,23 @@ def test_delivery_continues_with_a_thousand_idle_connections_on_the_health_port(
             idle.append(sock)
         time.sleep(1)
         # And every PostgreSQL session of the bridge is cut, so it must open new ones
-        execute(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE application_name LIKE 'skor-bridge%' AND datname = current_database()")
+        execute(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'skor-bridge%' AND datname = current_database()",
+        )
         execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(11, 110) g")
 
         # Then delivery goes on
-        wait_until(lambda: {json.loads(r.body)["data"]["id"] for r in receiver.delivered()}
-                   >= set(range(1, 111)), timeout=60,
-                   message=f"rows 11-110 delivered; bridge log:\n{log_path.read_text()[-3000:]}")
+        wait_until(
+            lambda: (
+                {json.loads(r.body)["data"]["id"] for r in receiver.delivered()}
+                >= set(range(1, 111))
+            ),
+            timeout=60,
+            message=f"rows 11-110 delivered; bridge log:\n{log_path.read_text()[-3000:]}",
+        )
+
         # And the health port answers probes again once the idle connections timed out
         def healthz() -> bool:
             try:

@@ -14,8 +14,12 @@ def test_a_standby_is_always_ready():
 def test_an_active_instance_is_ready_while_outputs_are_merely_behind():
     ready, body = readiness(True, "i1", True, [("hook", False, Backlog(500, 30.0, 5.0))])
     assert ready
-    assert body["outputs"]["hook"] == {"ready": True, "pending": 500, "lag_seconds": 30.0,
-                                       "failing_seconds": 5.0}
+    assert body["outputs"]["hook"] == {
+        "ready": True,
+        "pending": 500,
+        "lag_seconds": 30.0,
+        "failing_seconds": 5.0,
+    }
 
 
 def test_a_stuck_or_failed_output_or_a_lost_database_is_not_ready():

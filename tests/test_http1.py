@@ -42,17 +42,23 @@ def answer(pieces: list[bytes]) -> tuple[int | BaseException, bool]:
 
 
 def bytewise(data: bytes) -> list[bytes]:
-    return [data[i:i + 1] for i in range(len(data))]
+    return [data[i : i + 1] for i in range(len(data))]
 
 
-CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Pad: " + b"p" * 8000 +
-           b"\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n")
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Pad: "
+    + b"p" * 8000
+    + b"\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+)
 
 
 @pytest.mark.parametrize("split", ["whole", "bytewise", "pairs"])
 def test_an_answer_split_anywhere_parses_the_same(split):
-    pieces = {"whole": [CHUNKED], "bytewise": bytewise(CHUNKED),
-              "pairs": [CHUNKED[i:i + 2] for i in range(0, len(CHUNKED), 2)]}[split]
+    pieces = {
+        "whole": [CHUNKED],
+        "bytewise": bytewise(CHUNKED),
+        "pairs": [CHUNKED[i : i + 2] for i in range(0, len(CHUNKED), 2)],
+    }[split]
     assert answer(pieces) == (200, True)
 
 
@@ -69,16 +75,19 @@ def test_a_body_past_the_cap_keeps_the_status_and_drops_the_connection():
     assert answer([b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n"]) == (200, False)
 
 
-@pytest.mark.parametrize("data", [
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",  # no CRLF after data
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a hex size
-    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n Content-Length: 2\r\n\r\n",  # folded line
-    b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n",  # space before the colon
-    b"HTTP/2 200 OK\r\n\r\n",
-    b"HTTP/1.1 2000 OK\r\n\r\n",
-    b"HTTP/1.1 100 Continue\r\n\r\n" * 9,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",  # no CRLF after data
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a hex size
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n Content-Length: 2\r\n\r\n",  # folded line
+        b"HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n",  # space before the colon
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 9,
+    ],
+)
 def test_malformed_framing_is_a_protocol_error(data):
     result, reusable = answer(bytewise(data))
     assert isinstance(result, ProtocolError), result

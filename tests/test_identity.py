@@ -33,6 +33,7 @@ def names(*webhooks: str, file: str | None = None, tmp_path=None, **cli) -> list
 
 # -- pure: names ------------------------------------------------------------------------------
 
+
 def test_a_derived_name_is_readable_and_shows_no_token():
     name = derived_name("webhook", WebhookConfig(url=A))
     assert name.startswith("webhook-a.example.com-") and len(name.rsplit("-", 1)[1]) == 8
@@ -66,8 +67,7 @@ def test_the_same_destination_in_the_file_and_on_the_command_line_is_one_output(
     # Unnamed on the command line, same URL: the file's output, with its name
     assert names(A, file=file, tmp_path=tmp_path) == ["orders"]
     # Same name, another URL: the command line's replaces it
-    config = build_config({"dsn": DSN, "webhook": [f"orders={B}"]},
-                          _write(tmp_path, file), {})
+    config = build_config({"dsn": DSN, "webhook": [f"orders={B}"]}, _write(tmp_path, file), {})
     assert [(o.name, o.settings.url) for o in config.outputs] == [("orders", B)]
     # Unnamed in both: the same derived name, one output
     file = f'[[outputs]]\ntype = "webhook"\nurl = "{A}"\n'
@@ -81,13 +81,17 @@ def _write(tmp_path, text):
 
 
 def test_two_outputs_with_one_name_are_an_error_naming_both(tmp_path):
-    file = (f'[[outputs]]\ntype = "webhook"\nname = "x"\nurl = "{A}"\n'
-            f'[[outputs]]\ntype = "webhook"\nname = "x"\nurl = "{B}"\n')
+    file = (
+        f'[[outputs]]\ntype = "webhook"\nname = "x"\nurl = "{A}"\n'
+        f'[[outputs]]\ntype = "webhook"\nname = "x"\nurl = "{B}"\n'
+    )
     with pytest.raises(ConfigError) as caught:
         build_config({"dsn": DSN}, _write(tmp_path, file), {})
-    assert str(caught.value) == (f"{tmp_path}/skor.toml: outputs[0] and {tmp_path}/skor.toml: "
-                                 "outputs[1] are both the output named 'x'; give each a "
-                                 "distinct name")
+    assert str(caught.value) == (
+        f"{tmp_path}/skor.toml: outputs[0] and {tmp_path}/skor.toml: "
+        "outputs[1] are both the output named 'x'; give each a "
+        "distinct name"
+    )
     with pytest.raises(ConfigError, match="--webhook and --webhook are both the output named"):
         build_config({"dsn": DSN, "webhook": [A, A]}, None, {})
     with pytest.raises(ConfigError, match="--webhook and --amqp are both the output named 'x'"):
@@ -95,14 +99,23 @@ def test_two_outputs_with_one_name_are_an_error_naming_both(tmp_path):
 
 
 def test_legacy_names_are_the_first_releases_positional_names(tmp_path):
-    file = (f'[[outputs]]\ntype = "webhook"\nname = "orders-hook"\nurl = "{A}"\n'
-            '[[outputs]]\ntype = "amqp"\nurl = "amqp://guest:guest@127.0.0.1/"\n'
-            '[[outputs]]\ntype = "kafka"\nbootstrap = "127.0.0.1:9092"\n')
+    file = (
+        f'[[outputs]]\ntype = "webhook"\nname = "orders-hook"\nurl = "{A}"\n'
+        '[[outputs]]\ntype = "amqp"\nurl = "amqp://guest:guest@127.0.0.1/"\n'
+        '[[outputs]]\ntype = "kafka"\nbootstrap = "127.0.0.1:9092"\n'
+    )
     config = build_config({"dsn": DSN, "webhook": [B, C]}, _write(tmp_path, file), {})
-    legacy = {o.name.split("-")[0] if o.name != "orders-hook" else o.name: o.legacy_name
-              for o in config.outputs}
-    assert [o.legacy_name for o in config.outputs] == [None, "amqp-2", "kafka-3", "webhook",
-                                                       "webhook-2"]
+    legacy = {
+        o.name.split("-")[0] if o.name != "orders-hook" else o.name: o.legacy_name
+        for o in config.outputs
+    }
+    assert [o.legacy_name for o in config.outputs] == [
+        None,
+        "amqp-2",
+        "kafka-3",
+        "webhook",
+        "webhook-2",
+    ]
     assert legacy["orders-hook"] is None
     # A legacy name that another output now wears explicitly is that output's, not adopted
     config = build_config({"dsn": DSN, "webhook": [f"webhook={A}", B]}, None, {})
@@ -111,13 +124,15 @@ def test_legacy_names_are_the_first_releases_positional_names(tmp_path):
 
 # -- end to end -------------------------------------------------------------------------------
 
+
 def received_ids(receiver) -> list[int]:
     return [json.loads(r.body)["data"]["id"] for r in receiver.delivered()]
 
 
 @pytest.mark.slow
 def test_adding_and_removing_outputs_never_changes_another_outputs_progress(
-        dsn, capture_table, bridge):
+    dsn, capture_table, bridge
+):
     capture_table(TABLE, "items")
     with Receiver() as first, Receiver() as second:
         # Given two webhooks that delivered rows 1-10
@@ -145,21 +160,30 @@ def test_adding_and_removing_outputs_never_changes_another_outputs_progress(
 
 @pytest.mark.slow
 def test_duplicate_output_names_stop_the_bridge_with_one_line(dsn, bridge, tmp_path):
-    process = bridge("--dsn", dsn, "--webhook", "x=http://127.0.0.1:9/a", "--webhook",
-                     "x=http://127.0.0.1:9/b")
+    process = bridge(
+        "--dsn", dsn, "--webhook", "x=http://127.0.0.1:9/a", "--webhook", "x=http://127.0.0.1:9/b"
+    )
     assert process.proc.wait(30) == 2
-    assert process.log == ("error: --webhook and --webhook are both the output named 'x'; "
-                           "give each a distinct name\n")
+    assert process.log == (
+        "error: --webhook and --webhook are both the output named 'x'; give each a distinct name\n"
+    )
 
 
 @pytest.mark.slow
 def test_an_upgraded_database_keeps_each_outputs_progress_by_adopting_its_positional_row(
-        dsn, capture_table, bridge):
+    dsn, capture_table, bridge
+):
     capture_table(TABLE, "items")
     with Receiver() as first, Receiver() as second:
         # Given progress rows under the first release's positional names
-        old = bridge("--dsn", dsn, "--webhook", f"webhook={first.url}", "--webhook",
-                     f"webhook-2={second.url}").wait_active()
+        old = bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"webhook={first.url}",
+            "--webhook",
+            f"webhook-2={second.url}",
+        ).wait_active()
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 10) g")
         assert first.wait_for(10) and second.wait_for(10)
         assert old.stop() == 0
@@ -174,8 +198,14 @@ def test_an_upgraded_database_keeps_each_outputs_progress_by_adopting_its_positi
         assert sorted(received_ids(second)) == list(range(1, 14))
         assert new.log.count("adopted the progress of") == 2
         assert "adopted the progress of 'webhook'" in new.log
-        assert scalar(dsn, "SELECT count(*) FROM skor.outputs WHERE name LIKE 'webhook%%'"
-                      " AND name NOT LIKE 'webhook-127%%'") == 0
+        assert (
+            scalar(
+                dsn,
+                "SELECT count(*) FROM skor.outputs WHERE name LIKE 'webhook%%'"
+                " AND name NOT LIKE 'webhook-127%%'",
+            )
+            == 0
+        )
         assert new.stop() == 0
         # And only once: a restart adopts nothing
         again = bridge("--dsn", dsn, "--webhook", first.url, "--webhook", second.url)

@@ -112,8 +112,9 @@ def test_the_import_reader_sees_type_checking_and_function_level_imports():
 
 
 def test_no_two_modules_import_each_other():
-    mutual = sorted({tuple(sorted((a, b))) for a, targets in GRAPH.items() for b in targets
-                     if a in GRAPH[b]})
+    mutual = sorted(
+        {tuple(sorted((a, b))) for a, targets in GRAPH.items() for b in targets if a in GRAPH[b]}
+    )
     assert mutual == []
 
 
@@ -129,6 +130,7 @@ def test_the_tools_exist_where_this_test_looks(tool):
 def test_no_pipeline_module_imports_a_tool_or_the_cli():
     pipeline = [name for name in GRAPH if not _within(name, TOOLS + FRONT)]
     assert len(pipeline) > 50
-    offending = {name: sorted(t for t in GRAPH[name] if _within(t, TOOLS + FRONT))
-                 for name in pipeline}
+    offending = {
+        name: sorted(t for t in GRAPH[name] if _within(t, TOOLS + FRONT)) for name in pipeline
+    }
     assert {name: bad for name, bad in offending.items() if bad} == {}

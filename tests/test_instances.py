@@ -25,26 +25,36 @@ def instances(dsn: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_killed_instance_is_gone_after_the_failover_timeout_and_old_ones_are_dropped(
-        dsn, capture_table, bridge, receiver):
+    dsn, capture_table, bridge, receiver
+):
     capture_table(TABLE, "items")
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    execute(dsn, "INSERT INTO skor.instances (instance, role, started, heartbeat) VALUES"
-                 " ('ancient', 'active', now() - interval '3 days', now() - interval '2 days')")
+    execute(
+        dsn,
+        "INSERT INTO skor.instances (instance, role, started, heartbeat) VALUES"
+        " ('ancient', 'active', now() - interval '3 days', now() - interval '2 days')",
+    )
     roles = instances(dsn)
     assert list(roles.values()) == ["active"] and "ancient" not in roles
     process.kill()
     killed = time.monotonic()
-    wait_until(lambda: list(instances(dsn).values()) == ["gone"], timeout=30,
-               message="the killed instance shown as gone")
+    wait_until(
+        lambda: list(instances(dsn).values()) == ["gone"],
+        timeout=30,
+        message="the killed instance shown as gone",
+    )
     assert time.monotonic() - killed < 15
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("output", [["--kafka", "127.0.0.1:9"],
-                                    ["--amqp", "amqp://guest:guest@127.0.0.1:9/"]],
-                         ids=["kafka", "amqp"])
+@pytest.mark.parametrize(
+    "output",
+    [["--kafka", "127.0.0.1:9"], ["--amqp", "amqp://guest:guest@127.0.0.1:9/"]],
+    ids=["kafka", "amqp"],
+)
 def test_stopping_with_an_unreachable_broker_takes_under_10_seconds(
-        dsn, capture_table, bridge, output):
+    dsn, capture_table, bridge, output
+):
     capture_table(TABLE, "items")
     process = bridge("--dsn", dsn, *output).wait_active()
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 10) g")

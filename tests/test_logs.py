@@ -22,8 +22,9 @@ class Clock:
         return self.now
 
 
-def record(msg: str, *args: object, level: int = logging.WARNING,
-           name: str = "skor_bridge.x") -> logging.LogRecord:
+def record(
+    msg: str, *args: object, level: int = logging.WARNING, name: str = "skor_bridge.x"
+) -> logging.LogRecord:
     return logging.LogRecord(name, level, __file__, 1, msg, args, None)
 
 
@@ -47,22 +48,30 @@ def test_a_repeated_warning_is_logged_once_then_once_a_minute_with_a_count():
 
 def test_preformatted_lines_that_differ_only_in_numbers_are_one_repeat():
     summary = SummarisingFilter(clock=Clock())
-    lines = [f"[thrd:127.0.0.1:{9000 + i}/bootstrap]: Connect to ipv4#127.0.0.1:{9000 + i} "
-             f"failed: Connection refused (after {i}ms in state CONNECT)" for i in range(50)]
-    passed = [line for line in lines
-              if summary.filter(record(line, name="skor_bridge.sinks.kafka.librdkafka"))]
+    lines = [
+        f"[thrd:127.0.0.1:{9000 + i}/bootstrap]: Connect to ipv4#127.0.0.1:{9000 + i} "
+        f"failed: Connection refused (after {i}ms in state CONNECT)"
+        for i in range(50)
+    ]
+    passed = [
+        line
+        for line in lines
+        if summary.filter(record(line, name="skor_bridge.sinks.kafka.librdkafka"))
+    ]
     assert len(passed) == 1
 
 
 @pytest.mark.slow
 def test_a_flood_of_unroutable_messages_is_a_line_not_thousands(
-        dsn, capture_table, bridge, amqp_url, make_amqp_queue):
+    dsn, capture_table, bridge, amqp_url, make_amqp_queue
+):
     # Given an exchange no queue is bound to (the first message declares it)
     capture_table(TABLE, "items")
     queue = make_amqp_queue()
     queue.unbind()
-    process = bridge("--dsn", dsn, "--amqp", f"rabbit={amqp_url}", "--amqp-exchange",
-                     queue.exchange).wait_active()
+    process = bridge(
+        "--dsn", dsn, "--amqp", f"rabbit={amqp_url}", "--amqp-exchange", queue.exchange
+    ).wait_active()
     # When 3000 messages are unroutable
     execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 3000) g")
     wait_delivered(dsn, "rabbit", 3000)
@@ -72,14 +81,12 @@ def test_a_flood_of_unroutable_messages_is_a_line_not_thousands(
 
 
 @pytest.mark.slow
-def test_an_unreachable_kafka_broker_logs_a_few_lines_not_hundreds(
-        dsn, capture_table, bridge):
+def test_an_unreachable_kafka_broker_logs_a_few_lines_not_hundreds(dsn, capture_table, bridge):
     capture_table(TABLE, "items")
     process = bridge("--dsn", dsn, "--kafka", "127.0.0.1:9")
     process.wait_active()
     execute(dsn, "INSERT INTO items VALUES (1, 'a')")
     time.sleep(20)
     process.stop()
-    lines = [line for line in process.log.splitlines() if " WARNING " in line
-             or " ERROR " in line]
+    lines = [line for line in process.log.splitlines() if " WARNING " in line or " ERROR " in line]
     assert len(lines) <= 12, "\n".join(lines)

@@ -37,7 +37,8 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     assert status == 200
     return {
         (sample.name, sample.labels.get("output", "")): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
 
 
@@ -51,8 +52,16 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
     failing.set()
     with Receiver(respond=lambda r: 503 if failing.is_set() else 200) as receiver:
         port = free_port()
-        bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--metrics-port", str(port),
-               "--config", short_retry_config(tmp_path)).wait_active()
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"webhook={receiver.url}",
+            "--metrics-port",
+            str(port),
+            "--config",
+            short_retry_config(tmp_path),
+        ).wait_active()
         assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         before = scrape(port)
         assert before[("skor_active", "")] == 1
@@ -64,10 +73,12 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
         # Then they are captured and pending, their lag grows, and retries are counted
         def stuck() -> bool:
             m = scrape(port)
-            return (m[("skor_events_captured_total", "")] == 20
-                    and m[("skor_events_pending", "webhook")] == 20
-                    and m[("skor_lag_seconds", "webhook")] >= 1.0
-                    and m[("skor_events_retried_total", "webhook")] >= 20)
+            return (
+                m[("skor_events_captured_total", "")] == 20
+                and m[("skor_events_pending", "webhook")] == 20
+                and m[("skor_lag_seconds", "webhook")] >= 1.0
+                and m[("skor_events_retried_total", "webhook")] >= 20
+            )
 
         wait_until(stuck, timeout=10, interval=0.2, message="20 pending, lagging, retried")
         status, body = get(f"http://127.0.0.1:{port}/readyz")
@@ -85,10 +96,12 @@ def test_metrics_follow_the_events_and_match_what_the_receiver_counted(
         # Then delivered equals what the receiver accepted, and nothing is pending or lagging
         def settled() -> bool:
             m = scrape(port)
-            return (m[("skor_events_delivered_total", "webhook")] == len(receiver.delivered())
-                    and m[("skor_events_captured_total", "")] == 50
-                    and m[("skor_events_pending", "webhook")] == 0
-                    and m[("skor_lag_seconds", "webhook")] == 0)
+            return (
+                m[("skor_events_delivered_total", "webhook")] == len(receiver.delivered())
+                and m[("skor_events_captured_total", "")] == 50
+                and m[("skor_events_pending", "webhook")] == 0
+                and m[("skor_lag_seconds", "webhook")] == 0
+            )
 
         wait_until(settled, timeout=10, interval=0.2, message="metrics settled")
         m = scrape(port)
@@ -106,8 +119,9 @@ def test_a_standby_answers_probes_and_reports_its_role(dsn, capture_table, bridg
     bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}").wait_active()
     # When a second one starts with a metrics port
     port = free_port()
-    standby = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
-                     "--metrics-port", str(port))
+    standby = bridge(
+        "--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--metrics-port", str(port)
+    )
     standby.wait_for_log("is standing by")
     # Then it is alive and ready, says it stands by, and reports itself inactive
     assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
@@ -124,12 +138,14 @@ def test_a_metrics_port_in_use_fails_at_start_in_one_line(dsn, bridge, receiver)
         busy.listen()
         port = busy.getsockname()[1]
         # When a bridge is asked to serve metrics there
-        process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}",
-                         "--metrics-port", str(port))
+        process = bridge(
+            "--dsn", dsn, "--webhook", f"webhook={receiver.url}", "--metrics-port", str(port)
+        )
         # Then it exits with 1 and one line naming the port
         assert process.proc.wait(20) == 1
     assert process.log.strip().splitlines() == [
-        f"error: metrics port {port}: Address already in use"]
+        f"error: metrics port {port}: Address already in use"
+    ]
 
 
 @pytest.mark.slow
@@ -143,8 +159,18 @@ def test_json_logs_are_one_object_per_line_and_never_show_a_password(
         secret_dsn = f"{dsn} password=Sup3r-Secret"
         hook = receiver.url.replace("http://", "http://hook:Hook-Pa55@")
         # When the bridge runs with JSON logs at debug level, retries, and stops
-        process = bridge("--dsn", secret_dsn, "--webhook", hook, "--log-format", "json",
-                         "--log-level", "debug", "--config", short_retry_config(tmp_path))
+        process = bridge(
+            "--dsn",
+            secret_dsn,
+            "--webhook",
+            hook,
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--config",
+            short_retry_config(tmp_path),
+        )
         process.wait_active()
         execute(dsn, "INSERT INTO items VALUES (1, 'a')")
         assert receiver.wait_for(1)

@@ -44,7 +44,8 @@ def test_a_new_database_gets_every_migration_once_and_a_second_run_applies_nothi
     assert _migrate(dsn) == []
     assert scalar(dsn, "SELECT count(*) FROM skor.migrations") == len(migrations.known())
     assert scalar(dsn, "SELECT value FROM skor.meta WHERE key = 'schema_version'") == str(
-        migrations.latest())
+        migrations.latest()
+    )
 
 
 def test_an_up_to_date_database_is_checked_without_taking_the_ddl_lock(dsn):
@@ -69,8 +70,20 @@ def test_a_schema_newer_than_the_code_is_refused_with_one_line(dsn):
     with pytest.raises(migrations.SchemaTooNew, match="migration 999, newer than"):
         _migrate(dsn)
     result = subprocess.run(
-        [sys.executable, "-m", "skor_bridge", "run", "--dsn", dsn, "--webhook",
-         "http://127.0.0.1:9/"], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "skor_bridge",
+            "run",
+            "--dsn",
+            dsn,
+            "--webhook",
+            "http://127.0.0.1:9/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "newer than this skor-bridge knows" in result.stderr
     assert "Traceback" not in result.stderr
@@ -83,8 +96,11 @@ def test_without_create_a_database_with_no_skor_schema_is_not_given_an_empty_one
 
 
 def restore_release_1(dsn):
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(RELEASE_1_DUMP)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", str(RELEASE_1_DUMP)],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.mark.slow
@@ -102,9 +118,10 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
     process = bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}")
     # Then exactly the 23 pending events arrive, once, and nothing delivered before is resent
     assert receiver.wait_for(23)
-    wait_until(lambda: scalar(
-        dsn, "SELECT position FROM skor.outputs WHERE name = 'webhook'") == 124,
-        message="progress saved after the pending events")
+    wait_until(
+        lambda: scalar(dsn, "SELECT position FROM skor.outputs WHERE name = 'webhook'") == 124,
+        message="progress saved after the pending events",
+    )
     events = bodies(receiver)
     assert len(events) == 23
     assert len({r.headers["webhook-id"] for r in receiver.delivered()}) == 23
@@ -119,10 +136,23 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
 
     # When the triggers are reinstalled from the same file with this release
     triggers_file = tmp_path / "triggers.json"
-    triggers_file.write_text(json.dumps([{"table": "accounts"},
-                                         {"table": "audit", "columns": ["msg"]}]))
-    subprocess.run([sys.executable, "-m", "skor_bridge", "triggers", "install",
-                    str(triggers_file), "--dsn", dsn], check=True, capture_output=True)
+    triggers_file.write_text(
+        json.dumps([{"table": "accounts"}, {"table": "audit", "columns": ["msg"]}])
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skor_bridge",
+            "triggers",
+            "install",
+            str(triggers_file),
+            "--dsn",
+            dsn,
+        ],
+        check=True,
+        capture_output=True,
+    )
     # Then changes keep flowing through the running bridge, captured by the new triggers
     execute(dsn, "UPDATE accounts SET note = 'after upgrade' WHERE id = 7")
     assert receiver.wait_for(24)
@@ -130,8 +160,12 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
     assert process.stop() == 0
 
     # And `status` reads the upgraded database
-    status = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn,
-                             "--json"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     snapshot = json.loads(status.stdout)
     assert "webhook" in json.dumps(snapshot)

@@ -10,14 +10,17 @@ from skor_bridge.capture import notify
 from skor_bridge.capture.notify_payload import row_key, top_level_texts
 from skor_bridge.event import ChangeEvent
 
-PAYLOAD = ('{"data" : {"id":7,"price":19.990000000000000000001,"big":12345678901234567890,'
-           '"tags":["a","b"]}, "table" : "items", "schema" : "public", "op" : "UPDATE"}')
+PAYLOAD = (
+    '{"data" : {"id":7,"price":19.990000000000000000001,"big":12345678901234567890,'
+    '"tags":["a","b"]}, "table" : "items", "schema" : "public", "op" : "UPDATE"}'
+)
 
 
 def test_the_row_text_is_kept_byte_for_byte():
     texts = top_level_texts(PAYLOAD)
-    assert texts["data"] == ('{"id":7,"price":19.990000000000000000001,'
-                             '"big":12345678901234567890,"tags":["a","b"]}')
+    assert texts["data"] == (
+        '{"id":7,"price":19.990000000000000000001,"big":12345678901234567890,"tags":["a","b"]}'
+    )
     assert texts["op"] == '"UPDATE"'
 
 
@@ -41,8 +44,9 @@ def test_the_queue_is_bounded_in_bytes_dropping_the_oldest(monkeypatch):
     feed.output, feed._queue, feed._queued_bytes, feed.dropped = "hook", notify.deque(), 0, 0
     feed._arrived = threading.Condition()
     for n in range(100):
-        feed.push(ChangeEvent(id=str(n), position=n, schema="s", table="t", op="INSERT",
-                              data="x" * 1000))
+        feed.push(
+            ChangeEvent(id=str(n), position=n, schema="s", table="t", op="INSERT", data="x" * 1000)
+        )
     assert feed._queued_bytes <= 10_000
     assert [e.position for e in feed._queue] == list(range(90, 100))
     assert feed.dropped == 90
@@ -60,19 +64,23 @@ def test_a_notify_mode_dead_letter_retried_keeps_its_numerics_byte_exact(
 
     # Given notify-mode capture of a table with an exact numeric, and a receiver that
     # refuses the first delivery (a dead letter at once)
-    capture_table("CREATE TABLE items (id int PRIMARY KEY, price numeric)", "items",
-                  mode="notify")
+    capture_table("CREATE TABLE items (id int PRIMARY KEY, price numeric)", "items", mode="notify")
     refuse = threading.Event()
     refuse.set()
     with Receiver(respond=lambda r: 400 if refuse.is_set() else 200) as receiver:
-        bridge("--dsn", dsn, "--webhook", f"hook={receiver.url}", "--mode", "notify"
-               ).wait_for_log("listening on channel")
+        bridge("--dsn", dsn, "--webhook", f"hook={receiver.url}", "--mode", "notify").wait_for_log(
+            "listening on channel"
+        )
         execute(dsn, "INSERT INTO items VALUES (1, 19.990000000000000000001)")
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 1,
-                   message="a dead letter")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 1,
+            message="a dead letter",
+        )
         # Then the dead letter holds the row as PostgreSQL sent it, keyed by primary key
-        assert scalar(dsn, "SELECT data FROM skor.dead_letters") == \
-            '{"id":1,"price":19.990000000000000000001}'
+        assert (
+            scalar(dsn, "SELECT data FROM skor.dead_letters")
+            == '{"id":1,"price":19.990000000000000000001}'
+        )
         assert scalar(dsn, "SELECT row_key FROM skor.dead_letters") == '{"id":1}'
         # When it is retried, Then the receiver gets the numeric byte for byte
         refuse.clear()

@@ -11,8 +11,9 @@ from skor_bridge.ops.events import EARLIEST, parse_time
 from tests.test_ops import cli
 
 
-@pytest.mark.parametrize("text", ["99999999999d", "99999999999999s", "0001-01-01",
-                                  "0001-01-01T00:00:00+14:00"])
+@pytest.mark.parametrize(
+    "text", ["99999999999d", "99999999999999s", "0001-01-01", "0001-01-01T00:00:00+14:00"]
+)
 def test_times_before_anything_was_captured_mean_the_beginning(text):
     assert parse_time(text) == EARLIEST
 

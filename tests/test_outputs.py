@@ -26,8 +26,12 @@ def test_inserts_updates_and_deletes_reach_rabbitmq_with_routing_keys_and_proper
     capture_table(TABLE, "items")
     bridge("--dsn", dsn, "--amqp", amqp_url, "--amqp-exchange", amqp_queue.exchange)
     # When 1000 rows are inserted, 100 updated and 50 deleted
-    execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 1000) g",
-            "UPDATE items SET qty = 1 WHERE id <= 100", "DELETE FROM items WHERE id > 950")
+    execute(
+        dsn,
+        "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 1000) g",
+        "UPDATE items SET qty = 1 WHERE id <= 100",
+        "DELETE FROM items WHERE id > 950",
+    )
     messages = amqp_queue.drain(1150, timeout=60)
     # Then every change arrived once, with the documented routing key and properties
     assert len(messages) == 1150
@@ -38,10 +42,16 @@ def test_inserts_updates_and_deletes_reach_rabbitmq_with_routing_keys_and_proper
         assert method.routing_key == f"public.items.{event['op'].lower()}"
         assert props.content_type == "application/json" and props.delivery_mode == 2
         assert {k: props.headers[k] for k in ("schema", "table", "op")} == {
-            "schema": "public", "table": "items", "op": event["op"]}
+            "schema": "public",
+            "table": "items",
+            "op": event["op"],
+        }
         assert len(props.message_id) == 36
-    assert dict(keys) == {"public.items.insert": 1000, "public.items.update": 100,
-                          "public.items.delete": 50}
+    assert dict(keys) == {
+        "public.items.insert": 1000,
+        "public.items.update": 100,
+        "public.items.delete": 50,
+    }
     assert len({p.message_id for _, p, _ in messages}) == 1150
     # And per row, the order is insert then update or delete
     ops = defaultdict(list)
@@ -57,11 +67,15 @@ def test_inserts_and_repeated_updates_reach_kafka_one_partition_per_row_in_order
 ):
     # Given a bridge producing to one topic for the table
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--kafka", f"kafka={kafka_broker.bootstrap}",
-                     "--kafka-topic", kafka_topic)
+    process = bridge(
+        "--dsn", dsn, "--kafka", f"kafka={kafka_broker.bootstrap}", "--kafka-topic", kafka_topic
+    )
     # When 500 rows are inserted and each is updated 3 times
-    execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' FROM generate_series(1, 500) g",
-            *["UPDATE items SET qty = qty + 1" for _ in range(3)])
+    execute(
+        dsn,
+        "INSERT INTO items (id, name) SELECT g, 'n' FROM generate_series(1, 500) g",
+        *["UPDATE items SET qty = qty + 1" for _ in range(3)],
+    )
     wait_delivered(dsn, "kafka", 2000)
     messages = consume(kafka_broker.bootstrap, kafka_topic, 2000, timeout=60)
     # Then there is one key per row, each key in one partition, updates in order
@@ -85,33 +99,61 @@ def test_fan_out_sends_each_event_to_every_output_with_the_same_id_position_and_
 ):
     # Given one bridge with a webhook, RabbitMQ and Kafka
     capture_table(TABLE, "items")
-    bridge("--dsn", dsn, "--webhook", receiver.url, "--amqp", amqp_url,
-           "--amqp-exchange", amqp_queue.exchange, "--kafka", f"kafka={kafka_broker.bootstrap}",
-           "--kafka-topic", kafka_topic)
+    bridge(
+        "--dsn",
+        dsn,
+        "--webhook",
+        receiver.url,
+        "--amqp",
+        amqp_url,
+        "--amqp-exchange",
+        amqp_queue.exchange,
+        "--kafka",
+        f"kafka={kafka_broker.bootstrap}",
+        "--kafka-topic",
+        kafka_topic,
+    )
     # When 200 rows are inserted
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'n' FROM generate_series(1, 200) g")
     # Then each output got all 200, and an event has the same id everywhere
     assert receiver.wait_for(200)
     wait_delivered(dsn, "kafka", 200)
-    webhook = {r.headers["webhook-id"]: (r.body, (r.headers["webhook-position"],
-                                                   r.headers["webhook-captured-at"]))
-               for r in receiver.delivered()}
-    amqp = {p.message_id: (body, (str(p.headers["position"]), p.headers["captured_at"]))
-            for _, p, body in amqp_queue.drain(200, timeout=30)}
-    kafka = {m.headers["event-id"].decode(): (m.value, (m.headers["position"].decode(),
-                                                        m.headers["captured-at"].decode()))
-             for m in consume(kafka_broker.bootstrap, kafka_topic, 200, timeout=30)}
+    webhook = {
+        r.headers["webhook-id"]: (
+            r.body,
+            (r.headers["webhook-position"], r.headers["webhook-captured-at"]),
+        )
+        for r in receiver.delivered()
+    }
+    amqp = {
+        p.message_id: (body, (str(p.headers["position"]), p.headers["captured_at"]))
+        for _, p, body in amqp_queue.drain(200, timeout=30)
+    }
+    kafka = {
+        m.headers["event-id"].decode(): (
+            m.value,
+            (m.headers["position"].decode(), m.headers["captured-at"].decode()),
+        )
+        for m in consume(kafka_broker.bootstrap, kafka_topic, 200, timeout=30)
+    }
     assert len(webhook) == 200
-    assert {i: body for i, (body, _) in webhook.items()} == {
-        i: body for i, (body, _) in amqp.items()} == {i: body for i, (body, _) in kafka.items()}
+    assert (
+        {i: body for i, (body, _) in webhook.items()}
+        == {i: body for i, (body, _) in amqp.items()}
+        == {i: body for i, (body, _) in kafka.items()}
+    )
     # And every output carries the event's log position and capture time, the same
     # everywhere, so a receiver can keep the newest version of a row
-    assert {i: meta for i, (_, meta) in webhook.items()} == {
-        i: meta for i, (_, meta) in amqp.items()} == {i: meta for i, (_, meta) in kafka.items()}
+    assert (
+        {i: meta for i, (_, meta) in webhook.items()}
+        == {i: meta for i, (_, meta) in amqp.items()}
+        == {i: meta for i, (_, meta) in kafka.items()}
+    )
     positions = sorted(int(position) for position, _ in (m for _, m in webhook.values()))
     assert positions == list(range(positions[0], positions[0] + 200))
-    assert all(at.endswith("Z") and at.startswith("20") for _, at in
-               (m for _, m in webhook.values()))
+    assert all(
+        at.endswith("Z") and at.startswith("20") for _, at in (m for _, m in webhook.values())
+    )
 
 
 @pytest.mark.slow
@@ -123,12 +165,24 @@ def test_a_failing_webhook_does_not_hold_up_rabbitmq_and_catches_up_in_order(
     failing.set()
     capture_table(TABLE, "items")
     with Receiver(respond=lambda r: 503 if failing.is_set() else 200) as receiver:
-        bridge("--dsn", dsn, "--webhook", receiver.url, "--amqp", amqp_url,
-               "--amqp-exchange", amqp_queue.exchange,
-               "--config", short_retry_config(tmp_path, max_backoff=0.5))
+        bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            receiver.url,
+            "--amqp",
+            amqp_url,
+            "--amqp-exchange",
+            amqp_queue.exchange,
+            "--config",
+            short_retry_config(tmp_path, max_backoff=0.5),
+        )
         # When rows are written and updated while the webhook fails
-        execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 300) g",
-                "UPDATE items SET qty = 1 WHERE id <= 50")
+        execute(
+            dsn,
+            "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 300) g",
+            "UPDATE items SET qty = 1 WHERE id <= 50",
+        )
         # Then RabbitMQ receives everything meanwhile
         assert len(amqp_queue.drain(350, timeout=30)) == 350
         assert receiver.wait_for(1, timeout=0.5) is False
@@ -150,8 +204,16 @@ def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
     # Given a durable queue (it must survive the broker restart) and a running bridge
     queue = make_amqp_queue(durable=True)
     capture_table(TABLE, "items")
-    bridge("--dsn", dsn, "--amqp", amqp_url, "--amqp-exchange", queue.exchange,
-           "--config", short_retry_config(tmp_path, max_backoff=1))
+    bridge(
+        "--dsn",
+        dsn,
+        "--amqp",
+        amqp_url,
+        "--amqp-exchange",
+        queue.exchange,
+        "--config",
+        short_retry_config(tmp_path, max_backoff=1),
+    )
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 300) g")
     time.sleep(0.5)
     # When RabbitMQ stops while 300 more rows are written, then starts again
@@ -178,8 +240,16 @@ def test_events_written_while_the_exchange_was_deleted_arrive_once_it_is_restore
     # Given a bridge publishing to an exchange with one bound queue
     queue = make_amqp_queue(durable=True)
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--amqp", amqp_url, "--amqp-exchange", queue.exchange,
-                     "--config", short_retry_config(tmp_path, 0.5))
+    process = bridge(
+        "--dsn",
+        dsn,
+        "--amqp",
+        amqp_url,
+        "--amqp-exchange",
+        queue.exchange,
+        "--config",
+        short_retry_config(tmp_path, 0.5),
+    )
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 10) g")
     assert len(queue.drain(10, timeout=30)) == 10
     # When someone deletes the exchange (and its queue) and rows are written meanwhile
@@ -189,8 +259,7 @@ def test_events_written_while_the_exchange_was_deleted_arrive_once_it_is_restore
     # as delivered while nobody receives them)
     process.wait_for_log("does not exist")
     time.sleep(2)
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker), \
-            amqp_channel(amqp_url) as channel:
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker), amqp_channel(amqp_url) as channel:
         channel.exchange_declare(queue.exchange, "topic", passive=True)
     assert "unroutable" not in process.log
     # When the exchange is restored with its binding
@@ -210,10 +279,18 @@ def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(
     # Given a broker address where nothing listens yet
     broker = kafka_broker_factory()
     capture_table(TABLE, "items")
-    process = bridge("--dsn", dsn, "--kafka", f"kafka={broker.bootstrap}",
-                     "--kafka-topic", kafka_topic,
-                     "--kafka-option", "message.timeout.ms=2000",
-                     "--config", short_retry_config(tmp_path, max_backoff=1))
+    process = bridge(
+        "--dsn",
+        dsn,
+        "--kafka",
+        f"kafka={broker.bootstrap}",
+        "--kafka-topic",
+        kafka_topic,
+        "--kafka-option",
+        "message.timeout.ms=2000",
+        "--config",
+        short_retry_config(tmp_path, max_backoff=1),
+    )
     execute(dsn, "INSERT INTO items (id, name) SELECT g, 'a' FROM generate_series(1, 100) g")
     time.sleep(3)
     # When the broker starts
@@ -225,17 +302,20 @@ def test_kafka_broker_not_running_at_start_is_retried_until_it_comes_up(
 
 
 @pytest.mark.slow
-def test_notify_mode_feeds_rabbitmq_the_same_way(
-    dsn, capture_table, bridge, amqp_queue, amqp_url
-):
+def test_notify_mode_feeds_rabbitmq_the_same_way(dsn, capture_table, bridge, amqp_queue, amqp_url):
     capture_table(TABLE, "items", mode="notify")
-    bridge("--dsn", dsn, "--mode", "notify", "--amqp", amqp_url,
-           "--amqp-exchange", amqp_queue.exchange).wait_for_log("listening on channel")
+    bridge(
+        "--dsn", dsn, "--mode", "notify", "--amqp", amqp_url, "--amqp-exchange", amqp_queue.exchange
+    ).wait_for_log("listening on channel")
     execute(dsn, "INSERT INTO items (id, name) VALUES (1, 'a')")
     [(method, props, body)] = amqp_queue.drain(1, timeout=20)
     assert method.routing_key == "public.items.insert"
-    assert json.loads(body) == {"table": "items", "schema": "public", "op": "INSERT",
-                                "data": {"id": 1, "name": "a", "qty": 0}}
+    assert json.loads(body) == {
+        "table": "items",
+        "schema": "public",
+        "op": "INSERT",
+        "data": {"id": 1, "name": "a", "qty": 0},
+    }
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ def cli(*args: str, stdin: str | None = None):
 
 @pytest.mark.slow
 def test_a_removed_output_is_listed_as_not_served_and_forgetting_it_unblocks_retention(
-        dsn, capture_table, bridge, tmp_path):
+    dsn, capture_table, bridge, tmp_path
+):
     capture_table(TABLE, "items")
     config = tmp_path / "skor.toml"
     config.write_text('partition_size = 10\nretention = "1s"\nretention_interval = 0.5\n')
@@ -30,13 +31,20 @@ def test_a_removed_output_is_listed_as_not_served_and_forgetting_it_unblocks_ret
         origin = f"http://127.0.0.1:{gone.port}"
         gone_url = f"{origin}/hooks/T000/B000/SLACKTOKEN?token=SECRET"
         # Given two outputs that delivered rows 1-5, then a bridge with only one of them
-        first = bridge("--dsn", dsn, "--config", str(config), "--webhook", f"keep={keep.url}",
-                       "--webhook", f"gone={gone_url}").wait_active()
+        first = bridge(
+            "--dsn",
+            dsn,
+            "--config",
+            str(config),
+            "--webhook",
+            f"keep={keep.url}",
+            "--webhook",
+            f"gone={gone_url}",
+        ).wait_active()
         execute(dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 5) g")
         assert keep.wait_for(5) and gone.wait_for(5)
         assert first.stop() == 0
-        bridge("--dsn", dsn, "--config", str(config), "--webhook", f"keep={keep.url}"
-               ).wait_active()
+        bridge("--dsn", dsn, "--config", str(config), "--webhook", f"keep={keep.url}").wait_active()
         execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(6, 50) g")
         assert keep.wait_for(50)
         time.sleep(3)
@@ -52,14 +60,25 @@ def test_a_removed_output_is_listed_as_not_served_and_forgetting_it_unblocks_ret
         assert rows["keep"]["served"] is True and rows["keep"]["pending"] == 0
         assert "SECRET" not in listed.stdout and "SLACKTOKEN" not in listed.stdout
         text = cli("outputs", "list", "--dsn", dsn).stdout
-        assert text.splitlines()[0].split() == ["OUTPUT", "TYPE", "DESTINATION", "POSITION",
-                                                "PENDING", "SERVED", "LAST", "SEEN", "BY"]
+        assert text.splitlines()[0].split() == [
+            "OUTPUT",
+            "TYPE",
+            "DESTINATION",
+            "POSITION",
+            "PENDING",
+            "SERVED",
+            "LAST",
+            "SEEN",
+            "BY",
+        ]
         # And status marks it and warns
         status = cli("status", "--dsn", dsn).stdout
         assert "gone (not served)" in status and "keep (not served)" not in status
-        assert ("warning: output gone is not served by any running instance and holds back "
-                "the log's retention at position 5; if it is gone for good: skor-bridge "
-                "outputs forget gone") in status
+        assert (
+            "warning: output gone is not served by any running instance and holds back "
+            "the log's retention at position 5; if it is gone for good: skor-bridge "
+            "outputs forget gone"
+        ) in status
         # When forgetting is not confirmed, nothing is forgotten
         refused = cli("outputs", "forget", "gone", "--dsn", dsn, stdin="n\n")
         assert refused.exit_code == 1
@@ -69,10 +88,12 @@ def test_a_removed_output_is_listed_as_not_served_and_forgetting_it_unblocks_ret
         assert done.exit_code == 0, done.output
         assert done.stdout.startswith("forgot output gone")
         # Then retention drops the partitions it held back
-        wait_until(lambda: (scalar(dsn, "SELECT min(pos) FROM skor.log") or 0) > 10,
-                   timeout=30, message="partitions dropped")
-        assert scalar(dsn, "SELECT count(*) FROM skor.output_instances WHERE output = 'gone'"
-                      ) == 0
+        wait_until(
+            lambda: (scalar(dsn, "SELECT min(pos) FROM skor.log") or 0) > 10,
+            timeout=30,
+            message="partitions dropped",
+        )
+        assert scalar(dsn, "SELECT count(*) FROM skor.output_instances WHERE output = 'gone'") == 0
         # And an output a running bridge serves cannot be forgotten
         served = cli("outputs", "forget", "keep", "--dsn", dsn, "--yes")
         assert served.exit_code == 2

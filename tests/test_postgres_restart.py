@@ -33,14 +33,16 @@ def _restart(server) -> None:
 
     socket_dir = urllib.parse.parse_qs(urllib.parse.urlsplit(server.get_uri()).query)["host"][0]
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-    pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"],
-           pgdata=server.pgdata, user=server.system_user, timeout=30)
+    pg_ctl(
+        ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"],
+        pgdata=server.pgdata,
+        user=server.system_user,
+        timeout=30,
+    )
 
 
 @pytest.mark.slow
-def test_a_postgres_restart_is_survived_without_loss_on_postgres_18(
-    embedded, bridge, receiver
-):
+def test_a_postgres_restart_is_survived_without_loss_on_postgres_18(embedded, bridge, receiver):
     # Given a bridge delivering from an embedded PostgreSQL 18
     dsn = embedded.get_uri()
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, name text)")
@@ -53,6 +55,11 @@ def test_a_postgres_restart_is_survived_without_loss_on_postgres_18(
     execute(dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(201, 400) g")
     # Then the bridge reconnects and every row arrives (at least once: what was in flight
     # when leadership was lost is sent again)
-    wait_until(lambda: {json.loads(r.body)["data"]["id"] for r in receiver.delivered()}
-               == set(range(1, 401)), timeout=60, message="rows 1-400")
+    wait_until(
+        lambda: (
+            {json.loads(r.body)["data"]["id"] for r in receiver.delivered()} == set(range(1, 401))
+        ),
+        timeout=60,
+        message="rows 1-400",
+    )
     assert "database unavailable" in process.log or "lost leadership" in process.log

@@ -14,7 +14,8 @@ README = (ROOT / "README.md").read_text()
 def test_the_readme_reference_matches_the_cli():
     # When the reference is rendered from the CLI, it is what the README holds
     assert reference.replace_in(README, reference.render()) == README, (
-        "README reference is stale: run python -m skor_bridge.reference --write README.md")
+        "README reference is stale: run python -m skor_bridge.reference --write README.md"
+    )
 
 
 def test_the_two_setup_commands_are_make_targets():

@@ -36,7 +36,7 @@ def readme_triggers() -> list[dict]:
 
 def test_the_use_it_section_starts_from_a_file_the_user_writes():
     text = README.read_text()
-    use_it = text[text.index("## Use it"):text.index("### triggers.json")]
+    use_it = text[text.index("## Use it") : text.index("### triggers.json")]
     assert "> triggers.json" in use_it and "sample.triggers.json" not in use_it
 
 
@@ -54,14 +54,14 @@ def test_the_readme_triggers_example_installs_and_captures_what_it_says(dsn, tmp
         "INSERT INTO orders VALUES (1, 'a')",
         "INSERT INTO customers VALUES (1, 'ada', 'ada@example.com', '555')",
         "INSERT INTO billing.payments VALUES (1, 'new', 10)",
-        "UPDATE billing.payments SET amount = 11",           # status unchanged: not captured
+        "UPDATE billing.payments SET amount = 11",  # status unchanged: not captured
         "UPDATE billing.payments SET status = 'paid'",
-        "INSERT INTO invoices VALUES (1, 500), (2, 2000)",    # only 2 (total > 1000)
-        "INSERT INTO shipments VALUES (1, 'packed', '')",     # inserts not captured
-        "UPDATE shipments SET note = 'x'",                    # status unchanged
+        "INSERT INTO invoices VALUES (1, 500), (2, 2000)",  # only 2 (total > 1000)
+        "INSERT INTO shipments VALUES (1, 'packed', '')",  # inserts not captured
+        "UPDATE shipments SET note = 'x'",  # status unchanged
         "UPDATE shipments SET status = 'sent'",
         "INSERT INTO accounts VALUES (1, NULL), (2, now())",
-        "DELETE FROM accounts",                               # only 1 (open)
+        "DELETE FROM accounts",  # only 1 (open)
         "INSERT INTO audit_log VALUES (1, 'kept')",
         "SET app.capture = 'off'",
         "INSERT INTO audit_log VALUES (2, 'skipped')",

@@ -32,9 +32,14 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
-SESSION = ["--kafka-option", "session.timeout.ms=6000",
-           "--kafka-option", "heartbeat.interval.ms=500",
-           "--kafka-option", "max.poll.interval.ms=10000"]
+SESSION = [
+    "--kafka-option",
+    "session.timeout.ms=6000",
+    "--kafka-option",
+    "heartbeat.interval.ms=500",
+    "--kafka-option",
+    "max.poll.interval.ms=10000",
+]
 
 
 class RelayProcess(BridgeProcess):
@@ -44,7 +49,10 @@ class RelayProcess(BridgeProcess):
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "skor_bridge", "relay", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         return self
 
 
@@ -55,9 +63,20 @@ def relay(tmp_path, kafka_broker):
 
     def start(group: str, topic: str, url: str, *args: str) -> RelayProcess:
         process = RelayProcess(
-            ["--kafka", kafka_broker.bootstrap, "--topic", topic, "--group", group,
-             "--webhook", url, *SESSION, *args],
-            tmp_path / f"relay-{len(started)}.log")
+            [
+                "--kafka",
+                kafka_broker.bootstrap,
+                "--topic",
+                topic,
+                "--group",
+                group,
+                "--webhook",
+                url,
+                *SESSION,
+                *args,
+            ],
+            tmp_path / f"relay-{len(started)}.log",
+        )
         started.append(process.start())
         return process
 
@@ -81,9 +100,15 @@ def feed(bootstrap: str, topic: str, events: list[ChangeEvent], partitions: int 
 
 
 def row_event(row: int, version: int) -> ChangeEvent:
-    return ChangeEvent(id=str(uuid.uuid4()), position=0, schema="public", table="items",
-                       op="UPDATE", data=json.dumps({"id": row, "v": version}),
-                       key=f'{{"id":{row}}}')
+    return ChangeEvent(
+        id=str(uuid.uuid4()),
+        position=0,
+        schema="public",
+        table="items",
+        op="UPDATE",
+        data=json.dumps({"id": row, "v": version}),
+        key=f'{{"id":{row}}}',
+    )
 
 
 def versions_by_row(receiver: Receiver) -> dict[int, list[tuple[int, str]]]:
@@ -105,8 +130,16 @@ def test_two_workers_share_partitions_and_a_killed_one_loses_nothing(
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, %s) g", (rows,))
     conn.close()
-    bridge("--dsn", dsn, "--kafka", kafka_broker.bootstrap, "--kafka-topic", kafka_topic,
-           "--kafka-partitions", "4").wait_active()
+    bridge(
+        "--dsn",
+        dsn,
+        "--kafka",
+        kafka_broker.bootstrap,
+        "--kafka-topic",
+        kafka_topic,
+        "--kafka-partitions",
+        "4",
+    ).wait_active()
     # The first worker is killed (kill -9) from inside the receiver, after 150 of its
     # deliveries, while its 151st request waits for its answer: that request counts as
     # delivered here, yet the worker never learns it, so its new owner must send it again.
@@ -159,8 +192,11 @@ def test_two_workers_share_partitions_and_a_killed_one_loses_nothing(
         got = versions_by_row(receiver)
         return len(got) == rows and all(seen[-1][0] == updates for seen in got.values())
 
-    wait_until(lambda: second.log.count("assigned skor") >= 2, timeout=60,
-               message="the survivor taking over")
+    wait_until(
+        lambda: second.log.count("assigned skor") >= 2,
+        timeout=60,
+        message="the survivor taking over",
+    )
     takeover = second.log.split("assigned skor")[-1].splitlines()[0]
     assert all(f"[{partition}]" in takeover for partition in range(4)), takeover
     wait_until(all_final, timeout=120, message="every row's last version")
@@ -204,17 +240,28 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
     events = [row_event(row, version) for version in range(1, 6) for row in range(1, 11)]
     feed(kafka_broker.bootstrap, kafka_topic, events)
     refusals = {7: 422, 8: 503}
-    receiver = Receiver(respond=lambda r: refusals.get(json.loads(r.body)["data"]["id"], 200)
-                        ).start()
+    receiver = Receiver(
+        respond=lambda r: refusals.get(json.loads(r.body)["data"]["id"], 200)
+    ).start()
     dead = f"{kafka_topic}.dead"
     config = tmp_path / "relay.toml"
     config.write_text("[retry]\ninitial_backoff = 0.05\nmax_backoff = 0.2\n")
 
     # When a relay with a dead-letter topic delivers them
     port = free_port()
-    worker = relay(f"g-{uuid.uuid4().hex[:8]}", kafka_topic, receiver.url,
-                   "--dead-letter-topic", dead, "--metrics-port", str(port),
-                   "--max-attempts", "3", "--config", str(config))
+    worker = relay(
+        f"g-{uuid.uuid4().hex[:8]}",
+        kafka_topic,
+        receiver.url,
+        "--dead-letter-topic",
+        dead,
+        "--metrics-port",
+        str(port),
+        "--max-attempts",
+        "3",
+        "--config",
+        str(config),
+    )
     assert receiver.wait_for(40, timeout=60)
 
     # Then every other row's versions arrive, in order
@@ -227,8 +274,10 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
     # key and headers, plus why (at once for the 422; after 3 attempts for the 503) and
     # where from
     assert len(letters) == 10
-    source = {m.headers["event-id"].decode(): m for m in consume(
-        kafka_broker.bootstrap, kafka_topic, len(events), timeout=30)}
+    source = {
+        m.headers["event-id"].decode(): m
+        for m in consume(kafka_broker.bootstrap, kafka_topic, len(events), timeout=30)
+    }
     originals = {e.id: e for e in events}
     for letter in letters:
         event_id = letter.headers["event-id"].decode()
@@ -244,8 +293,10 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
         original = source[event_id]
         assert letter.headers["dlq-original-partition"] == str(original.partition).encode()
         assert letter.headers["dlq-original-offset"] == str(original.offset).encode()
-    assert sorted(json.loads(originals[m.headers["event-id"].decode()].data)["id"]
-                  for m in letters) == [7] * 5 + [8] * 5
+    assert (
+        sorted(json.loads(originals[m.headers["event-id"].decode()].data)["id"] for m in letters)
+        == [7] * 5 + [8] * 5
+    )
 
     # And the partitions moved on: /metrics shows no lag on any of the 4 partitions, and
     # the ten dead letters
@@ -253,13 +304,15 @@ def test_a_rejected_row_goes_to_the_dead_letter_topic_and_others_flow(
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
     def caught_up() -> bool:
-        lags = re.findall(r'^skor_relay_lag_records\{partition="(\d)",topic="([^"]+)"\} (\S+)$',
-                          metrics(), re.M)
+        lags = re.findall(
+            r'^skor_relay_lag_records\{partition="(\d)",topic="([^"]+)"\} (\S+)$', metrics(), re.M
+        )
         return len(lags) == 4 and all(float(v) == 0 and t == kafka_topic for _, t, v in lags)
 
     wait_until(caught_up, timeout=30, message="lag 0 on every partition")
-    assert re.search(r'^skor_events_dead_lettered_total\{output="webhook[^"]*"\} 10\.0$',
-                     metrics(), re.M)
+    assert re.search(
+        r'^skor_events_dead_lettered_total\{output="webhook[^"]*"\} 10\.0$', metrics(), re.M
+    )
     assert re.search(r"^skor_relay_partitions 4\.0$", metrics(), re.M)
     ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read())
     assert ready["ready"] is True and ready["partitions"] == 4
@@ -273,22 +326,29 @@ def test_without_a_dead_letter_topic_a_rejected_row_waits_and_others_flow(
     events = [row_event(row, version) for version in range(1, 4) for row in range(1, 6)]
     feed(kafka_broker.bootstrap, kafka_topic, events)
     fixed = threading.Event()
-    receiver = Receiver(respond=lambda r: 200 if fixed.is_set()
-                        or json.loads(r.body)["data"]["id"] != 3 else 422).start()
+    receiver = Receiver(
+        respond=lambda r: 200 if fixed.is_set() or json.loads(r.body)["data"]["id"] != 3 else 422
+    ).start()
     config = tmp_path / "relay.toml"
     config.write_text("[retry]\ninitial_backoff = 0.05\nmax_backoff = 0.2\n")
 
     # When a relay without dead-letter topic delivers them
     relay(f"g-{uuid.uuid4().hex[:8]}", kafka_topic, receiver.url, "--config", str(config))
     wait_until(lambda: len(versions_by_row(receiver)) == 4, timeout=60, message="other rows")
-    wait_until(lambda: all(len(s) == 3 for s in versions_by_row(receiver).values()),
-               timeout=30, message="other rows' versions")
+    wait_until(
+        lambda: all(len(s) == 3 for s in versions_by_row(receiver).values()),
+        timeout=30,
+        message="other rows' versions",
+    )
     # Then row 3 got nothing, and nothing of it was skipped: once the receiver takes it,
     # all three versions arrive, in order
     assert 3 not in versions_by_row(receiver)
     fixed.set()
-    wait_until(lambda: len(versions_by_row(receiver).get(3, [])) == 3, timeout=30,
-               message="row 3 delivered")
+    wait_until(
+        lambda: len(versions_by_row(receiver).get(3, [])) == 3,
+        timeout=30,
+        message="row 3 delivered",
+    )
     assert [v for v, _ in versions_by_row(receiver)[3]] == [1, 2, 3]
 
 
@@ -326,8 +386,11 @@ def test_sigterm_during_a_rebalance_commits_what_completed(relay, kafka_broker, 
     slow.clear()
 
     # And everything is delivered in the end
-    wait_until(lambda: len({r.headers["webhook-id"] for r in receiver.delivered()})
-               == len(events), timeout=90, message="every record")
+    wait_until(
+        lambda: len({r.headers["webhook-id"] for r in receiver.delivered()}) == len(events),
+        timeout=90,
+        message="every record",
+    )
     leader.stop()
     third.stop()
 

@@ -105,10 +105,18 @@ def test_records_without_key_share_one_lane():
 
 
 def work(offset: int, key: bytes | None, partition: int = 0, topic: str = "t") -> Work:
-    event = ChangeEvent(id=f"e{offset}", position=offset, schema="public", table="t",
-                        op="UPDATE", data="{}")
-    return Work(topic=topic, partition=partition, offset=offset, key=key, event=event,
-                value=b"{}", headers=[("event-id", f"e{offset}".encode())])
+    event = ChangeEvent(
+        id=f"e{offset}", position=offset, schema="public", table="t", op="UPDATE", data="{}"
+    )
+    return Work(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        event=event,
+        value=b"{}",
+        headers=[("event-id", f"e{offset}".encode())],
+    )
 
 
 def test_a_record_is_finished_only_when_every_webhook_settled_it():
@@ -210,16 +218,27 @@ def test_dead_letters_keep_the_original_headers_and_say_why_and_where_from():
 
 def relay_options(**kwargs) -> dict:
     """Command-line values by option name, as the CLI passes them."""
-    base = {"kafka": "127.0.0.1:9092", "topic": ["skor.public.orders"], "group": "g",
-            "webhook": ["http://127.0.0.1:9/hook"]}
+    base = {
+        "kafka": "127.0.0.1:9092",
+        "topic": ["skor.public.orders"],
+        "group": "g",
+        "webhook": ["http://127.0.0.1:9/hook"],
+    }
     return {**base, **kwargs}
 
 
 def test_relay_webhook_options_mean_what_they_mean_for_run():
-    cfg = build_relay_config(relay_options(
-        webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", header=["X-Team: billing"],
-        webhook_concurrency="32", max_attempts="5", kafka_option=["session.timeout.ms=6000"]),
-        None, {})
+    cfg = build_relay_config(
+        relay_options(
+            webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            header=["X-Team: billing"],
+            webhook_concurrency="32",
+            max_attempts="5",
+            kafka_option=["session.timeout.ms=6000"],
+        ),
+        None,
+        {},
+    )
     (output,) = cfg.outputs
     assert output.settings.concurrency == 32
     assert output.settings.headers == (("X-Team", "billing"),)
@@ -230,10 +249,12 @@ def test_relay_webhook_options_mean_what_they_mean_for_run():
 
 def test_relay_reads_its_settings_from_the_toml_file(tmp_path: Path):
     path = tmp_path / "relay.toml"
-    path.write_text('metrics_port = 9188\n[retry]\nmax_attempts = 3\n'
-                    '[relay]\nkafka = "k:9092"\ntopics = ["^skor\\\\..*"]\ngroup = "hooks"\n'
-                    'dead_letter_topic = "dead.skor"\noptions = { "session.timeout.ms" = 6000 }\n'
-                    '[[outputs]]\ntype = "webhook"\nname = "orders"\nurl = "http://h/x"\n')
+    path.write_text(
+        "metrics_port = 9188\n[retry]\nmax_attempts = 3\n"
+        '[relay]\nkafka = "k:9092"\ntopics = ["^skor\\\\..*"]\ngroup = "hooks"\n'
+        'dead_letter_topic = "dead.skor"\noptions = { "session.timeout.ms" = 6000 }\n'
+        '[[outputs]]\ntype = "webhook"\nname = "orders"\nurl = "http://h/x"\n'
+    )
     cfg = build_relay_config({}, path, {})
     assert (cfg.bootstrap, cfg.topics, cfg.group) == ("k:9092", ("^skor\\..*",), "hooks")
     assert cfg.dead_letter_topic == "dead.skor"
@@ -243,17 +264,20 @@ def test_relay_reads_its_settings_from_the_toml_file(tmp_path: Path):
     assert cfg.options == (("session.timeout.ms", "6000"),)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"topic": []}, "--topic"),
-    ({"topic": ["^skor(["]}, "--topic: bad regular expression"),
-    ({"group": None}, "--group"),
-    ({"webhook": []}, "--webhook"),
-    ({"dead_letter_topic": "skor.public.orders"}, "dead letters would be delivered again"),
-    ({"topic": ["^skor\\..*"], "dead_letter_topic": "skor.dead"}, "delivered again"),
-    ({"kafka": None}, "--kafka"),
-    ({"webhook_concurrency": "0"}, "--webhook-concurrency"),
-    ({"metrics_port": "99999"}, "--metrics-port"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"topic": []}, "--topic"),
+        ({"topic": ["^skor(["]}, "--topic: bad regular expression"),
+        ({"group": None}, "--group"),
+        ({"webhook": []}, "--webhook"),
+        ({"dead_letter_topic": "skor.public.orders"}, "dead letters would be delivered again"),
+        ({"topic": ["^skor\\..*"], "dead_letter_topic": "skor.dead"}, "delivered again"),
+        ({"kafka": None}, "--kafka"),
+        ({"webhook_concurrency": "0"}, "--webhook-concurrency"),
+        ({"metrics_port": "99999"}, "--metrics-port"),
+    ],
+)
 def test_bad_relay_settings_are_one_line_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:
         build_relay_config(relay_options(**kwargs), None, {})
@@ -267,8 +291,14 @@ def test_the_relay_refuses_auto_commit_which_would_commit_undelivered_records():
 
 def test_relay_variables_and_the_run_variables_it_shares_are_read(tmp_path: Path):
     # Given only SKOR_* variables, as in a container
-    env = {"SKOR_KAFKA": "k:9092", "SKOR_TOPIC": "a, ^b\\..*", "SKOR_GROUP": "g",
-           "SKOR_WEBHOOK": "http://h/x", "SKOR_WEBHOOK_TIMEOUT": "3", "SKOR_LOG_LEVEL": "debug"}
+    env = {
+        "SKOR_KAFKA": "k:9092",
+        "SKOR_TOPIC": "a, ^b\\..*",
+        "SKOR_GROUP": "g",
+        "SKOR_WEBHOOK": "http://h/x",
+        "SKOR_WEBHOOK_TIMEOUT": "3",
+        "SKOR_LOG_LEVEL": "debug",
+    }
     cfg = build_relay_config({}, None, env)
     # Then the relay's input and the shared webhook settings come from them, and SKOR_KAFKA
     # (the relay's input) does not add a kafka output
@@ -294,8 +324,10 @@ def test_the_relay_benchmark_receiver_counts_each_webhook_id_once_after_its_dela
     receiver = SlowReceiver(0.05).start()
     try:
         sink = WebhookSink("bench", WebhookConfig(url=f"http://127.0.0.1:{receiver.port}/h"))
-        events = [ChangeEvent(id=f"e{i}", position=i, schema="public", table="t", op="INSERT",
-                              data="{}") for i in range(5)]
+        events = [
+            ChangeEvent(id=f"e{i}", position=i, schema="public", table="t", op="INSERT", data="{}")
+            for i in range(5)
+        ]
         with sink:
             # When five events are sent, one of them twice
             assert all(r.outcome.value == "delivered" for r in sink.send(events))
@@ -314,18 +346,27 @@ def test_a_relay_webhook_with_its_own_format_is_refused(tmp_path: Path):
         build_relay_config(relay_options(webhook=[]), path, {})
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--kafka-option", "foo.bar=1"], "error: --kafka-option: unknown option 'foo.bar'"),
-    (["--kafka-option", "session.timeout.ms=abc"],
-     "error: --kafka-option: invalid value for 'session.timeout.ms'"),
-    (["--topic", "^a("], "error: --topic: bad regular expression"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kafka-option", "foo.bar=1"], "error: --kafka-option: unknown option 'foo.bar'"),
+        (
+            ["--kafka-option", "session.timeout.ms=abc"],
+            "error: --kafka-option: invalid value for 'session.timeout.ms'",
+        ),
+        (["--topic", "^a("], "error: --topic: bad regular expression"),
+    ],
+)
 def test_bad_relay_input_is_one_line_and_exit_code_2(args, message):
     import subprocess
     import sys
 
     base = ["--kafka", "127.0.0.1:9", "--topic", "t", "--group", "g", "--webhook", "http://h/x"]
-    done = subprocess.run([sys.executable, "-m", "skor_bridge", "relay", *base, *args],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "relay", *base, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr

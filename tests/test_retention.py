@@ -20,13 +20,16 @@ def build_log(db):
     with db.cursor() as cur:
         ensure_schema(cur)
         for lower in (1, 101, 201, 301):
-            cur.execute(f"CREATE TABLE skor.log_{lower:019d} PARTITION OF skor.log"
-                        f" FOR VALUES FROM ({lower}) TO ({lower + 100})")
+            cur.execute(
+                f"CREATE TABLE skor.log_{lower:019d} PARTITION OF skor.log"
+                f" FOR VALUES FROM ({lower}) TO ({lower + 100})"
+            )
         cur.execute(
             "INSERT INTO skor.log (pos, event_id, captured_at, logged_at, schema_name,"
             " table_name, op, data) SELECT g, gen_random_uuid(), now(), CASE WHEN g <= 200"
             " THEN now() - interval '1 hour' ELSE now() END, 'public', 't', 'INSERT', '{}'"
-            " FROM generate_series(1, 350) g")
+            " FROM generate_series(1, 350) g"
+        )
         cur.execute("UPDATE skor.sequencer SET next_pos = 351")
 
 
@@ -43,8 +46,10 @@ def test_prune_drops_only_partitions_every_output_passed_and_retention_released(
     # When retention runs, Then nothing goes: no output has read anything
     assert prune(cur, 0).dropped == []
     # Given a slow output at 180 and a fast one at 250
-    cur.execute("INSERT INTO skor.outputs (name, kind, position) VALUES"
-                " ('slow', 'webhook', 180), ('fast', 'kafka', 250)")
+    cur.execute(
+        "INSERT INTO skor.outputs (name, kind, position) VALUES"
+        " ('slow', 'webhook', 180), ('fast', 'kafka', 250)"
+    )
     # When retention (30 min) runs, Then only the partition both passed goes
     assert prune(cur, 1800).dropped == ['"skor"."log_0000000000000000001"']
     assert remaining(db) == [(101, 201), (201, 301), (301, 401)]
@@ -68,9 +73,11 @@ def test_prune_forgets_delivery_stats_older_than_an_hour(db):
     # Given per-second delivery counts from 2 hours and 10 minutes ago
     with db.cursor() as cur:
         ensure_schema(cur)
-        cur.execute("INSERT INTO skor.delivery_stats VALUES"
-                    " ('webhook', date_trunc('second', now() - interval '2 hours'), 5),"
-                    " ('webhook', date_trunc('second', now() - interval '10 minutes'), 7)")
+        cur.execute(
+            "INSERT INTO skor.delivery_stats VALUES"
+            " ('webhook', date_trunc('second', now() - interval '2 hours'), 5),"
+            " ('webhook', date_trunc('second', now() - interval '10 minutes'), 7)"
+        )
         # When retention runs
         prune(cur, 3600)
         # Then only the recent one is kept
@@ -98,8 +105,10 @@ def test_the_log_stops_growing_under_steady_load_once_retention_is_reached(
         conn.autocommit = True
         with conn.cursor() as cur:
             while not done.is_set():
-                cur.execute("SELECT (SELECT count(*) FROM skor.log), (SELECT count(*) FROM"
-                            " pg_inherits WHERE inhparent = 'skor.log'::regclass)")
+                cur.execute(
+                    "SELECT (SELECT count(*) FROM skor.log), (SELECT count(*) FROM"
+                    " pg_inherits WHERE inhparent = 'skor.log'::regclass)"
+                )
                 rows, parts = cur.fetchone()
                 samples.append((time.monotonic(), rows, parts))
                 done.wait(0.25)
@@ -110,16 +119,20 @@ def test_the_log_stops_growing_under_steady_load_once_retention_is_reached(
     started = time.monotonic()
     total = 0
     while time.monotonic() - started < 14:
-        execute(dsn, f"INSERT INTO items SELECT g FROM generate_series({total + 1},"
-                     f" {total + 20}) g")
+        execute(
+            dsn, f"INSERT INTO items SELECT g FROM generate_series({total + 1}, {total + 20}) g"
+        )
         total += 20
         time.sleep(0.1)
     done.set()
     sampler.join()
 
     # Then every row is delivered
-    wait_until(lambda: len({json.loads(r.body)["data"]["id"] for r in receiver.delivered()})
-               == total, timeout=20, message=f"all {total} rows")
+    wait_until(
+        lambda: len({json.loads(r.body)["data"]["id"] for r in receiver.delivered()}) == total,
+        timeout=20,
+        message=f"all {total} rows",
+    )
     # And the log plateaued: the second half never holds more than the first half plus one
     # partition, far below what was written
     half = started + (samples[-1][0] - started) / 2
@@ -141,8 +154,10 @@ def test_prune_by_size_drops_recent_partitions_but_never_what_an_output_needs(db
     build_log(db)
     cur = db.cursor()
     sizes = {p.first: p.bytes for p in partitions(cur)}
-    cur.execute("INSERT INTO skor.outputs (name, kind, position) VALUES"
-                " ('slow', 'webhook', 150), ('fast', 'kafka', 350)")
+    cur.execute(
+        "INSERT INTO skor.outputs (name, kind, position) VALUES"
+        " ('slow', 'webhook', 150), ('fast', 'kafka', 350)"
+    )
     # When the size limit is far above the log, Then only age counts (7 days: nothing goes)
     found = prune(cur, 7 * 86400, 10**9)
     assert found.dropped == [] and found.holding == []
@@ -159,8 +174,7 @@ def test_prune_by_size_drops_recent_partitions_but_never_what_an_output_needs(db
     # nobody holds it any more
     cur.execute("UPDATE skor.outputs SET position = 350")
     found = prune(cur, 7 * 86400, 1)
-    assert found.dropped == ['"skor"."log_0000000000000000101"',
-                             '"skor"."log_0000000000000000201"']
+    assert found.dropped == ['"skor"."log_0000000000000000101"', '"skor"."log_0000000000000000201"']
     assert found.holding == []
     assert remaining(db) == [(301, 401)]
     cur.execute("SELECT count(*) FROM skor.outputs WHERE holding_log_since IS NOT NULL")
@@ -173,8 +187,11 @@ def scalar_cur(cur, sql):
 
 
 def log_bytes(dsn):
-    return scalar(dsn, "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
-                       " FROM pg_inherits WHERE inhparent = 'skor.log'::regclass")
+    return scalar(
+        dsn,
+        "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
+        " FROM pg_inherits WHERE inhparent = 'skor.log'::regclass",
+    )
 
 
 @pytest.mark.slow
@@ -190,20 +207,34 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
     failing = threading.Event()
     with Receiver(respond=lambda r: 503 if failing.is_set() else 200) as flaky:
         config = tmp_path / "skor.toml"
-        config.write_text('partition_size = 100\nbatch_size = 100\nretention_size = "600kB"\n'
-                          'retention_interval = 0.3\n[retry]\ninitial_backoff = 0.05\n'
-                          'max_backoff = 0.2\n')
+        config.write_text(
+            'partition_size = 100\nbatch_size = 100\nretention_size = "600kB"\n'
+            "retention_interval = 0.3\n[retry]\ninitial_backoff = 0.05\n"
+            "max_backoff = 0.2\n"
+        )
         port = free_port()
-        process = bridge("--dsn", dsn, "--webhook", f"ok={receiver.url}",
-                         "--webhook", f"flaky={flaky.url}",
-                         "--config", str(config), "--metrics-port", str(port))
+        process = bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            f"ok={receiver.url}",
+            "--webhook",
+            f"flaky={flaky.url}",
+            "--config",
+            str(config),
+            "--metrics-port",
+            str(port),
+        )
         process.wait_active()
         limit = 600 * 1024
 
         def write(first, count, pause=0.05):
             for start in range(first, first + count, 20):
-                execute(dsn, f"INSERT INTO items SELECT g, repeat('x', 200) FROM"
-                             f" generate_series({start}, {start + 19}) g")
+                execute(
+                    dsn,
+                    f"INSERT INTO items SELECT g, repeat('x', 200) FROM"
+                    f" generate_series({start}, {start + 19}) g",
+                )
                 time.sleep(pause)
 
         # When both keep up while 3,000 events are written, Then the log stays under the
@@ -219,8 +250,11 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
         sampler = threading.Thread(target=sample)
         sampler.start()
         write(1, 3000)
-        wait_until(lambda: receiver.count >= 3000 and flaky.count >= 3000, timeout=60,
-                   message="3000 events at both")
+        wait_until(
+            lambda: receiver.count >= 3000 and flaky.count >= 3000,
+            timeout=60,
+            message="3000 events at both",
+        )
         time.sleep(1)
         sampling.set()
         sampler.join()
@@ -233,35 +267,53 @@ def test_retention_size_bounds_the_log_and_a_lagging_output_is_reported_not_skip
         write(3001, 3000, pause=0.01)
         wait_until(lambda: receiver.count >= 6000, timeout=60, message="6000 at the healthy one")
         # Then nothing it still needs is dropped: the log grows past the limit for it
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.outputs"
-                                       " WHERE holding_log_since IS NOT NULL") == 1,
-                   timeout=30, message="the failing output marked as holding the log")
+        wait_until(
+            lambda: (
+                scalar(dsn, "SELECT count(*) FROM skor.outputs WHERE holding_log_since IS NOT NULL")
+                == 1
+            ),
+            timeout=30,
+            message="the failing output marked as holding the log",
+        )
         assert scalar(dsn, "SELECT min(pos) FROM skor.log") <= held_from + 1
         assert log_bytes(dsn) > limit
         # And status, /metrics and /readyz say which output holds it
         status = process_status(dsn)
         assert "warning: output flaky holds the event log over --retention-size" in status
-        wait_until(lambda: scrape(port).get(("skor_output_holding_log", "flaky")) == 1,
-                   timeout=30, message="metric")
+        wait_until(
+            lambda: scrape(port).get(("skor_output_holding_log", "flaky")) == 1,
+            timeout=30,
+            message="metric",
+        )
         assert scrape(port)[("skor_output_holding_log", "ok")] == 0
         code, body = get(f"http://127.0.0.1:{port}/readyz")
         assert code == 503 and json.loads(body)["outputs"]["flaky"]["holding_log"]
 
         # When it recovers, Then it gets every event and the log shrinks back under the limit
         failing.clear()
-        wait_until(lambda: len({json.loads(r.body)["data"]["id"] for r in flaky.delivered()})
-                   == 6000, timeout=90, message="all 6000 at the recovered output")
+        wait_until(
+            lambda: len({json.loads(r.body)["data"]["id"] for r in flaky.delivered()}) == 6000,
+            timeout=90,
+            message="all 6000 at the recovered output",
+        )
         wait_until(lambda: log_bytes(dsn) <= limit, timeout=30, message="log back under")
-        wait_until(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=30,
-                   message="ready again")
+        wait_until(
+            lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
+            timeout=30,
+            message="ready again",
+        )
 
 
 def process_status(dsn):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -39,13 +39,19 @@ def test_retry_skips_dead_letters_of_rows_that_have_a_newer_delivered_version(
     with Receiver(respond=respond) as receiver:
         bridge("--dsn", dsn, "--webhook", f"hook={receiver.url}").wait_active()
         execute(dsn, "INSERT INTO accounts VALUES (1, 100)", "INSERT INTO accounts VALUES (2, 7)")
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 2,
-                   message="two dead letters")
-        execute(dsn, "UPDATE accounts SET balance = 200 WHERE id = 1",
-                "UPDATE accounts SET balance = 300 WHERE id = 1")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 2,
+            message="two dead letters",
+        )
+        execute(
+            dsn,
+            "UPDATE accounts SET balance = 200 WHERE id = 1",
+            "UPDATE accounts SET balance = 300 WHERE id = 1",
+        )
         wait_until(lambda: final_state(receiver).get(1) == 300, message="300 delivered")
-        wait_until(lambda: scalar(dsn, "SELECT position FROM skor.outputs") == 4,
-                   message="progress saved")
+        wait_until(
+            lambda: scalar(dsn, "SELECT position FROM skor.outputs") == 4, message="progress saved"
+        )
 
         # When the receiver is fixed and every dead letter is retried
         refuse.clear()
@@ -55,8 +61,10 @@ def test_retry_skips_dead_letters_of_rows_that_have_a_newer_delivered_version(
         assert result.stdout.strip() == "1 dead letter(s) queued for retry"
         assert "1 dead letter(s) skipped: their row has a newer delivered event" in result.stderr
         wait_until(lambda: final_state(receiver).get(2) == 7, message="account 2 retried")
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") == 0,
-                   message="redeliveries done")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") == 0,
+            message="redeliveries done",
+        )
         # And the receiver's final state equals the table
         table = dict(scalar(dsn, "SELECT array_agg(ARRAY[id, balance]) FROM accounts"))
         assert final_state(receiver) == table == {1: 300, 2: 7}

@@ -58,6 +58,9 @@ def test_an_idle_bridge_backs_its_poll_off_and_comes_back_when_changes_arrive(
             time.sleep(0.025)
     conn.close()
     assert receiver.wait_for(42, timeout=30)
-    latency = [r.at - committed[json.loads(r.body)["data"]["id"]]
-               for r in receiver.delivered() if json.loads(r.body)["data"]["id"] >= 2]
+    latency = [
+        r.at - committed[json.loads(r.body)["data"]["id"]]
+        for r in receiver.delivered()
+        if json.loads(r.body)["data"]["id"] >= 2
+    ]
     assert statistics.median(latency) < 0.12, sorted(latency)

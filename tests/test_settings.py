@@ -40,8 +40,14 @@ PRECEDENCE = [
     ("start_from", "latest", "earliest", 'start_from = "2h"', "start_from"),
     ("retention", "1d", "2d", 'retention = "3d"', "retention_seconds"),
 ]
-DEFAULTS = {"log_level": "INFO", "failover_timeout": 10.0, "source.batch_size": 2000,
-            "metrics_port": None, "start_from": "auto", "retention_seconds": 7 * 86400.0}
+DEFAULTS = {
+    "log_level": "INFO",
+    "failover_timeout": 10.0,
+    "source.batch_size": 2000,
+    "metrics_port": None,
+    "start_from": "auto",
+    "retention_seconds": 7 * 86400.0,
+}
 
 
 def attribute(config: object, dotted: str) -> object:
@@ -58,10 +64,10 @@ def parsed(option_name: str, raw: str) -> object:
 
 
 @pytest.mark.parametrize(("name", "cli", "env", "toml", "attr"), PRECEDENCE)
-def test_command_line_beats_variable_beats_file_beats_default(tmp_path, name, cli, env, toml,
-                                                              attr):
-    path = config_file(tmp_path, f'dsn = "{DSN}"\n{toml}\n'
-                                 f'[[outputs]]\ntype = "webhook"\nurl = "{HOOK}"\n')
+def test_command_line_beats_variable_beats_file_beats_default(tmp_path, name, cli, env, toml, attr):
+    path = config_file(
+        tmp_path, f'dsn = "{DSN}"\n{toml}\n[[outputs]]\ntype = "webhook"\nurl = "{HOOK}"\n'
+    )
     variable = "SKOR_" + name.upper()
     everything = build_config({name: cli}, path, {variable: env})
     assert attribute(everything, attr) == parsed(name, cli)
@@ -82,21 +88,29 @@ def test_an_empty_variable_counts_as_unset():
 # -- bad values: one line naming the option as the user wrote it ------------------------------
 
 BAD_FLAGS = [
-    (["--log-level", "verbose"], "error: --log-level: expected one of debug, info, warning, "
-                                 "error, got 'verbose'"),
-    (["--metrics-port", "99999"], "error: --metrics-port: expected a whole number from 1 to "
-                                  "65535, got 99999"),
+    (
+        ["--log-level", "verbose"],
+        "error: --log-level: expected one of debug, info, warning, error, got 'verbose'",
+    ),
+    (
+        ["--metrics-port", "99999"],
+        "error: --metrics-port: expected a whole number from 1 to 65535, got 99999",
+    ),
     (["--log-format", "yaml"], "error: --log-format: expected one of text, json, got 'yaml'"),
-    (["--failover-timeout", "0"], "error: --failover-timeout: must be more than 0.5 seconds, "
-                                  "got '0'"),
+    (
+        ["--failover-timeout", "0"],
+        "error: --failover-timeout: must be more than 0.5 seconds, got '0'",
+    ),
     (["--start-from", "beginning"], "error: --start-from: expected latest, earliest"),
     (["--batch-size", "lots"], "error: --batch-size: expected a whole number at least 1"),
     (["--retention", "forever"], "error: --retention: expected a duration"),
     (["--mode", "lossy"], "error: --mode: expected one of durable, notify"),
     (["--webhook", "ftp://x/"], "error: --webhook: not an http(s) URL"),
     (["--header", "nocolon"], "error: --header: expected NAME:VALUE"),
-    (["--amqp", "amqp://h/", "--amqp-routing-key", "{x}"], "error: --amqp-routing-key: unknown "
-                                                           "field {x}"),
+    (
+        ["--amqp", "amqp://h/", "--amqp-routing-key", "{x}"],
+        "error: --amqp-routing-key: unknown field {x}",
+    ),
     (["--tables", "a.b.c"], "error: --tables: expected TABLE or SCHEMA.TABLE globs"),
     (["--format", "xml"], "error: --format: expected one of skor, envelope, cloudevents"),
     (["--bogus"], "error: No such option: --bogus"),
@@ -120,39 +134,61 @@ def test_a_bad_command_line_value_is_one_line_naming_the_flag_and_exit_2(args, m
     assert result.stderr.startswith(message), result.stderr
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("SKOR_LOG_LEVEL", "loud", "error: SKOR_LOG_LEVEL: expected one of debug"),
-    ("SKOR_METRICS_PORT", "http", "error: SKOR_METRICS_PORT: expected a whole number"),
-    ("SKOR_WEBHOOK_TIMEOUT", "-1", "error: SKOR_WEBHOOK_TIMEOUT: expected a duration"),
-    ("SKOR_WEBHOOK_TIMEOUT", "0", "error: SKOR_WEBHOOK_TIMEOUT: must be more than 0"),
-    ("SKOR_AMQP_MANDATORY", "maybe", "error: Invalid value for '--amqp-mandatory' (env var: "
-                                     "'SKOR_AMQP_MANDATORY')"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SKOR_LOG_LEVEL", "loud", "error: SKOR_LOG_LEVEL: expected one of debug"),
+        ("SKOR_METRICS_PORT", "http", "error: SKOR_METRICS_PORT: expected a whole number"),
+        ("SKOR_WEBHOOK_TIMEOUT", "-1", "error: SKOR_WEBHOOK_TIMEOUT: expected a duration"),
+        ("SKOR_WEBHOOK_TIMEOUT", "0", "error: SKOR_WEBHOOK_TIMEOUT: must be more than 0"),
+        (
+            "SKOR_AMQP_MANDATORY",
+            "maybe",
+            "error: Invalid value for '--amqp-mandatory' (env var: 'SKOR_AMQP_MANDATORY')",
+        ),
+    ],
+)
 def test_a_bad_variable_is_one_line_naming_the_variable(variable, value, message):
     result = run_cli(["--dsn", DSN, "--webhook", HOOK], {variable: value})
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(message), result.stderr
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ('urll = "x"', "skor.toml: unknown key 'urll'; expected one of"),
-    ("batch_size = \"ten\"", "skor.toml: batch_size: expected a whole number at least 1, got "
-                             "'ten'"),
-    ("metrics_port = true", "skor.toml: metrics_port: expected a whole number"),
-    ("log_level = 3", "skor.toml: log_level: expected a string, got 3"),
-    ("[retry]\nmax_attempts = \"5\"\nbackoff = 1", "skor.toml: unknown key 'retry.backoff'"),
-    ('[[outputs]]\ntype = "webhook"\nurll = "http://h/"',
-     "skor.toml: outputs[0]: unknown key 'urll' for a webhook output; expected one of name,"),
-    ('[[outputs]]\ntype = "webhook"\nurl = "http://h/"\ntimeout = "soon"',
-     "skor.toml: outputs[0].timeout: expected a duration"),
-    ('[[outputs]]\ntype = "webhook"\nurl = "http://h/"\ntables = "a.b.c"',
-     "skor.toml: outputs[0].tables: expected TABLE or SCHEMA.TABLE"),
-    ('[[outputs]]\ntype = "smtp"', "skor.toml: outputs[0].type: expected one of webhook, amqp,"),
-    ('[[outputs]]\ntype = "kafka"', "skor.toml: outputs[0]: a kafka output needs bootstrap"),
-    ('[[outputs]]\ntype = "amqp"\nurl = "amqp://h/"\nmax_attempts = 0',
-     "skor.toml: outputs[0].max_attempts: expected a whole number at least 1, got 0"),
-    ("dsn = [", "skor.toml: not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('urll = "x"', "skor.toml: unknown key 'urll'; expected one of"),
+        (
+            'batch_size = "ten"',
+            "skor.toml: batch_size: expected a whole number at least 1, got 'ten'",
+        ),
+        ("metrics_port = true", "skor.toml: metrics_port: expected a whole number"),
+        ("log_level = 3", "skor.toml: log_level: expected a string, got 3"),
+        ('[retry]\nmax_attempts = "5"\nbackoff = 1', "skor.toml: unknown key 'retry.backoff'"),
+        (
+            '[[outputs]]\ntype = "webhook"\nurll = "http://h/"',
+            "skor.toml: outputs[0]: unknown key 'urll' for a webhook output; expected one of name,",
+        ),
+        (
+            '[[outputs]]\ntype = "webhook"\nurl = "http://h/"\ntimeout = "soon"',
+            "skor.toml: outputs[0].timeout: expected a duration",
+        ),
+        (
+            '[[outputs]]\ntype = "webhook"\nurl = "http://h/"\ntables = "a.b.c"',
+            "skor.toml: outputs[0].tables: expected TABLE or SCHEMA.TABLE",
+        ),
+        (
+            '[[outputs]]\ntype = "smtp"',
+            "skor.toml: outputs[0].type: expected one of webhook, amqp,",
+        ),
+        ('[[outputs]]\ntype = "kafka"', "skor.toml: outputs[0]: a kafka output needs bootstrap"),
+        (
+            '[[outputs]]\ntype = "amqp"\nurl = "amqp://h/"\nmax_attempts = 0',
+            "skor.toml: outputs[0].max_attempts: expected a whole number at least 1, got 0",
+        ),
+        ("dsn = [", "skor.toml: not valid TOML"),
+    ],
+)
 def test_a_bad_file_value_is_one_line_naming_the_file_and_key(tmp_path, toml, message):
     path = config_file(tmp_path, toml + "\n")
     with pytest.raises(ConfigError) as caught:
@@ -170,17 +206,37 @@ def test_a_bad_file_value_through_the_cli_is_one_line_and_exit_2(tmp_path):
 
 
 def test_the_console_script_prints_the_same_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "skor_bridge", "run", "--dsn", DSN,
-                             "--webhook", HOOK, "--metrics-port", "99999"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skor_bridge",
+            "run",
+            "--dsn",
+            DSN,
+            "--webhook",
+            HOOK,
+            "--metrics-port",
+            "99999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
-    assert result.stderr == ("error: --metrics-port: expected a whole number from 1 to 65535, "
-                             "got 99999\n")
+    assert result.stderr == (
+        "error: --metrics-port: expected a whole number from 1 to 65535, got 99999\n"
+    )
 
 
 def test_every_run_option_has_help_a_placeholder_and_its_default_shown():
-    result = subprocess.run([sys.executable, "-m", "skor_bridge", "run", "--help"],
-                            capture_output=True, text=True, env={"COLUMNS": "200"}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "run", "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200"},
+        check=True,
+    )
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "<bool>" not in text and "<str>" not in text
     assert "list[str]" not in text and "Example:" in text
@@ -214,8 +270,14 @@ def test_every_command_help_has_an_example_and_readable_placeholders(command):
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "Example:" in text, command
     assert not re.search(r"<(str|int|float|bool|path|list)", text), text
-    assert "[default: " in text or command[-1] in ("status", "list", "forget", "uninstall",
-                                                    "retry", "replay"), command
+    assert "[default: " in text or command[-1] in (
+        "status",
+        "list",
+        "forget",
+        "uninstall",
+        "retry",
+        "replay",
+    ), command
 
 
 @pytest.mark.slow
@@ -223,8 +285,11 @@ def test_an_unknown_table_to_replay_is_one_line(dsn, capture_table):
     capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
     runner = CliRunner()
     for table in ("nosuch", "public.nosuch"):
-        result = runner.invoke(app, ["events", "replay", "--dsn", dsn, "--output", "x",
-                                     "--since", "1h", "--table", table])
+        result = runner.invoke(
+            app,
+            ["events", "replay", "--dsn", dsn, "--output", "x", "--since", "1h", "--table", table],
+        )
         assert result.exit_code == 2
-        assert result.stderr == (f"error: --table: no table {table!r} in this database or "
-                                 "its event log\n")
+        assert result.stderr == (
+            f"error: --table: no table {table!r} in this database or its event log\n"
+        )

@@ -45,8 +45,9 @@ def test_handlers_are_left_alone_outside_the_main_thread():
 
     before = signal.getsignal(signal.SIGINT)
     result = []
-    thread = threading.Thread(target=lambda: result.append(
-        handle_stop_signals(threading.Event(), lambda: None)))
+    thread = threading.Thread(
+        target=lambda: result.append(handle_stop_signals(threading.Event(), lambda: None))
+    )
     thread.start()
     thread.join()
     result[0]()
@@ -67,7 +68,8 @@ def test_a_second_ctrl_c_exits_at_once_with_code_1():
         time.sleep(10)
         print("not reached", flush=True)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 1
     assert done.stdout == "draining\n"

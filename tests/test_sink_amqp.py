@@ -26,9 +26,14 @@ def make_events(count, table="orders", op="INSERT", start=0):
     run = uuid.uuid4().hex[:8]
     return [
         ChangeEvent(
-            id=f"{run}-{n}", position=n, schema="public", table=table, op=op,
+            id=f"{run}-{n}",
+            position=n,
+            schema="public",
+            table=table,
+            op=op,
             data=json.dumps({"id": n, "note": "ünïcode"}, ensure_ascii=False),
-            key=json.dumps({"id": n}), captured_at=1_700_000_000.75,
+            key=json.dumps({"id": n}),
+            captured_at=1_700_000_000.75,
         )
         for n in range(start, start + count)
     ]
@@ -59,9 +64,13 @@ def test_batches_of_events_arrive_in_order_with_exact_properties(amqp_url, amqp_
         assert method.routing_key == f"public.{event.table}.{event.op.lower()}"
         assert properties.content_type == "application/json"
         assert properties.delivery_mode == 2
-        assert properties.headers == {"schema": "public", "table": event.table, "op": event.op,
-                                      "position": event.position,
-                                      "captured_at": "2023-11-14T22:13:20.750000Z"}
+        assert properties.headers == {
+            "schema": "public",
+            "table": event.table,
+            "op": event.op,
+            "position": event.position,
+            "captured_at": "2023-11-14T22:13:20.750000Z",
+        }
         assert properties.timestamp == 1_700_000_000
     assert amqp_queue.drain(timeout=0.3) == []
     assert sink.unroutable == 0
@@ -102,15 +111,17 @@ def test_unroutable_messages_are_retried_when_mandatory(amqp_url, make_amqp_queu
     assert inserted.outcome is Outcome.DELIVERED
     assert updated.outcome is Outcome.RETRY
     assert updated.error.startswith(
-        "unroutable: no queue bound for routing key 'public.orders.update' on exchange")
+        "unroutable: no queue bound for routing key 'public.orders.update' on exchange"
+    )
     assert sink.unroutable == 0
 
 
 def test_a_custom_routing_key_template_is_used(amqp_url, make_amqp_queue):
     # Given a template that drops the schema and a queue bound to it
     queue = make_amqp_queue(binding_key="skor.orders.*")
-    config = AmqpConfig(url=amqp_url, exchange=queue.exchange, routing_key="skor.{table}.{op}",
-                        mandatory=True)
+    config = AmqpConfig(
+        url=amqp_url, exchange=queue.exchange, routing_key="skor.{table}.{op}", mandatory=True
+    )
 
     # When events are sent
     with AmqpSink("rabbit", config) as sink:
@@ -174,8 +185,10 @@ def test_a_deleted_exchange_is_an_output_failure_until_restored_never_recreated_
         # Then both are retried and the exchange was not re-created without its bindings
         assert outcomes(failed) == {Outcome.RETRY} and outcomes(still) == {Outcome.RETRY}
         assert "does not exist" in (still[0].error or "")
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker), \
-                amqp_channel(amqp_url) as channel:
+        with (
+            pytest.raises(pika.exceptions.ChannelClosedByBroker),
+            amqp_channel(amqp_url) as channel,
+        ):
             channel.exchange_declare(amqp_queue.exchange, "topic", passive=True)
 
         # When an operator restores the exchange with its binding
@@ -245,8 +258,9 @@ def test_amqps_urls_use_tls_that_verifies_the_broker():
 def test_heartbeat_and_blocked_timeout_have_defaults_that_the_url_can_override():
     # Given one URL without options and one with both
     plain = AmqpSink("a", AmqpConfig(url="amqp://h/")).connection_parameters()
-    tuned = AmqpSink("b", AmqpConfig(
-        url="amqp://h/?heartbeat=5&blocked_connection_timeout=7")).connection_parameters()
+    tuned = AmqpSink(
+        "b", AmqpConfig(url="amqp://h/?heartbeat=5&blocked_connection_timeout=7")
+    ).connection_parameters()
 
     # Then a dead or blocking broker is detected either way
     assert plain.heartbeat == 30 and plain.blocked_connection_timeout == 20
@@ -307,18 +321,26 @@ def test_a_broker_that_stops_confirming_makes_send_retry_within_the_confirm_time
 
 
 def _set_memory_watermark(fraction):
-    subprocess.run(["rabbitmqctl", "set_vm_memory_high_watermark", fraction], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["rabbitmqctl", "set_vm_memory_high_watermark", fraction],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 @pytest.fixture
 def small_max_message_size():
     """RabbitMQ's max_message_size set to 1 MiB for channels opened meanwhile (runtime only,
     restored after the test)."""
+
     def set_size(size: int) -> None:
-        subprocess.run(["rabbitmqctl", "eval",
-                        f"application:set_env(rabbit, max_message_size, {size})."],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "eval", f"application:set_env(rabbit, max_message_size, {size})."],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     set_size(1024 * 1024)
     try:
@@ -333,9 +355,15 @@ def test_a_message_over_max_message_size_is_rejected_at_once_and_the_rest_go_on(
 ):
     # Given a broker taking at most 1 MiB per message, and a 2 MB event between small ones
     events = make_events(3)
-    events[1] = ChangeEvent(id=events[1].id, position=1, schema="public", table="orders",
-                            op="INSERT", data=json.dumps({"id": 1, "blob": "x" * 2_000_000}),
-                            key='{"id":1}')
+    events[1] = ChangeEvent(
+        id=events[1].id,
+        position=1,
+        schema="public",
+        table="orders",
+        op="INSERT",
+        data=json.dumps({"id": 1, "blob": "x" * 2_000_000}),
+        key='{"id":1}',
+    )
     sink = AmqpSink("rabbit", AmqpConfig(url=amqp_url, exchange=amqp_queue.exchange))
     with sink:
         # When they are sent (the broker closes the channel with 406 PRECONDITION_FAILED)

@@ -26,25 +26,35 @@ def free_port() -> int:
 def unreachable(kind: str):
     port = free_port()
     if kind == "webhook":
-        return WebhookConfig(url=f"http://user:{SECRET}@127.0.0.1:{port}/hook?token={SECRET}",
-                             timeout=2.0)
+        return WebhookConfig(
+            url=f"http://user:{SECRET}@127.0.0.1:{port}/hook?token={SECRET}", timeout=2.0
+        )
     if kind == "amqp":
         return AmqpConfig(url=f"amqp://guest:{SECRET}@127.0.0.1:{port}/%2F")
-    return KafkaConfig(bootstrap=f"127.0.0.1:{port}",
-                       options=(("message.timeout.ms", "1500"),
-                                ("sasl.password", SECRET)))
+    return KafkaConfig(
+        bootstrap=f"127.0.0.1:{port}",
+        options=(("message.timeout.ms", "1500"), ("sasl.password", SECRET)),
+    )
 
 
 def events(count: int) -> list[ChangeEvent]:
-    return [ChangeEvent(id=f"c-{i}", position=i + 1, schema="public", table="t", op="INSERT",
-                        data=f'{{"id":{i}}}', key=f'{{"id":{i}}}') for i in range(count)]
+    return [
+        ChangeEvent(
+            id=f"c-{i}",
+            position=i + 1,
+            schema="public",
+            table="t",
+            op="INSERT",
+            data=f'{{"id":{i}}}',
+            key=f'{{"id":{i}}}',
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["webhook", "amqp", "kafka"])
-def test_an_unreachable_output_makes_every_event_retry_in_one_line_without_secrets(
-    kind, caplog
-):
+def test_an_unreachable_output_makes_every_event_retry_in_one_line_without_secrets(kind, caplog):
     sink = load_sink(kind, "contract", unreachable(kind))
     sink.open()
     try:

@@ -18,10 +18,21 @@ from skor_bridge.sinks.kafka import KafkaSink, result_for
 from tests.fixtures_kafka import consume
 
 
-def event(row: int | None, version: int = 0, *, op: str = "UPDATE", table: str = "orders",
-          schema: str = "public", data: str | None = None) -> ChangeEvent:
+def event(
+    row: int | None,
+    version: int = 0,
+    *,
+    op: str = "UPDATE",
+    table: str = "orders",
+    schema: str = "public",
+    data: str | None = None,
+) -> ChangeEvent:
     return ChangeEvent(
-        id=str(uuid.uuid4()), position=0, schema=schema, table=table, op=op,
+        id=str(uuid.uuid4()),
+        position=0,
+        schema=schema,
+        table=table,
+        op=op,
         data=data if data is not None else json.dumps({"id": row, "v": version}),
         key=None if row is None else f'{{"id":{row}}}',
     )
@@ -49,7 +60,7 @@ def test_row_changes_arrive_once_keyed_by_primary_key_in_per_key_order(
     with sink_for(kafka_broker.bootstrap, kafka_topic) as sink:
         for wave in waves:
             for start in range(0, len(wave), 250):
-                results = sink.send(wave[start:start + 250])
+                results = sink.send(wave[start : start + 250])
                 # Then every event is delivered
                 assert outcomes(results) == [Outcome.DELIVERED] * len(results)
 
@@ -113,9 +124,7 @@ def test_the_topic_template_can_route_by_schema_table_and_op(kafka_broker, kafka
         assert [m.key for m in consume(kafka_broker.bootstrap, topic, 1)] == keys
 
 
-def test_missing_topics_are_created_with_the_configured_partition_count(
-    kafka_broker, kafka_topic
-):
+def test_missing_topics_are_created_with_the_configured_partition_count(kafka_broker, kafka_topic):
     # Given create_topics with 5 partitions (neither the broker's creation default nor its
     # auto-creation default, so the count proves who created the topic)
     with sink_for(kafka_broker.bootstrap, kafka_topic, partitions=5) as sink:
@@ -170,8 +179,7 @@ def test_a_broker_that_is_down_yields_retry_in_bounded_time_and_delivery_once_it
     pending, deadline = batch, time.monotonic() + 30
     while pending and time.monotonic() < deadline:
         results = sink.send(pending)
-        pending = [e for e, r in zip(pending, results, strict=True)
-                   if r.outcome is Outcome.RETRY]
+        pending = [e for e, r in zip(pending, results, strict=True) if r.outcome is Outcome.RETRY]
     sink.close()
     assert pending == []
     delivered = consume(broker.bootstrap, kafka_topic, len(batch))
@@ -226,8 +234,12 @@ def test_an_option_librdkafka_rejects_raises_sink_error_without_its_value(option
 @pytest.mark.slow
 def test_close_never_raises_even_unopened_or_twice(kafka_broker_factory):
     # Given a sink on a broker that never runs, with a record stuck in its queue
-    sink = sink_for(kafka_broker_factory().bootstrap, "t", create_topics=False,
-                    options=(("message.timeout.ms", "300"),))
+    sink = sink_for(
+        kafka_broker_factory().bootstrap,
+        "t",
+        create_topics=False,
+        options=(("message.timeout.ms", "300"),),
+    )
     sink.close()
     sink.open()
     assert outcomes(sink.send([event(1)])) == [Outcome.RETRY]

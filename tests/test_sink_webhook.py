@@ -61,8 +61,7 @@ class ScriptedServer:
                 return
             self.connections += 1
             self.open.append(conn)
-            threading.Thread(target=self._serve, args=(conn, self.connections),
-                             daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
         try:
@@ -133,9 +132,18 @@ def sinks():
 
 
 def events(count: int, start: int = 0) -> list[ChangeEvent]:
-    return [ChangeEvent(id=f"id-{i}", position=i + 1, schema="public", table="t", op="INSERT",
-                        data=f'{{"id":{i}}}', key=f'{{"id":{i}}}')
-            for i in range(start, start + count)]
+    return [
+        ChangeEvent(
+            id=f"id-{i}",
+            position=i + 1,
+            schema="public",
+            table="t",
+            op="INSERT",
+            data=f'{{"id":{i}}}',
+            key=f'{{"id":{i}}}',
+        )
+        for i in range(start, start + count)
+    ]
 
 
 def outcomes(results) -> list[Outcome]:
@@ -144,8 +152,10 @@ def outcomes(results) -> list[Outcome]:
 
 def test_chunked_answers_with_trailers_keep_the_connection_alive(serve, sinks):
     # Given a receiver answering with chunked bodies and a trailer
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
     server = serve(lambda request: (chunked, False))
     sink = sinks(server.url, concurrency=1)
     # When two batches are sent over one connection
@@ -157,9 +167,13 @@ def test_chunked_answers_with_trailers_keep_the_connection_alive(serve, sinks):
 
 def test_connection_close_and_http10_bodies_until_close_open_new_connections(serve, sinks):
     # Given a receiver that closes after each answer, once without any length
-    answers = iter([(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", True),
-                    (b"HTTP/1.0 200 OK\r\n\r\nbody until close", True),
-                    (OK, False)])
+    answers = iter(
+        [
+            (b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", True),
+            (b"HTTP/1.0 200 OK\r\n\r\nbody until close", True),
+            (OK, False),
+        ]
+    )
     server = serve(lambda request: next(answers))
     sink = sinks(server.url, concurrency=1)
     # When three events are sent one after the other
@@ -199,8 +213,13 @@ def test_statuses_are_classified_and_redirects_are_not_followed(serve, sinks):
     server = serve(answer)
     results = sinks(server.url).send(events(5))
     # Then only 503 is retried, the redirect is an answer, and errors name the status
-    assert outcomes(results) == [Outcome.REJECTED, Outcome.RETRY, Outcome.REJECTED,
-                                 Outcome.REJECTED, Outcome.DELIVERED]
+    assert outcomes(results) == [
+        Outcome.REJECTED,
+        Outcome.RETRY,
+        Outcome.REJECTED,
+        Outcome.REJECTED,
+        Outcome.DELIVERED,
+    ]
     assert results[1].error is not None and results[1].error.startswith("HTTP 503")
     assert len(server.requests) == 5
 
@@ -254,7 +273,9 @@ def test_request_line_and_headers(serve, sinks):
 def test_a_header_value_with_a_line_break_is_refused():
     from skor_bridge.errors import SinkError
 
-    sink = WebhookSink("webhook", WebhookConfig(url="http://127.0.0.1:9/",
-                                                headers=(("X-Evil", "a\r\nX-Injected: 1"),)))
+    sink = WebhookSink(
+        "webhook",
+        WebhookConfig(url="http://127.0.0.1:9/", headers=(("X-Evil", "a\r\nX-Injected: 1"),)),
+    )
     with pytest.raises(SinkError):
         sink.open()

@@ -73,14 +73,16 @@ def forever(prefix: bytes, repeat: bytes) -> Answer:
         yield prefix
         while True:
             yield repeat
+
     return answer
 
 
 def slowly(data: bytes, interval: float) -> Answer:
     def answer() -> Iterator[bytes]:
         for i in range(len(data)):
-            yield data[i:i + 1]
+            yield data[i : i + 1]
             time.sleep(interval)
+
     return answer
 
 
@@ -90,29 +92,41 @@ def once(data: bytes) -> Answer:
 
 HOSTILE = {
     "endless chunk-size line": forever(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1" * 65536),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1" * 65536
+    ),
     "endless chunk extension": forever(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=", CHUNK),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=", CHUNK
+    ),
     "endless header line": forever(b"HTTP/1.1 200 OK\r\nX-Long: ", CHUNK),
     "endless status line": forever(b"HTTP/1.1 200 ", CHUNK),
     "endless headers": forever(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8192),
     "endless trailers": forever(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n",
-        b"X-Trailer: b\r\n" * 4096),
+        b"X-Trailer: b\r\n" * 4096,
+    ),
     "slowloris status line": slowly(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1.0),
     "garbage": once(b"\x00\xff garbage \r\n\r\n" * 100),
     "content-length and chunked (smuggling)": once(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    ),
     "two content-lengths": once(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello"),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello"
+    ),
     "never answers": lambda: iter([]),
 }
 
 
 def event() -> ChangeEvent:
-    return ChangeEvent(id="id-1", position=1, schema="public", table="t", op="INSERT",
-                       data='{"id":1}', key='{"id":1}')
+    return ChangeEvent(
+        id="id-1",
+        position=1,
+        schema="public",
+        table="t",
+        op="INSERT",
+        data='{"id":1}',
+        key='{"id":1}',
+    )
 
 
 def peak_rss_mib() -> float:
@@ -144,8 +158,9 @@ def test_a_hostile_server_is_a_failed_attempt_with_one_line_in_bounded_time_and_
 
 def test_a_huge_body_after_a_2xx_is_read_no_further_than_the_cap():
     # Given a receiver that answers 200 and then streams an endless body
-    server = HostileServer(forever(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n", CHUNK))
+    server = HostileServer(
+        forever(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n", CHUNK)
+    )
     sink = WebhookSink("webhook", WebhookConfig(url=server.url, timeout=2.0))
     before = peak_rss_mib()
     try:

@@ -36,18 +36,27 @@ def test_an_outbox_row_with_an_unknown_op_is_dead_lettered_and_never_delivered(
     with Receiver() as receiver:
         bridge("--dsn", dsn, "--webhook", f"webhook={receiver.url}")
         # Given the table's owner (here postgres) writes a forged op into the outbox
-        execute(dsn, "INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)"
-                     " VALUES ('public', 'items', 'EVIL', '{\"id\":1}',"
-                     " '{\"id\":1,\"name\":\"forged\"}')")
+        execute(
+            dsn,
+            "INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)"
+            " VALUES ('public', 'items', 'EVIL', '{\"id\":1}',"
+            ' \'{"id":1,"name":"forged"}\')',
+        )
         # When the next real change of the same row follows
         execute(dsn, "INSERT INTO items VALUES (1, 'real')")
         # Then the real change is delivered
         assert receiver.wait_for(1, timeout=60)
         # And the forged one is a dead letter with a clear error, never sent
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 1,
-                   timeout=30, message="one dead letter")
-        dead = scalar(dsn, "SELECT json_build_object('op', op, 'attempts', attempts,"
-                           " 'error', last_error) FROM skor.dead_letters")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 1,
+            timeout=30,
+            message="one dead letter",
+        )
+        dead = scalar(
+            dsn,
+            "SELECT json_build_object('op', op, 'attempts', attempts,"
+            " 'error', last_error) FROM skor.dead_letters",
+        )
         assert dead["op"] == "EVIL" and dead["attempts"] == 0
         assert "unknown op 'EVIL'" in dead["error"]
         bodies = [json.loads(r.body) for r in receiver.delivered()]

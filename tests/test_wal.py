@@ -18,8 +18,7 @@ def _install(dsn, entries):
     return wal_install.install(dsn, triggers.parse_config(entries))
 
 
-def test_changes_arrive_in_commit_order_with_no_trigger_on_the_table(
-        wal_dsn_any, bridge, receiver):
+def test_changes_arrive_in_commit_order_with_no_trigger_on_the_table(wal_dsn_any, bridge, receiver):
     # Given a table captured in WAL mode
     dsn = wal_dsn_any
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric)")
@@ -27,8 +26,12 @@ def test_changes_arrive_in_commit_order_with_no_trigger_on_the_table(
     assert scalar(dsn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'items'::regclass") == 0
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     # When rows are inserted, updated and deleted
-    execute(dsn, "INSERT INTO items VALUES (1, 'a', 1.50), (2, 'b', 2)",
-            "UPDATE items SET name = 'c' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    execute(
+        dsn,
+        "INSERT INTO items VALUES (1, 'a', 1.50), (2, 'b', 2)",
+        "UPDATE items SET name = 'c' WHERE id = 1",
+        "DELETE FROM items WHERE id = 2",
+    )
     # Then each change arrives with the whole row, DELETE's old row too
     assert receiver.wait_for(4, timeout=60), process.log
     expected = [
@@ -39,8 +42,10 @@ def test_changes_arrive_in_commit_order_with_no_trigger_on_the_table(
     ]
     got = [(b["op"], b["table"], b["schema"], b["data"]) for b in bodies(receiver)]
     assert sorted(got, key=expected.index) == expected
-    assert b'"price":1.50' in receiver.delivered()[0].body or b'"price":1.50' in \
-        receiver.delivered()[1].body
+    assert (
+        b'"price":1.50' in receiver.delivered()[0].body
+        or b'"price":1.50' in receiver.delivered()[1].body
+    )
     # And the log holds them in commit order, numbered without gaps
     log = psycopg2.connect(dsn)
     with log.cursor() as cur:
@@ -119,7 +124,7 @@ def _data_of(body: bytes) -> str:
     """The `data` member exactly as sent: bodies are spliced, so it is a prefix."""
     text = body.decode()
     assert text.startswith('{"data": ')
-    return text[len('{"data": '):text.rindex(', "table": ')]
+    return text[len('{"data": ') : text.rindex(', "table": ')]
 
 
 def test_bodies_equal_row_to_json_for_every_common_type(wal_dsn_any, bridge, receiver):
@@ -136,10 +141,14 @@ def test_bodies_equal_row_to_json_for_every_common_type(wal_dsn_any, bridge, rec
     assert receiver.wait_for(2 * len(_ROWS), timeout=60), process.log
     sent = receiver.delivered()
     # (rows are independent, so they may arrive in any order)
-    inserts = sorted((_data_of(r.body) for r in sent if b'"op": "INSERT"' in r.body),
-                     key=lambda data: json.loads(data)["id"])
-    deletes = sorted((_data_of(r.body) for r in sent if b'"op": "DELETE"' in r.body),
-                     key=lambda data: json.loads(data)["id"])
+    inserts = sorted(
+        (_data_of(r.body) for r in sent if b'"op": "INSERT"' in r.body),
+        key=lambda data: json.loads(data)["id"],
+    )
+    deletes = sorted(
+        (_data_of(r.body) for r in sent if b'"op": "DELETE"' in r.body),
+        key=lambda data: json.loads(data)["id"],
+    )
     for got, want in zip(inserts, expected, strict=True):
         assert got == want
     for got, want in zip(deletes, expected, strict=True):
@@ -150,8 +159,9 @@ def _cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "skor_bridge", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "skor_bridge", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_install_on_a_server_without_logical_wal_says_so_in_one_line(dsn, tmp_path):
@@ -171,7 +181,8 @@ def test_install_on_a_server_without_logical_wal_says_so_in_one_line(dsn, tmp_pa
 
 
 def test_a_slot_dropped_between_runs_stops_the_bridge_naming_the_slot(
-        wal_dsn, bridge, receiver, tmp_path):
+    wal_dsn, bridge, receiver, tmp_path
+):
     # Given WAL capture installed from the command line, and a run that delivered
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
@@ -200,11 +211,14 @@ def test_uninstall_drops_the_slot_and_the_publication(wal_dsn, tmp_path):
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
     slot = _install(dsn, [{"table": "items"}])
-    assert scalar(dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                  (slot,)) == 1
+    assert (
+        scalar(dsn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == 1
+    )
     # (a standby can take the slot over on PostgreSQL 17+: the fixture's server is 18)
-    assert scalar(dsn, "SELECT failover FROM pg_replication_slots WHERE slot_name = %s",
-                  (slot,)) is True
+    assert (
+        scalar(dsn, "SELECT failover FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        is True
+    )
     result = _cli("triggers", "uninstall", "--dsn", dsn)
     assert result.returncode == 0, result.stderr
     assert slot in result.stdout

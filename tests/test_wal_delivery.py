@@ -61,6 +61,8 @@ def wal_db(wal_dsn):
 def test_delivery_test_passes_in_wal_mode(name, request, wal_dsn, wal_capture_table, wal_db):
     test = getattr(test_delivery, name)
     given = {"dsn": wal_dsn, "capture_table": wal_capture_table, "db": wal_db}
-    kwargs = {param: given[param] if param in given else request.getfixturevalue(param)
-              for param in inspect.signature(test).parameters}
+    kwargs = {
+        param: given[param] if param in given else request.getfixturevalue(param)
+        for param in inspect.signature(test).parameters
+    }
     test(**kwargs)

@@ -42,15 +42,18 @@ def test_schema_changes_mid_stream_are_picked_up_without_a_restart(wal_dsn, brid
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, a int)")
     _install(dsn, [{"table": "items"}])
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    execute(dsn, "INSERT INTO items VALUES (1, 10)",
-            "ALTER TABLE items ADD COLUMN b text DEFAULT 'x'",
-            "INSERT INTO items VALUES (2, 20, 'y')",
-            "ALTER TABLE items RENAME COLUMN a TO c",
-            "UPDATE items SET c = 11 WHERE id = 1",
-            "ALTER TABLE items DROP COLUMN b",
-            "INSERT INTO items VALUES (3, 30)",
-            "ALTER TABLE items ALTER COLUMN c TYPE text",
-            "INSERT INTO items VALUES (4, 'forty')")
+    execute(
+        dsn,
+        "INSERT INTO items VALUES (1, 10)",
+        "ALTER TABLE items ADD COLUMN b text DEFAULT 'x'",
+        "INSERT INTO items VALUES (2, 20, 'y')",
+        "ALTER TABLE items RENAME COLUMN a TO c",
+        "UPDATE items SET c = 11 WHERE id = 1",
+        "ALTER TABLE items DROP COLUMN b",
+        "INSERT INTO items VALUES (3, 30)",
+        "ALTER TABLE items ALTER COLUMN c TYPE text",
+        "INSERT INTO items VALUES (4, 'forty')",
+    )
     wait_until(lambda: len(_log(dsn)) == 5, timeout=60, message="5 events in the log")
     assert [(op, json.loads(data)) for op, data in _log(dsn)] == [
         ("INSERT", {"id": 1, "a": 10}),
@@ -69,8 +72,7 @@ def test_schema_changes_mid_stream_are_picked_up_without_a_restart(wal_dsn, brid
     assert len(_log(dsn)) == 6
 
 
-def test_a_table_renamed_mid_stream_is_still_captured_under_its_new_name(wal_dsn, bridge,
-                                                                         receiver):
+def test_a_table_renamed_mid_stream_is_still_captured_under_its_new_name(wal_dsn, bridge, receiver):
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
     _install(dsn, [{"table": "items"}])
@@ -80,11 +82,14 @@ def test_a_table_renamed_mid_stream_is_still_captured_under_its_new_name(wal_dsn
     execute(dsn, "ALTER TABLE items RENAME TO things", "INSERT INTO things VALUES (2)")
     assert receiver.wait_for(2, timeout=60)
     assert sorted((e["table"], e["data"]["id"]) for e in bodies(receiver)) == [
-        ("items", 1), ("things", 2)]
+        ("items", 1),
+        ("things", 2),
+    ]
 
 
 def test_an_unchanged_200_kb_toasted_value_is_delivered_whole_on_update_and_delete(
-        wal_dsn, bridge, receiver):
+    wal_dsn, bridge, receiver
+):
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)")
     _install(dsn, [{"table": "docs"}])
@@ -102,49 +107,76 @@ def test_an_unchanged_200_kb_toasted_value_is_delivered_whole_on_update_and_dele
 
 def test_a_partitioned_table_is_named_by_its_root(wal_dsn, bridge, receiver):
     dsn = wal_dsn
-    execute(dsn, "CREATE TABLE events (id int, region text, PRIMARY KEY (id, region))"
-                 " PARTITION BY LIST (region)",
-            "CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')",
-            "CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')")
+    execute(
+        dsn,
+        "CREATE TABLE events (id int, region text, PRIMARY KEY (id, region))"
+        " PARTITION BY LIST (region)",
+        "CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu')",
+        "CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us')",
+    )
     _install(dsn, [{"table": "events"}])
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
-    execute(dsn, "INSERT INTO events VALUES (1, 'eu'), (2, 'us')",
-            "DELETE FROM events WHERE id = 2")
+    execute(
+        dsn, "INSERT INTO events VALUES (1, 'eu'), (2, 'us')", "DELETE FROM events WHERE id = 2"
+    )
     assert receiver.wait_for(3, timeout=60)
-    got = sorted((e["table"], e["op"], e["data"]["id"], e["data"]["region"])
-                 for e in bodies(receiver))
-    assert got == [("events", "DELETE", 2, "us"), ("events", "INSERT", 1, "eu"),
-                   ("events", "INSERT", 2, "us")]
+    got = sorted(
+        (e["table"], e["op"], e["data"]["id"], e["data"]["region"]) for e in bodies(receiver)
+    )
+    assert got == [
+        ("events", "DELETE", 2, "us"),
+        ("events", "INSERT", 1, "eu"),
+        ("events", "INSERT", 2, "us"),
+    ]
 
 
 def test_a_key_change_is_a_delete_of_the_old_row_then_an_insert_of_the_new(
-        wal_dsn, bridge, receiver):
+    wal_dsn, bridge, receiver
+):
     dsn = wal_dsn
-    execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, name text)",
-            "INSERT INTO items VALUES (1, 'a')")
+    execute(
+        dsn,
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+        "INSERT INTO items VALUES (1, 'a')",
+    )
     _install(dsn, [{"table": "items"}])
     execute(dsn, "UPDATE items SET id = 2, name = 'b' WHERE id = 1")
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     assert receiver.wait_for(2, timeout=60)
-    assert [(op, json.loads(data), key) for op, data, key in _log(dsn, "op, data, row_key")] \
-        == [("DELETE", {"id": 1, "name": "a"}, '{"id":1}'),
-            ("INSERT", {"id": 2, "name": "b"}, '{"id":2}')]
+    assert [(op, json.loads(data), key) for op, data, key in _log(dsn, "op, data, row_key")] == [
+        ("DELETE", {"id": 1, "name": "a"}, '{"id":1}'),
+        ("INSERT", {"id": 2, "name": "b"}, '{"id":2}'),
+    ]
 
 
 def test_columns_update_columns_and_when_apply_in_wal_mode(wal_dsn, bridge, receiver):
     dsn = wal_dsn
-    execute(dsn, "CREATE TABLE orders (id int PRIMARY KEY, status text, total int, note text)",
-            "CREATE TABLE refunds (id int PRIMARY KEY, total int)")
-    _install(dsn, [{"table": "orders", "columns": {"insert": ["status", "id"], "update": "*"},
-                    "update_columns": ["status"], "when": "NEW.total > 10"},
-                   {"table": "refunds", "columns": {"delete": ["id"]},
-                    "when": "OLD.total > 10"}])
-    execute(dsn, "INSERT INTO orders VALUES (1, 'new', 5, 'n'), (2, 'new', 50, 'n')",
-            "UPDATE orders SET note = 'only the note'",              # not a watched column
-            "UPDATE orders SET status = 'paid'",                     # row 2 only (when)
-            "DELETE FROM orders",                                    # deletes not captured
-            "INSERT INTO refunds VALUES (1, 5), (2, 50)",            # inserts not captured
-            "DELETE FROM refunds")                                   # row 2 only (when)
+    execute(
+        dsn,
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, total int, note text)",
+        "CREATE TABLE refunds (id int PRIMARY KEY, total int)",
+    )
+    _install(
+        dsn,
+        [
+            {
+                "table": "orders",
+                "columns": {"insert": ["status", "id"], "update": "*"},
+                "update_columns": ["status"],
+                "when": "NEW.total > 10",
+            },
+            {"table": "refunds", "columns": {"delete": ["id"]}, "when": "OLD.total > 10"},
+        ],
+    )
+    execute(
+        dsn,
+        "INSERT INTO orders VALUES (1, 'new', 5, 'n'), (2, 'new', 50, 'n')",
+        "UPDATE orders SET note = 'only the note'",  # not a watched column
+        "UPDATE orders SET status = 'paid'",  # row 2 only (when)
+        "DELETE FROM orders",  # deletes not captured
+        "INSERT INTO refunds VALUES (1, 5), (2, 50)",  # inserts not captured
+        "DELETE FROM refunds",
+    )  # row 2 only (when)
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     assert receiver.wait_for(3, timeout=60)
     time.sleep(1)
@@ -167,16 +199,18 @@ def test_a_when_that_cannot_be_evaluated_in_wal_mode_is_refused_at_install(wal_d
     assert scalar(dsn, "SELECT count(*) FROM pg_publication") == 0
 
 
-def test_a_slot_read_again_skips_what_the_log_has_and_keeps_event_ids(wal_dsn, bridge,
-                                                                      receiver):
+def test_a_slot_read_again_skips_what_the_log_has_and_keeps_event_ids(wal_dsn, bridge, receiver):
     # Given copies of the slot made before the bridge read anything
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
     slot = _install(dsn, [{"table": "items"}])
     for copy in ("copy_a", "copy_b"):
         execute(dsn, "SELECT pg_copy_logical_replication_slot(%s, %s)", params=(slot, copy))
-    execute(dsn, "INSERT INTO items SELECT generate_series(1, 100)",
-            "UPDATE items SET id = id + 1000 WHERE id <= 10")
+    execute(
+        dsn,
+        "INSERT INTO items SELECT generate_series(1, 100)",
+        "UPDATE items SET id = id + 1000 WHERE id <= 10",
+    )
     first = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     wait_until(lambda: scalar(dsn, "SELECT count(*) FROM skor.log") == 120, timeout=60)
     ids = _log(dsn, "event_id::text, op, data")
@@ -200,7 +234,8 @@ def test_a_slot_read_again_skips_what_the_log_has_and_keeps_event_ids(wal_dsn, b
 
 
 def test_sigkill_inside_a_transaction_written_in_chunks_loses_and_repeats_nothing(
-        wal_dsn, bridge, receiver, tmp_path):
+    wal_dsn, bridge, receiver, tmp_path
+):
     # Given one transaction of 100,000 rows, written to the log 500 at a time
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
@@ -209,9 +244,18 @@ def test_sigkill_inside_a_transaction_written_in_chunks_loses_and_repeats_nothin
     args = ("--dsn", dsn, "--webhook", receiver.url, "--batch-size", "500")
     first = bridge(*args)
     # When the bridge is killed while part of it is in the log
-    wait_until(lambda: (scalar(dsn, "SELECT count(*) FROM skor.log")
-                        if scalar(dsn, "SELECT to_regclass('skor.log') IS NOT NULL") else 0)
-               >= 5000, timeout=60, interval=0.01)
+    wait_until(
+        lambda: (
+            (
+                scalar(dsn, "SELECT count(*) FROM skor.log")
+                if scalar(dsn, "SELECT to_regclass('skor.log') IS NOT NULL")
+                else 0
+            )
+            >= 5000
+        ),
+        timeout=60,
+        interval=0.01,
+    )
     first.kill()
     written = scalar(dsn, "SELECT count(*) FROM skor.log")
     assert written < 100_000, "the test must kill the bridge mid-transaction"
@@ -232,24 +276,33 @@ def test_the_slot_is_acknowledged_while_a_webhook_keeps_failing(wal_dsn, bridge,
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, pad text)")
     slot = _install(dsn, [{"table": "items"}])
     with Receiver(respond=lambda r: 503) as failing:
-        bridge("--dsn", dsn, "--webhook", failing.url,
-               "--config", short_retry_config(tmp_path)).wait_active()
-        execute(dsn, "INSERT INTO items SELECT g, repeat('x', 1000)"
-                     " FROM generate_series(1, 5000) g")
+        bridge(
+            "--dsn", dsn, "--webhook", failing.url, "--config", short_retry_config(tmp_path)
+        ).wait_active()
+        execute(
+            dsn, "INSERT INTO items SELECT g, repeat('x', 1000) FROM generate_series(1, 5000) g"
+        )
         written = scalar(dsn, "SELECT pg_current_wal_lsn()::text")
         # The changes are in the log and the slot moved past them, though nothing was delivered
-        wait_until(lambda: scalar(dsn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
-                                       " pg_replication_slots WHERE slot_name = %s",
-                                  (written, slot)), timeout=60, message="slot acknowledged")
+        wait_until(
+            lambda: scalar(
+                dsn,
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
+                " pg_replication_slots WHERE slot_name = %s",
+                (written, slot),
+            ),
+            timeout=60,
+            message="slot acknowledged",
+        )
         assert scalar(dsn, "SELECT count(*) FROM skor.log") == 5000
         assert failing.count > 0 and not failing.delivered()
 
 
-def test_an_idle_publication_on_a_busy_server_still_advances_the_slot(wal_dsn, bridge,
-                                                                      receiver):
+def test_an_idle_publication_on_a_busy_server_still_advances_the_slot(wal_dsn, bridge, receiver):
     dsn = wal_dsn
-    execute(dsn, "CREATE TABLE captured (id int PRIMARY KEY)",
-            "CREATE TABLE busy (id int, pad text)")
+    execute(
+        dsn, "CREATE TABLE captured (id int PRIMARY KEY)", "CREATE TABLE busy (id int, pad text)"
+    )
     slot = _install(dsn, [{"table": "captured"}])
     bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     execute(dsn, "INSERT INTO captured VALUES (1)")
@@ -259,13 +312,19 @@ def test_an_idle_publication_on_a_busy_server_still_advances_the_slot(wal_dsn, b
         execute(dsn, "INSERT INTO busy SELECT g, repeat('x', 500) FROM generate_series(1, 5000) g")
     written = scalar(dsn, "SELECT pg_current_wal_lsn()::text")
     # Then the slot's acknowledged position follows the server's
-    wait_until(lambda: scalar(dsn, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
-                                   " pg_replication_slots WHERE slot_name = %s",
-                              (written, slot)), timeout=60, message="slot advanced")
+    wait_until(
+        lambda: scalar(
+            dsn,
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
+            " pg_replication_slots WHERE slot_name = %s",
+            (written, slot),
+        ),
+        timeout=60,
+        message="slot advanced",
+    )
 
 
-def test_a_different_server_history_stops_the_bridge_naming_the_slot(wal_dsn, bridge,
-                                                                     receiver):
+def test_a_different_server_history_stops_the_bridge_naming_the_slot(wal_dsn, bridge, receiver):
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY)")
     slot = _install(dsn, [{"table": "items"}])
@@ -290,8 +349,9 @@ def test_readyz_metrics_and_status_show_the_slot_and_its_lag(wal_dsn, bridge, re
     slot = _install(dsn, [{"table": "items"}])
     port = free_port()
     # Given a bridge whose --max-slot-lag is below what any slot holds
-    process = bridge("--dsn", dsn, "--webhook", receiver.url, "--metrics-port", str(port),
-                     "--max-slot-lag", "1").wait_active()
+    process = bridge(
+        "--dsn", dsn, "--webhook", receiver.url, "--metrics-port", str(port), "--max-slot-lag", "1"
+    ).wait_active()
     execute(dsn, "INSERT INTO items SELECT generate_series(1, 100)")
     assert receiver.wait_for(100, timeout=60)
     process.wait_for_log("over --max-slot-lag", timeout=30)
@@ -301,18 +361,28 @@ def test_readyz_metrics_and_status_show_the_slot_and_its_lag(wal_dsn, bridge, re
     report = json.loads(body)["slot"]
     assert report["slot"] == slot and not report["ready"] and report["retained_bytes"] > 1
     # (gauges are refreshed with the heartbeat, every second)
-    wait_until(lambda: 'skor_wal_slot_status{status="reserved"} 1.0'
-               in _get(f"http://127.0.0.1:{port}/metrics")[1], timeout=30)
+    wait_until(
+        lambda: (
+            'skor_wal_slot_status{status="reserved"} 1.0'
+            in _get(f"http://127.0.0.1:{port}/metrics")[1]
+        ),
+        timeout=30,
+    )
     metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
-    retained = [line for line in metrics.splitlines()
-                if line.startswith("skor_wal_slot_retained_bytes ")]
+    retained = [
+        line for line in metrics.splitlines() if line.startswith("skor_wal_slot_retained_bytes ")
+    ]
     assert retained and float(retained[0].split()[1]) > 1
     # And `status` shows the slot
     import subprocess
     import sys
 
-    shown = subprocess.run([sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "status", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert f"replication slot {slot}: holds" in shown.stdout, shown.stdout + shown.stderr
 
 
@@ -331,17 +401,27 @@ def test_logical_messages_reach_listeners_once_the_log_has_what_came_before(wal_
         cur.execute("INSERT INTO items VALUES (3)")
     conn.commit()
     conn.close()
-    config = Config(SourceConfig(dsn=dsn), (OutputConfig(
-        "hook", "webhook", WebhookConfig("http://127.0.0.1:9/")),))
+    config = Config(
+        SourceConfig(dsn=dsn),
+        (OutputConfig("hook", "webhook", WebhookConfig("http://127.0.0.1:9/")),),
+    )
     stop = threading.Event()
     source = WalSource(config, stop)
     seen = []
     source.reader.listeners.append(
-        lambda message, position: seen.append((message.prefix, message.content, position,
-                                               scalar(dsn, "SELECT count(*) FROM skor.log"))))
+        lambda message, position: seen.append(
+            (
+                message.prefix,
+                message.content,
+                position,
+                scalar(dsn, "SELECT count(*) FROM skor.log"),
+            )
+        )
+    )
     # and a handler that makes an event of the message, as backfill does with READ rows
-    source.reader.handlers["skor.backfill"] = lambda message: [MessageEvent(
-        "public", "items", "READ", json.dumps({"id": 99}), '{"id":99}')]
+    source.reader.handlers["skor.backfill"] = lambda message: [
+        MessageEvent("public", "items", "READ", json.dumps({"id": 99}), '{"id":99}')
+    ]
     source.start()
     try:
         wait_until(lambda: seen, timeout=30)
@@ -354,7 +434,11 @@ def test_logical_messages_reach_listeners_once_the_log_has_what_came_before(wal_
     assert position == 2 and in_log == 4
     # and its event sits between them and row 3, with an id like every other event's
     assert [(op, json.loads(data)) for op, data in _log(dsn)] == [
-        ("INSERT", {"id": 1}), ("INSERT", {"id": 2}), ("READ", {"id": 99}), ("INSERT", {"id": 3})]
+        ("INSERT", {"id": 1}),
+        ("INSERT", {"id": 2}),
+        ("READ", {"id": 99}),
+        ("INSERT", {"id": 3}),
+    ]
     assert scalar(dsn, "SELECT count(DISTINCT event_id) FROM skor.log") == 4
 
 
@@ -363,7 +447,8 @@ BIG_ROWS = int(os.environ.get("SKOR_WAL_BIG_ROWS", "2000000"))
 
 
 def test_a_2_000_000_row_transaction_is_captured_with_the_bridge_memory_bounded(
-        wal_dsn, bridge, tmp_path):
+    wal_dsn, bridge, tmp_path
+):
     # Given one transaction of BIG_ROWS rows, committed while the bridge is down
     dsn = wal_dsn
     execute(dsn, "CREATE TABLE items (id int PRIMARY KEY, name text)")
@@ -371,12 +456,29 @@ def test_a_2_000_000_row_transaction_is_captured_with_the_bridge_memory_bounded(
     execute(dsn, f"INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {BIG_ROWS}) g")
     # When the bridge captures it (its webhook refusing, so delivery holds little)
     with Receiver(respond=lambda r: 503) as failing:
-        process = bridge("--dsn", dsn, "--webhook", failing.url, "--max-in-flight", "1000",
-                         "--config", short_retry_config(tmp_path, max_backoff=30))
-        wait_until(lambda: (scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer")
-                            if scalar(dsn, "SELECT to_regclass('skor.sequencer') IS NOT NULL")
-                            else 0) >= BIG_ROWS, timeout=900, interval=1,
-                   message=f"{BIG_ROWS} rows in the log")
+        process = bridge(
+            "--dsn",
+            dsn,
+            "--webhook",
+            failing.url,
+            "--max-in-flight",
+            "1000",
+            "--config",
+            short_retry_config(tmp_path, max_backoff=30),
+        )
+        wait_until(
+            lambda: (
+                (
+                    scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer")
+                    if scalar(dsn, "SELECT to_regclass('skor.sequencer') IS NOT NULL")
+                    else 0
+                )
+                >= BIG_ROWS
+            ),
+            timeout=900,
+            interval=1,
+            message=f"{BIG_ROWS} rows in the log",
+        )
         status = Path(f"/proc/{process.proc.pid}/status").read_text()
     # Then every row is in the log once, and the bridge never held the transaction
     assert scalar(dsn, "SELECT count(*) FROM skor.log") == BIG_ROWS

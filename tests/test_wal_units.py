@@ -29,8 +29,14 @@ def _tuple(*values):
 def test_row_messages_parse_with_null_unchanged_and_text_values():
     insert = protocol.parse(b"I" + struct.pack("!I", 7) + b"N" + _tuple("1", None, "é😀"))
     assert insert == protocol.Insert(7, ("1", None, "é😀"))
-    update = protocol.parse(b"U" + struct.pack("!I", 7) + b"O" + _tuple("1", "big")
-                            + b"N" + _tuple("2", protocol.UNCHANGED))
+    update = protocol.parse(
+        b"U"
+        + struct.pack("!I", 7)
+        + b"O"
+        + _tuple("1", "big")
+        + b"N"
+        + _tuple("2", protocol.UNCHANGED)
+    )
     assert update == protocol.Update(7, ("1", "big"), "O", ("2", protocol.UNCHANGED))
     delete = protocol.parse(b"D" + struct.pack("!I", 7) + b"K" + _tuple("1", None))
     assert delete == protocol.Delete(7, ("1", None), "K")
@@ -41,19 +47,34 @@ def test_begin_commit_relation_message_and_truncate_parse():
     assert begin == protocol.Begin(0x1_0000_0010, 946_684_800.0, 42)
     commit = protocol.parse(b"C\x00" + struct.pack("!QQq", 5, 9, 1_000_000))
     assert commit == protocol.Commit(5, 9, 946_684_801.0)
-    relation = protocol.parse(b"R" + struct.pack("!I", 3) + b"public\x00t\x00f"
-                              + struct.pack("!h", 1) + b"\x01id\x00" + struct.pack("!Ii", 23, -1))
-    assert relation == protocol.Relation(3, "public", "t", "f",
-                                         (protocol.Column("id", 23, -1, True),))
-    message = protocol.parse(b"M\x01" + struct.pack("!Q", 8) + b"skor\x00"
-                             + struct.pack("!i", 2) + b"hi")
+    relation = protocol.parse(
+        b"R"
+        + struct.pack("!I", 3)
+        + b"public\x00t\x00f"
+        + struct.pack("!h", 1)
+        + b"\x01id\x00"
+        + struct.pack("!Ii", 23, -1)
+    )
+    assert relation == protocol.Relation(
+        3, "public", "t", "f", (protocol.Column("id", 23, -1, True),)
+    )
+    message = protocol.parse(
+        b"M\x01" + struct.pack("!Q", 8) + b"skor\x00" + struct.pack("!i", 2) + b"hi"
+    )
     assert message == protocol.Message(True, 8, "skor", b"hi")
     truncate = protocol.parse(b"T" + struct.pack("!ib", 2, 1) + struct.pack("!II", 3, 4))
     assert truncate == protocol.Truncate((3, 4), True, False)
 
 
-@pytest.mark.parametrize("data", [b"I\x00\x00", b"Z", b"I" + struct.pack("!I", 1) + b"N\x00\x01t",
-                                  b"I" + struct.pack("!I", 1) + b"N\x00\x01x"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"I\x00\x00",
+        b"Z",
+        b"I" + struct.pack("!I", 1) + b"N\x00\x01t",
+        b"I" + struct.pack("!I", 1) + b"N\x00\x01x",
+    ],
+)
 def test_malformed_messages_raise_protocol_error(data):
     with pytest.raises(protocol.ProtocolError):
         protocol.parse(data)
@@ -65,8 +86,14 @@ def test_lsn_text_round_trips():
 
 
 def test_array_literals_parse_like_array_out_writes_them():
-    assert parse_array('{1,NULL,"NULL","a \\"b\\"","c\\\\d",""}') == \
-        ["1", None, "NULL", 'a "b"', "c\\d", ""]
+    assert parse_array('{1,NULL,"NULL","a \\"b\\"","c\\\\d",""}') == [
+        "1",
+        None,
+        "NULL",
+        'a "b"',
+        "c\\d",
+        "",
+    ]
     assert parse_array("{{1,2},{3,4}}") == [["1", "2"], ["3", "4"]]
     assert parse_array("[0:1]={7,8}") == ["7", "8"]
     assert parse_array("{}") == []
@@ -81,22 +108,24 @@ def test_values_render_as_row_to_json_does():
     assert render(numeric, "1.50", server) == "1.50"
     assert render(numeric, "NaN", server) == '"NaN"'
     assert render(PgType(701, "number"), "-Infinity", server) == '"-Infinity"'
-    assert render(PgType(1184, "timestamptz"), "2024-01-01 10:00:00+00", server) == \
-        '"2024-01-01T10:00:00+00:00"'
-    assert render(PgType(1184, "timestamptz"), "0044-03-15 12:00:00+00:19:32 BC", server) == \
-        '"0044-03-15T12:00:00+00:19:32 BC"'
+    assert (
+        render(PgType(1184, "timestamptz"), "2024-01-01 10:00:00+00", server)
+        == '"2024-01-01T10:00:00+00:00"'
+    )
+    assert (
+        render(PgType(1184, "timestamptz"), "0044-03-15 12:00:00+00:19:32 BC", server)
+        == '"0044-03-15T12:00:00+00:19:32 BC"'
+    )
     assert render(PgType(1114, "timestamp"), "infinity", server) == '"infinity"'
     assert render(PgType(16, "bool"), "t", server) == "true"
     assert render(PgType(3802, "json"), '{"a": 1}', server) == '{"a": 1}'
-    assert render(PgType(1007, "array", PgType(23, "number")), "{{1,NULL}}", server) == \
-        "[[1,null]]"
-    assert renderer(PgType(20, "number"), server)("9223372036854775807") == \
-        "9223372036854775807"
-    assert renderer(text, server)("\x01\U0001F600\"") == '"\\u0001\U0001F600\\""'
+    assert render(PgType(1007, "array", PgType(23, "number")), "{{1,NULL}}", server) == "[[1,null]]"
+    assert renderer(PgType(20, "number"), server)("9223372036854775807") == "9223372036854775807"
+    assert renderer(text, server)('\x01\U0001f600"') == '"\\u0001\U0001f600\\""'
 
 
 def test_quote_is_json_dumps_without_ascii_escaping():
-    for value in ["plain", "q\"uote\\", "\x00\x1f\x7f\u2028", "é\U0001F600"]:
+    for value in ["plain", 'q"uote\\', "\x00\x1f\x7f\u2028", "é\U0001f600"]:
         assert quote(value) == json.dumps(value, ensure_ascii=False)
 
 
@@ -115,8 +144,17 @@ def test_copy_fields_escape_what_copy_text_format_reads_specially():
 def test_event_ids_are_stable_uuids_per_place_in_a_transaction():
     first = event_id("install", 100, 3, 0)
     assert first == event_id("install", 100, 3, 0)
-    assert len({first, event_id("install", 100, 3, 1), event_id("install", 101, 3, 0),
-                event_id("other", 100, 3, 0)}) == 4
+    assert (
+        len(
+            {
+                first,
+                event_id("install", 100, 3, 1),
+                event_id("install", 101, 3, 0),
+                event_id("other", 100, 3, 0),
+            }
+        )
+        == 4
+    )
 
 
 def test_sizes_read_like_postgresql_settings():

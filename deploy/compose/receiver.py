@@ -20,8 +20,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
             event = json.loads(body)
-            line = (f"{event['op']:<6} {event['schema']}.{event['table']} "
-                    f"{json.dumps(event['data'], ensure_ascii=False)}")
+            line = (
+                f"{event['op']:<6} {event['schema']}.{event['table']} "
+                f"{json.dumps(event['data'], ensure_ascii=False)}"
+            )
         except (ValueError, KeyError, TypeError):
             line = f"not a Skor body: {body[:200]!r}"
         print(f"{self.headers.get('webhook-id', '-')} {line}", flush=True)

@@ -74,9 +74,12 @@ class Request:
             raise ConfigError(f"chunk-size: must be at least 1, got {self.chunk_size}")
 
 
-def backfill(request: Request, report: Callable[[Progress], None] = lambda _: None,
-             waiting: Callable[[str], None] = lambda _: None,
-             stop: threading.Event | None = None) -> Progress:
+def backfill(
+    request: Request,
+    report: Callable[[Progress], None] = lambda _: None,
+    waiting: Callable[[str], None] = lambda _: None,
+    stop: threading.Event | None = None,
+) -> Progress:
     """Send every row of the table as a READ event; returns the final progress.
 
     `report` is called after every chunk, `waiting` once when the bridge seems absent.
@@ -93,11 +96,18 @@ def backfill(request: Request, report: Callable[[Progress], None] = lambda _: No
         conn.close()  # also releases the advisory lock
 
 
-def _run(conn: connection, cur: cursor, request: Request, report: Callable[[Progress], None],
-         waiting: Callable[[str], None], stop: threading.Event) -> Progress:
+def _run(
+    conn: connection,
+    cur: cursor,
+    request: Request,
+    report: Callable[[Progress], None],
+    waiting: Callable[[str], None],
+    stop: threading.Event,
+) -> Progress:
     table = resolve(cur, request.schema, request.table)
-    cur.execute(f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {LOCK_KEY})",
-                (table.schema, table.name))
+    cur.execute(
+        f"SELECT pg_try_advisory_lock({LOCK_CLASS}, {LOCK_KEY})", (table.schema, table.name)
+    )
     if not _first(cur):
         raise ConfigError(f"table: a backfill of {table} is already running")
     cur.execute("BEGIN")  # the migrations apply whole or not at all
@@ -109,9 +119,14 @@ def _run(conn: connection, cur: cursor, request: Request, report: Callable[[Prog
     cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
     install_id = str(_first(cur))
     first, following = _chunk_sql(table, False), _chunk_sql(table, True)
-    params = {"schema": table.schema, "table": table.name, "install_id": install_id,
-              "backfill": progress.backfill, "outputs": list(outputs) or None,
-              "limit": request.chunk_size}
+    params = {
+        "schema": table.schema,
+        "table": table.name,
+        "install_id": install_id,
+        "backfill": progress.backfill,
+        "outputs": list(outputs) or None,
+        "limit": request.chunk_size,
+    }
     while not progress.finished and not stop.is_set():
         sql = following if progress.rows_sent else first
         if table.mode == "wal":
@@ -134,24 +149,31 @@ def _check_outputs(cur: cursor, names: Sequence[str]) -> tuple[str, ...]:
     known = [str(name) for (name,) in cur.fetchall()]
     for name in wanted:
         if name not in known:
-            raise ConfigError(f"output: no output named {name!r} "
-                              f"(known: {', '.join(known) or 'none yet'})")
+            raise ConfigError(
+                f"output: no output named {name!r} (known: {', '.join(known) or 'none yet'})"
+            )
     return tuple(wanted)
 
 
 def _start(cur: cursor, table: Table, outputs: tuple[str, ...]) -> Progress:
     """Continue the unfinished backfill of (table, outputs), or record a new one."""
     key = (table.schema, table.name, list(outputs))
-    cur.execute("SELECT id, rows_sent, rows_total FROM skor.backfills WHERE schema_name = %s"
-                " AND table_name = %s AND outputs = %s::text[] AND status = 'running'", key)
+    cur.execute(
+        "SELECT id, rows_sent, rows_total FROM skor.backfills WHERE schema_name = %s"
+        " AND table_name = %s AND outputs = %s::text[] AND status = 'running'",
+        key,
+    )
     row = cur.fetchone()
     if row is not None:
         return Progress(int(row[0]), str(table), outputs, int(row[1]), int(row[2]), resumed=True)
     # An exact count once, for the progress bar; the table may change while we read it.
     cur.execute(f"SELECT count(*) FROM {table.qualified}")
     total = _first(cur)
-    cur.execute("INSERT INTO skor.backfills (schema_name, table_name, outputs, rows_total)"
-                " VALUES (%s, %s, %s::text[], %s) RETURNING id", (*key, total))
+    cur.execute(
+        "INSERT INTO skor.backfills (schema_name, table_name, outputs, rows_total)"
+        " VALUES (%s, %s, %s::text[], %s) RETURNING id",
+        (*key, total),
+    )
     return Progress(int(_first(cur)), str(table), outputs, 0, int(total))
 
 
@@ -160,8 +182,10 @@ def _chunk_sql(table: Table, after_last: bool) -> str:
     rather than `last IS NULL OR ...`, which would keep the planner from the key's index.)"""
     names = [f"k{n}" for n in range(1, len(table.key) + 1)]
     keys = ", ".join(names)
-    picked = ", ".join(f"{value} AS {name}"
-                       for value, name in zip(table.key_values().split(", "), names, strict=True))
+    picked = ", ".join(
+        f"{value} AS {name}"
+        for value, name in zip(table.key_values().split(", "), names, strict=True)
+    )
     return f"""
 WITH chunk AS MATERIALIZED (
     SELECT {picked}, {table.row_key()} AS row_key, {table.data()}::text AS data
@@ -185,22 +209,29 @@ RETURNING rows_sent, status
 
 
 # Trigger mode: into the outbox, with the watermark, for the sequencer to move.
-_OUTBOX_INSERT = """sent AS (
+_OUTBOX_INSERT = (
+    """sent AS (
     INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data, watermark, event_id,
                              outputs)
     SELECT %(schema)s, %(table)s, 'READ', row_key, data,
-           (SELECT next_pos - 1 FROM skor.sequencer), """ + _EVENT_ID + """,
+           (SELECT next_pos - 1 FROM skor.sequencer), """
+    + _EVENT_ID
+    + """,
            %(outputs)s::text[]
     FROM chunk ORDER BY {keys}
     RETURNING 1
 )"""
+)
 
 # WAL mode: straight into the log, numbered from the counter row the transaction holds
 # (see `watermark` for why no watermark is needed there).
-_LOG_INSERT = """sent AS (
+_LOG_INSERT = (
+    """sent AS (
     INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,
                           data, outputs)
-    SELECT %(base)s - 1 + row_number() OVER (ORDER BY {keys}), """ + _EVENT_ID + """,
+    SELECT %(base)s - 1 + row_number() OVER (ORDER BY {keys}), """
+    + _EVENT_ID
+    + """,
            clock_timestamp(), %(schema)s, %(table)s, 'READ', row_key, data,
            %(outputs)s::text[]
     FROM chunk
@@ -208,6 +239,7 @@ _LOG_INSERT = """sent AS (
 ), moved AS (
     UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM sent)
 )"""
+)
 
 
 def _send_to_log(cur: cursor, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -226,20 +258,26 @@ def _send_to_log(cur: cursor, sql: str, params: dict[str, Any]) -> tuple[Any, ..
     return row
 
 
-def _wait_for_bridge(cur: cursor, chunk_size: int, waiting: Callable[[str], None],
-                     stop: threading.Event) -> None:
+def _wait_for_bridge(
+    cur: cursor, chunk_size: int, waiting: Callable[[str], None], stop: threading.Event
+) -> None:
     """Wait until at most one chunk of READ rows is still in the outbox."""
     started = time.monotonic()
     noticed = False
     while not stop.is_set():
-        cur.execute("SELECT count(*) FROM (SELECT FROM skor.outbox WHERE watermark IS NOT NULL"
-                    " LIMIT %s) pending", (chunk_size,))
+        cur.execute(
+            "SELECT count(*) FROM (SELECT FROM skor.outbox WHERE watermark IS NOT NULL"
+            " LIMIT %s) pending",
+            (chunk_size,),
+        )
         if _first(cur) < chunk_size:
             return
         if not noticed and time.monotonic() - started > WAIT_NOTICE:
             noticed = True
-            waiting("waiting for a running bridge (`skor-bridge run`) to move the sent rows "
-                    "into the log")
+            waiting(
+                "waiting for a running bridge (`skor-bridge run`) to move the sent rows "
+                "into the log"
+            )
         stop.wait(0.01)
 
 

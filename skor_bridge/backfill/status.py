@@ -55,6 +55,9 @@ def backfills(cur: cursor) -> list[BackfillStatus]:
     if not row or not row[0]:
         return []  # a schema from before backfills existed
     cur.execute(_BACKFILLS)
-    return [BackfillStatus(table, list(outputs), int(sent), int(total), state, started, updated,
-                           finished)
-            for table, outputs, sent, total, state, started, updated, finished in cur.fetchall()]
+    return [
+        BackfillStatus(
+            table, list(outputs), int(sent), int(total), state, started, updated, finished
+        )
+        for table, outputs, sent, total, state, started, updated, finished in cur.fetchall()
+    ]

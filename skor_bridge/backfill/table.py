@@ -76,8 +76,10 @@ class Table:
 
     def source(self) -> str:
         """The FROM clause: the table, and its rows' JSON as `row_to_json` renders it."""
-        return (f"{self.qualified} AS {ROW} CROSS JOIN LATERAL"
-                f" (SELECT row_to_json({ROW}.*) AS j) AS skor_json")
+        return (
+            f"{self.qualified} AS {ROW} CROSS JOIN LATERAL"
+            f" (SELECT row_to_json({ROW}.*) AS j) AS skor_json"
+        )
 
     def key_values(self) -> str:
         """The key columns of the current row, comma-separated."""
@@ -85,8 +87,9 @@ class Table:
 
     def after(self) -> str:
         """`(k1, k2) > (saved values cast back)`: keyset paging that uses the key's index."""
-        values = ", ".join(f"(%(last)s::text[])[{n}]::{kind}"
-                           for n, (_, kind) in enumerate(self.key, start=1))
+        values = ", ".join(
+            f"(%(last)s::text[])[{n}]::{kind}" for n, (_, kind) in enumerate(self.key, start=1)
+        )
         return f"({self.key_values()}) > ({values})"
 
     def row_key(self) -> str:
@@ -121,20 +124,28 @@ def resolve(cur: cursor, schema: str, name: str) -> Table:
     cur.execute(_TRIGGER_MODE, (oid,))
     row = cur.fetchone()
     if row is not None and row[0] == "notify":
-        raise ConfigError(f"table: {shown} is captured in notify mode, which keeps no log; "
-                          "backfill needs durable or wal mode")
+        raise ConfigError(
+            f"table: {shown} is captured in notify mode, which keeps no log; "
+            "backfill needs durable or wal mode"
+        )
     spec = _recorded_spec(cur, schema, name) if row is not None else _wal_spec(cur, schema, name)
     if spec is None and row is None:
-        raise ConfigError(f"table: {shown} is not captured; add it to triggers.json and run "
-                          "`skor-bridge triggers install` first")
+        raise ConfigError(
+            f"table: {shown} is not captured; add it to triggers.json and run "
+            "`skor-bridge triggers install` first"
+        )
     if spec is None:
-        raise ConfigError(f"table: {shown} was captured by an older release, which did not "
-                          "record its columns; run `skor-bridge triggers install` again")
+        raise ConfigError(
+            f"table: {shown} was captured by an older release, which did not "
+            "record its columns; run `skor-bridge triggers install` again"
+        )
     cur.execute(_KEY, (oid,))
     key = tuple((str(col), str(kind)) for col, kind in cur.fetchall())
     if not key:
-        raise ConfigError(f"table: {shown} has no primary key; backfill reads tables in "
-                          "primary-key order and refuses tables without one")
+        raise ConfigError(
+            f"table: {shown} has no primary key; backfill reads tables in "
+            "primary-key order and refuses tables without one"
+        )
     # READ shows the row as an INSERT would (or the first captured operation).
     return Table(schema, name, key, spec.columns[0][1], "durable" if row else "wal")
 
@@ -145,14 +156,19 @@ def _recorded_spec(cur: cursor, schema: str, name: str) -> TableSpec | None:
     exists = cur.fetchone()
     if not exists or not exists[0]:
         return None
-    cur.execute("SELECT ops, columns FROM skor.captured_tables WHERE schema_name = %s"
-                " AND table_name = %s", (schema, name))
+    cur.execute(
+        "SELECT ops, columns FROM skor.captured_tables WHERE schema_name = %s AND table_name = %s",
+        (schema, name),
+    )
     row = cur.fetchone()
     if row is None:
         return None
     ops, columns = row
-    entry = {"schema": schema, "table": name,
-             "columns": {op: "*" if columns.get(op) is None else columns[op] for op in ops}}
+    entry = {
+        "schema": schema,
+        "table": name,
+        "columns": {op: "*" if columns.get(op) is None else columns[op] for op in ops},
+    }
     return parse_config([entry], source="skor.captured_tables")[0]
 
 

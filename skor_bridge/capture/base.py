@@ -38,8 +38,9 @@ class OutputFeed(Protocol):
 
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None: ...
 
-    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
-                           ) -> list[tuple[int, ChangeEvent, bool]]:
+    def fetch_redeliveries(
+        self, after_id: int, limit: int, include_parked: bool
+    ) -> list[tuple[int, ChangeEvent, bool]]:
         """Events to deliver outside position order, oldest first: (id, event, parked)."""
         ...
 
@@ -47,13 +48,15 @@ class OutputFeed(Protocol):
         """Persist a stuck row's events outside the position window; their new ids."""
         ...
 
-    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
-                     limit: int) -> list[tuple[int, ChangeEvent]]:
+    def fetch_parked(
+        self, schema: str, table: str, row_key: str | None, after_id: int, limit: int
+    ) -> list[tuple[int, ChangeEvent]]:
         """A parked row's next events after `after_id`, oldest first: (id, event)."""
         ...
 
-    def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
-        ...
+    def finish_redelivery(
+        self, redelivery_id: int, event: ChangeEvent, delivered: bool
+    ) -> None: ...
 
     def close(self) -> None: ...
 

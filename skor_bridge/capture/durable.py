@@ -44,8 +44,9 @@ class DurableSource:
     rolled-back changes never appear (they never commit to the outbox).
     """
 
-    def __init__(self, config: Config, stop: threading.Event,
-                 fence: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, config: Config, stop: threading.Event, fence: Callable[[], bool] = lambda: True
+    ) -> None:
         self.config = config
         self.stopping = stop
         #: True while outputs may send (the leadership's lease, see `leader`).
@@ -86,9 +87,11 @@ class LogFeed(progress.OutputRecords):
         self.source = source
         self.output = output
         self.kind = kind
-        self._db = Reconnecting(source.config.source.dsn,
-                                source.config.source.session(f"output {output}"),
-                                source.stopping)
+        self._db = Reconnecting(
+            source.config.source.dsn,
+            source.config.source.session(f"output {output}"),
+            source.stopping,
+        )
         self._prepared: connection | None = None
 
     def may_send(self) -> bool:
@@ -124,7 +127,8 @@ class LogFeed(progress.OutputRecords):
         if after >= writer.head:
             # Caught up: wait in memory for the sequencer rather than asking the database.
             if wait <= 0 or not self.wait_saving(
-                    lambda seconds: writer.wait_beyond(after, seconds), wait):
+                lambda seconds: writer.wait_beyond(after, seconds), wait
+            ):
                 return []
         events = writer.recent(after, limit)
         if events is None:

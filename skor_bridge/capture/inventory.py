@@ -71,8 +71,16 @@ def record(cur: cursor, specs: Sequence[TableSpec], mode: str) -> None:
         cur.execute(
             "INSERT INTO skor.captured_tables (schema_name, table_name, mode, ops, columns,"
             " update_columns, condition) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (spec.schema, spec.table, mode, list(spec.ops), json.dumps(columns),
-             list(spec.update_columns), spec.when))
+            (
+                spec.schema,
+                spec.table,
+                mode,
+                list(spec.ops),
+                json.dumps(columns),
+                list(spec.update_columns),
+                spec.when,
+            ),
+        )
 
 
 def captured(cur: cursor) -> list[Captured]:
@@ -84,8 +92,9 @@ def captured(cur: cursor) -> list[Captured]:
         entry = tables.setdefault((schema, table), Captured(schema, table, mode))
         for op, bit in _OP_BITS.items():
             if tgtype & bit:
-                (entry.ops if enabled != "D" else disabled.setdefault((schema, table), [])
-                 ).append(op)
+                (entry.ops if enabled != "D" else disabled.setdefault((schema, table), [])).append(
+                    op
+                )
     cur.execute("SELECT to_regclass('skor.captured_tables') IS NOT NULL")
     row = cur.fetchone()
     recorded = []
@@ -103,33 +112,41 @@ def captured(cur: cursor) -> list[Captured]:
     cur.execute(_WAL)
     for schema, table, insert, update, delete in cur.fetchall():
         entry = tables.setdefault((schema, table), Captured(schema, table, "wal"))
-        entry.ops = [op for op, on in zip(_OP_BITS, (insert, update, delete), strict=True)
-                     if on]
+        entry.ops = [op for op, on in zip(_OP_BITS, (insert, update, delete), strict=True) if on]
         seen.add((schema, table))
     for key, entry in tables.items():
         if key not in seen:
-            entry.problems.append("not installed by this release's `triggers install` "
-                                  "(columns unknown): install again to record them")
+            entry.problems.append(
+                "not installed by this release's `triggers install` "
+                "(columns unknown): install again to record them"
+            )
         entry.ops.sort(key=list(_OP_BITS).index)
     return sorted(tables.values(), key=lambda e: (e.schema, e.table))
 
 
 def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str]) -> list[str]:
-    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
-                (entry.schema, entry.table))
+    cur.execute(
+        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (entry.schema, entry.table)
+    )
     row = cur.fetchone()
     if not row or row[0] is None:
         return [_GONE]
     problems = [f"{op} trigger is disabled" for op in disabled]
-    problems += [f"{op} trigger is missing" for op in ops
-                 if op not in entry.ops and op not in disabled]
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
-                " AND NOT attisdropped", (row[0],))
+    problems += [
+        f"{op} trigger is missing" for op in ops if op not in entry.ops and op not in disabled
+    ]
+    cur.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+        " AND NOT attisdropped",
+        (row[0],),
+    )
     existing = {name for (name,) in cur.fetchall()}
     wanted = sorted({c for cols in entry.columns.values() if cols for c in cols} - existing)
-    problems += [f"column {name} does not exist any more (renamed or dropped?): events "
-                 "leave it out until triggers.json is updated and installed again"
-                 for name in wanted]
+    problems += [
+        f"column {name} does not exist any more (renamed or dropped?): events "
+        "leave it out until triggers.json is updated and installed again"
+        for name in wanted
+    ]
     return problems
 
 
@@ -148,19 +165,28 @@ SELECT ARRAY(SELECT a.attname::text FROM pg_index i
 def _key_problems(cur: cursor, entry: Captured, key: list[str]) -> list[str]:
     """The primary key changed since install (events stay keyed by the old one), or was
     made DEFERRABLE (per-row order no longer holds)."""
-    cur.execute(_KEY, {"rel": f'"{entry.schema.replace(chr(34), chr(34) * 2)}".'
-                              f'"{entry.table.replace(chr(34), chr(34) * 2)}"'})
+    cur.execute(
+        _KEY,
+        {
+            "rel": f'"{entry.schema.replace(chr(34), chr(34) * 2)}".'
+            f'"{entry.table.replace(chr(34), chr(34) * 2)}"'
+        },
+    )
     row = cur.fetchone()
     assert row is not None
     current, deferrable = list(row[0]), row[1]
     problems = []
     if current != key:
-        problems.append(f"primary key changed from ({', '.join(key) or 'none'}) to "
-                        f"({', '.join(current) or 'none'}): events are keyed by the old one "
-                        "until triggers are installed again")
+        problems.append(
+            f"primary key changed from ({', '.join(key) or 'none'}) to "
+            f"({', '.join(current) or 'none'}): events are keyed by the old one "
+            "until triggers are installed again"
+        )
     if deferrable:
-        problems.append(f"primary key {deferrable} is DEFERRABLE now: per-row order is not "
-                        "guaranteed; make it NOT DEFERRABLE")
+        problems.append(
+            f"primary key {deferrable} is DEFERRABLE now: per-row order is not "
+            "guaranteed; make it NOT DEFERRABLE"
+        )
     return problems
 
 

@@ -17,6 +17,13 @@ EVENT_COLUMNS = (
 def event_from_row(row: tuple[Any, ...], outputs: list[str] | None = None) -> ChangeEvent:
     pos, event_id, captured_at, schema, table, op, key, data = row
     return ChangeEvent(
-        id=event_id, position=pos, schema=schema, table=table, op=op, data=data, key=key,
-        captured_at=captured_at, outputs=tuple(outputs) if outputs is not None else None,
+        id=event_id,
+        position=pos,
+        schema=schema,
+        table=table,
+        op=op,
+        data=data,
+        key=key,
+        captured_at=captured_at,
+        outputs=tuple(outputs) if outputs is not None else None,
     )

@@ -48,8 +48,9 @@ WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
 class NotifySource:
     """Feeds every output each notification received while listening, in arrival order."""
 
-    def __init__(self, config: Config, stopping: threading.Event,
-                 fence: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, config: Config, stopping: threading.Event, fence: Callable[[], bool] = lambda: True
+    ) -> None:
         self.config = config
         self.stopping = stopping
         #: True while outputs may send (the leadership's lease, see `leader`).
@@ -106,8 +107,11 @@ class NotifySource:
                 self._healthy, attempt = True, 0
                 self._conn = conn
                 self._listening.set()
-                log.info("listening on channel %r (notify mode: changes made while no bridge "
-                         "listens are lost)", self.config.source.channel)
+                log.info(
+                    "listening on channel %r (notify mode: changes made while no bridge "
+                    "listens are lost)",
+                    self.config.source.channel,
+                )
                 while not self._stop_capture.is_set() and not self.stopping.is_set():
                     if select.select([conn], [], [], 0.2)[0]:
                         conn.poll()
@@ -115,8 +119,10 @@ class NotifySource:
                             self._dispatch(conn.notifies.pop(0).payload)
             except CONNECTION_ERRORS as exc:
                 self._healthy = False
-                log.warning("listener: connection lost (%s); notifications sent meanwhile "
-                            "are lost", describe(exc))
+                log.warning(
+                    "listener: connection lost (%s); notifications sent meanwhile are lost",
+                    describe(exc),
+                )
             finally:
                 conn.close()
 
@@ -124,22 +130,31 @@ class NotifySource:
         try:
             texts = top_level_texts(payload)
             schema, table, op = (json.loads(texts[k]) for k in ("schema", "table", "op"))
-            if not (isinstance(schema, str) and isinstance(table, str)
-                    and ChangeEvent.known_op(op)):
+            if not (
+                isinstance(schema, str) and isinstance(table, str) and ChangeEvent.known_op(op)
+            ):
                 raise ValueError("not a Skor payload")
             data = texts.get("data", "null")
             key = row_key(data, self._key_columns(schema, table))
         except (ValueError, KeyError, TypeError):
-            log.error("listener: ignoring a notification that is not a Skor payload: %.200s",
-                      payload)
+            log.error(
+                "listener: ignoring a notification that is not a Skor payload: %.200s", payload
+            )
             return
         self._position += 1
         self.captured += 1
         # `data` is the payload's own text (numerics exact, for dead letters and retries),
         # and the key puts each row in its own lane, as in durable mode.
         event = ChangeEvent(
-            id=str(uuid.uuid4()), position=self._position, schema=schema, table=table, op=op,
-            data=data, key=key, captured_at=time.time(), raw_body=payload.encode("utf-8"),
+            id=str(uuid.uuid4()),
+            position=self._position,
+            schema=schema,
+            table=table,
+            op=op,
+            data=data,
+            key=key,
+            captured_at=time.time(),
+            raw_body=payload.encode("utf-8"),
         )
         for feed in self._feeds:
             feed.push(event)
@@ -170,9 +185,11 @@ class MemoryFeed(progress.OutputRecords):
         self._queue: deque[ChangeEvent] = deque()
         self._queued_bytes = 0
         self._arrived = threading.Condition()
-        self._db = Reconnecting(source.config.source.dsn,
-                                source.config.source.session(f"output {output}"),
-                                source.stopping)
+        self._db = Reconnecting(
+            source.config.source.dsn,
+            source.config.source.session(f"output {output}"),
+            source.stopping,
+        )
         self._source = source
         self.dropped = 0
 
@@ -184,9 +201,12 @@ class MemoryFeed(progress.OutputRecords):
                 self._queued_bytes -= _size(self._queue.popleft())
                 self.dropped += 1
                 if self.dropped % 1000 == 1:
-                    log.error("output %s: %d notifications dropped; the output is too far "
-                              "behind (use durable mode to never drop)", self.output,
-                              self.dropped)
+                    log.error(
+                        "output %s: %d notifications dropped; the output is too far "
+                        "behind (use durable mode to never drop)",
+                        self.output,
+                        self.dropped,
+                    )
             self._arrived.notify()
 
     def may_send(self) -> bool:
@@ -194,9 +214,13 @@ class MemoryFeed(progress.OutputRecords):
 
     def start_position(self) -> int:
         # Registered so that status and metrics know the output; the position is unused.
-        self._db.run(lambda cur: cur.execute(
-            "INSERT INTO skor.outputs (name, kind, position) VALUES (%s, %s, 0)"
-            " ON CONFLICT (name) DO NOTHING", (self.output, self.kind)))
+        self._db.run(
+            lambda cur: cur.execute(
+                "INSERT INTO skor.outputs (name, kind, position) VALUES (%s, %s, 0)"
+                " ON CONFLICT (name) DO NOTHING",
+                (self.output, self.kind),
+            )
+        )
         return 0
 
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:

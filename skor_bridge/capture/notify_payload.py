@@ -23,23 +23,23 @@ def top_level_texts(payload: str) -> dict[str, str]:
     Raises ValueError when `payload` is not a JSON object."""
     texts: dict[str, str] = {}
     i = _skip(payload, 0)
-    if payload[i:i + 1] != "{":
+    if payload[i : i + 1] != "{":
         raise ValueError("not a JSON object")
     i = _skip(payload, i + 1)
-    if payload[i:i + 1] == "}":
+    if payload[i : i + 1] == "}":
         return texts
     while True:
         key, i = _DECODER.raw_decode(payload, i)
         i = _skip(payload, i)
-        if payload[i:i + 1] != ":" or not isinstance(key, str):
+        if payload[i : i + 1] != ":" or not isinstance(key, str):
             raise ValueError("not a JSON object")
         start = _skip(payload, i + 1)
         _, end = _DECODER.raw_decode(payload, start)
         texts[key] = payload[start:end]
         i = _skip(payload, end)
-        if payload[i:i + 1] == "}":
+        if payload[i : i + 1] == "}":
             return texts
-        if payload[i:i + 1] != ",":
+        if payload[i : i + 1] != ",":
             raise ValueError("not a JSON object")
         i = _skip(payload, i + 1)
 
@@ -52,8 +52,12 @@ def row_key(data_text: str, key_columns: tuple[str, ...]) -> str | None:
     row = json.loads(data_text, parse_float=Decimal)
     if not isinstance(row, dict) or any(column not in row for column in key_columns):
         return None
-    return json.dumps({column: row[column] for column in key_columns}, separators=(",", ":"),
-                      ensure_ascii=False, default=_exact)
+    return json.dumps(
+        {column: row[column] for column in key_columns},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_exact,
+    )
 
 
 def _exact(value: Any) -> Any:

@@ -65,16 +65,17 @@ class OutboxHealth:
     @property
     def warning(self) -> str | None:
         """One line for the log and `status`, or None when all is well."""
-        if self.oldest_snapshot_seconds < WARN_SNAPSHOT_AGE and \
-                self.dead_tuples < WARN_DEAD_TUPLES:
+        if self.oldest_snapshot_seconds < WARN_SNAPSHOT_AGE and self.dead_tuples < WARN_DEAD_TUPLES:
             return None
-        who = (f"pid {self.oldest_snapshot_pid}"
-               + (f" ({self.oldest_snapshot_application})"
-                  if self.oldest_snapshot_application else ""))
-        return (f"a session ({who}) has held a snapshot for {self.oldest_snapshot_seconds:.0f}s "
-                f"and the outbox has {self.dead_tuples} dead rows VACUUM cannot remove; "
-                "long transactions slow capture (end them, or set "
-                "idle_in_transaction_session_timeout)")
+        who = f"pid {self.oldest_snapshot_pid}" + (
+            f" ({self.oldest_snapshot_application})" if self.oldest_snapshot_application else ""
+        )
+        return (
+            f"a session ({who}) has held a snapshot for {self.oldest_snapshot_seconds:.0f}s "
+            f"and the outbox has {self.dead_tuples} dead rows VACUUM cannot remove; "
+            "long transactions slow capture (end them, or set "
+            "idle_in_transaction_session_timeout)"
+        )
 
 
 def check(cur: cursor) -> OutboxHealth:
@@ -86,7 +87,8 @@ def check(cur: cursor) -> OutboxHealth:
         oldest_snapshot_seconds=max(0.0, float(row[0] or 0)) if row else 0.0,
         oldest_snapshot_pid=int(row[1]) if row else None,
         oldest_snapshot_application=str(row[2] or "") if row else "",
-        dead_tuples=int(dead[0]) if dead else 0)
+        dead_tuples=int(dead[0]) if dead else 0,
+    )
 
 
 def compact_round(cur: cursor, move: Callable[[cursor], list[T]]) -> list[T] | None:

@@ -66,8 +66,11 @@ class OutputRecords:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            unsaved = (self._unsaved_delivered or self._unsaved_error is not None
-                       or self._unsaved_position is not None)
+            unsaved = (
+                self._unsaved_delivered
+                or self._unsaved_error is not None
+                or self._unsaved_position is not None
+            )
             due = self._saved_at + PROGRESS_INTERVAL - time.monotonic()
             if not unsaved or due >= left:
                 return wait(max(0.0, left))
@@ -79,25 +82,29 @@ class OutputRecords:
         """Write the progress not written yet (only once PROGRESS_INTERVAL has passed since
         the last write, with `due_only`)."""
         delivered, error, position = (
-            self._unsaved_delivered, self._unsaved_error, self._unsaved_position)
+            self._unsaved_delivered,
+            self._unsaved_error,
+            self._unsaved_position,
+        )
         if not delivered and error is None and position is None:
             return
         now = time.monotonic()
         if due_only and now - self._saved_at < PROGRESS_INTERVAL:
             return
-        self._db.run(lambda cur: record_delivered(
-            cur, self.output, delivered, error, position))
+        self._db.run(lambda cur: record_delivered(cur, self.output, delivered, error, position))
         self._saved_at = now
         self._unsaved_delivered, self._unsaved_error, self._unsaved_position = 0, None, None
 
     def dead_letter(self, event: ChangeEvent, attempts: int, error: str) -> None:
         self._db.run(lambda cur: dead_letter(cur, self.output, event, attempts, error))
 
-    def fetch_redeliveries(self, after_id: int, limit: int, include_parked: bool
-                           ) -> list[tuple[int, ChangeEvent, bool]]:
+    def fetch_redeliveries(
+        self, after_id: int, limit: int, include_parked: bool
+    ) -> list[tuple[int, ChangeEvent, bool]]:
         self.flush(due_only=True)
-        return self._db.run(lambda cur: fetch_redeliveries(
-            cur, self.output, after_id, limit, include_parked))
+        return self._db.run(
+            lambda cur: fetch_redeliveries(cur, self.output, after_id, limit, include_parked)
+        )
 
     def park(self, events: list[ChangeEvent]) -> list[int]:
         def insert(cur: cursor) -> list[int]:
@@ -108,14 +115,17 @@ class OutputRecords:
 
         return self._db.run(insert)
 
-    def fetch_parked(self, schema: str, table: str, row_key: str | None, after_id: int,
-                     limit: int) -> list[tuple[int, ChangeEvent]]:
-        return self._db.run(lambda cur: fetch_parked(
-            cur, self.output, schema, table, row_key, after_id, limit))
+    def fetch_parked(
+        self, schema: str, table: str, row_key: str | None, after_id: int, limit: int
+    ) -> list[tuple[int, ChangeEvent]]:
+        return self._db.run(
+            lambda cur: fetch_parked(cur, self.output, schema, table, row_key, after_id, limit)
+        )
 
     def finish_redelivery(self, redelivery_id: int, event: ChangeEvent, delivered: bool) -> None:
-        self._db.run(lambda cur: finish_redelivery(
-            cur, self.output, redelivery_id, event, delivered))
+        self._db.run(
+            lambda cur: finish_redelivery(cur, self.output, redelivery_id, event, delivered)
+        )
 
     def close(self) -> None:
         try:
@@ -126,28 +136,34 @@ class OutputRecords:
             self._db.close()
 
 
-def record_delivered(cur: cursor, output: str, delivered: int, error: str | None,
-                     position: int | None = None) -> None:
+def record_delivered(
+    cur: cursor, output: str, delivered: int, error: str | None, position: int | None = None
+) -> None:
     """Add to an output's counters and, given `position`, move its progress there.
 
     One round trip and one transaction (and so one WAL flush): a worker calls this after
     every batch, and three separate autocommit writes made it wait for three disk syncs.
     """
-    sql = ("UPDATE skor.outputs SET delivered_total = delivered_total + %(delivered)s,"
-           " last_error = coalesce(%(error)s, last_error),"
-           " last_error_at = CASE WHEN %(error)s IS NULL THEN last_error_at ELSE now() END,"
-           " updated_at = now()")
+    sql = (
+        "UPDATE skor.outputs SET delivered_total = delivered_total + %(delivered)s,"
+        " last_error = coalesce(%(error)s, last_error),"
+        " last_error_at = CASE WHEN %(error)s IS NULL THEN last_error_at ELSE now() END,"
+        " updated_at = now()"
+    )
     if position is not None:
         # greatest(): an instance that lost leadership must never move progress back.
         sql += ", position = greatest(position, %(position)s)"
     sql += " WHERE name = %(output)s"
     if delivered:
-        sql += ("; INSERT INTO skor.delivery_stats (output, second, delivered)"
-                " VALUES (%(output)s, date_trunc('second', now()), %(delivered)s)"
-                " ON CONFLICT (output, second) DO UPDATE"
-                " SET delivered = skor.delivery_stats.delivered + excluded.delivered")
-    cur.execute(sql, {"output": output, "delivered": delivered, "error": error,
-                      "position": position})
+        sql += (
+            "; INSERT INTO skor.delivery_stats (output, second, delivered)"
+            " VALUES (%(output)s, date_trunc('second', now()), %(delivered)s)"
+            " ON CONFLICT (output, second) DO UPDATE"
+            " SET delivered = skor.delivery_stats.delivered + excluded.delivered"
+        )
+    cur.execute(
+        sql, {"output": output, "delivered": delivered, "error": error, "position": position}
+    )
 
 
 def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, error: str) -> None:
@@ -157,13 +173,25 @@ def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, err
         " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (output, event_id) DO UPDATE SET attempts = excluded.attempts,"
         " last_error = excluded.last_error, status = 'dead', dead_at = now()",
-        (output, event.position or None, event.id, event.captured_at, event.schema, event.table,
-         event.op, event.key, event.data, attempts, error),
+        (
+            output,
+            event.position or None,
+            event.id,
+            event.captured_at,
+            event.schema,
+            event.table,
+            event.op,
+            event.key,
+            event.data,
+            attempts,
+            error,
+        ),
     )
 
 
-def fetch_redeliveries(cur: cursor, output: str, after_id: int, limit: int,
-                       include_parked: bool) -> list[tuple[int, ChangeEvent, bool]]:
+def fetch_redeliveries(
+    cur: cursor, output: str, after_id: int, limit: int, include_parked: bool
+) -> list[tuple[int, ChangeEvent, bool]]:
     """Redeliveries after `after_id`: (id, event, parked). A running worker already holds
     the events it parked itself, so only start-up asks for those."""
     cur.execute(
@@ -181,7 +209,7 @@ def park(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
     one statement for all would build their data into one huge query string."""
     ids: list[int] = []
     for start in range(0, len(events), PARK_CHUNK):
-        ids += _park_chunk(cur, output, events[start:start + PARK_CHUNK])
+        ids += _park_chunk(cur, output, events[start : start + PARK_CHUNK])
     return ids
 
 
@@ -195,10 +223,17 @@ def _park_chunk(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int
         " %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
         " AS e(pos, event_id, captured_at, schema_name, table_name, op, row_key, data, n)"
         " ORDER BY e.n RETURNING id, pos",
-        (output, [e.position for e in events], [e.id for e in events],
-         [e.captured_at for e in events], [e.schema for e in events],
-         [e.table for e in events], [e.op for e in events], [e.key for e in events],
-         [e.data for e in events]),
+        (
+            output,
+            [e.position for e in events],
+            [e.id for e in events],
+            [e.captured_at for e in events],
+            [e.schema for e in events],
+            [e.table for e in events],
+            [e.op for e in events],
+            [e.key for e in events],
+            [e.data for e in events],
+        ),
     )
     # Ids follow the insert's order; mapped by position all the same (a row's log events
     # have distinct positions), since RETURNING promises no order.
@@ -206,8 +241,15 @@ def _park_chunk(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int
     return [by_position[e.position] for e in events]
 
 
-def fetch_parked(cur: cursor, output: str, schema: str, table: str, row_key: str | None,
-                 after_id: int, limit: int) -> list[tuple[int, ChangeEvent]]:
+def fetch_parked(
+    cur: cursor,
+    output: str,
+    schema: str,
+    table: str,
+    row_key: str | None,
+    after_id: int,
+    limit: int,
+) -> list[tuple[int, ChangeEvent]]:
     """A parked row's next events after `after_id`, oldest first: (id, event)."""
     # Two spellings rather than IS NOT DISTINCT FROM, which the index cannot serve.
     key_test = "row_key IS NULL AND %s IS NULL" if row_key is None else "row_key = %s"
@@ -220,8 +262,9 @@ def fetch_parked(cur: cursor, output: str, schema: str, table: str, row_key: str
     return [(row[0], event_from_row(row[1:])) for row in cur.fetchall()]
 
 
-def finish_redelivery(cur: cursor, output: str, redelivery_id: int, event: ChangeEvent,
-                      delivered: bool) -> None:
+def finish_redelivery(
+    cur: cursor, output: str, redelivery_id: int, event: ChangeEvent, delivered: bool
+) -> None:
     cur.execute("DELETE FROM skor.redeliveries WHERE id = %s", (redelivery_id,))
     if delivered:
         cur.execute(

@@ -88,8 +88,7 @@ def partitions(cur: cursor) -> list[Partition]:
     for schema, name, bound, size in cur.fetchall():
         match = _BOUND.search(bound or "")
         if match:
-            found.append(Partition(f'"{schema}"."{name}"', int(match[1]), int(match[2]),
-                                   int(size)))
+            found.append(Partition(f'"{schema}"."{name}"', int(match[1]), int(match[2]), int(size)))
     return sorted(found, key=lambda p: p.first)
 
 
@@ -136,15 +135,17 @@ def _mark_holding(cur: cursor, blocked_at: int | None) -> list[str]:
     """Mark the outputs whose position is below `blocked_at` (None: no output holds the log)
     and clear the others; returns the marked names."""
     if blocked_at is None:
-        cur.execute("UPDATE skor.outputs SET holding_log_since = NULL"
-                    " WHERE holding_log_since IS NOT NULL")
+        cur.execute(
+            "UPDATE skor.outputs SET holding_log_since = NULL WHERE holding_log_since IS NOT NULL"
+        )
         return []
     cur.execute(
         "UPDATE skor.outputs SET holding_log_since = CASE WHEN position < %(at)s"
         " THEN coalesce(holding_log_since, now()) END"
-        " WHERE (position < %(at)s) <> (holding_log_since IS NOT NULL)", {"at": blocked_at})
-    cur.execute("SELECT name FROM skor.outputs WHERE position < %s ORDER BY name",
-                (blocked_at,))
+        " WHERE (position < %(at)s) <> (holding_log_since IS NOT NULL)",
+        {"at": blocked_at},
+    )
+    cur.execute("SELECT name FROM skor.outputs WHERE position < %s ORDER BY name", (blocked_at,))
     return [str(r[0]) for r in cur.fetchall()]
 
 
@@ -186,8 +187,7 @@ class Pruner:
         self.last = Pass()
         self.interval = max(0.1, config.retention_interval)
         self._stop = threading.Event()
-        self._db = Reconnecting(config.source.dsn, config.source.session("retention"),
-                                self._stop)
+        self._db = Reconnecting(config.source.dsn, config.source.session("retention"), self._stop)
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
     def start(self) -> Pruner:
@@ -203,8 +203,7 @@ class Pruner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                found = self._db.run(
-                    lambda cur: prune(cur, self.retention, self.retention_bytes))
+                found = self._db.run(lambda cur: prune(cur, self.retention, self.retention_bytes))
                 if self.durable:
                     found = replace(found, outbox=self._db.run(upkeep))
             except Stopped:
@@ -216,12 +215,18 @@ class Pruner:
                 log.exception("retention pass failed")
             else:
                 if found.dropped:
-                    log.info("retention: dropped %d log partition(s) up to %s",
-                             len(found.dropped), found.dropped[-1])
+                    log.info(
+                        "retention: dropped %d log partition(s) up to %s",
+                        len(found.dropped),
+                        found.dropped[-1],
+                    )
                 if found.holding and found.holding != self.last.holding:
-                    log.warning("retention: the log (%d MB) is over --retention-size and kept "
-                                "for output(s) %s, which have not delivered its oldest events",
-                                found.log_bytes // 10**6, ", ".join(found.holding))
+                    log.warning(
+                        "retention: the log (%d MB) is over --retention-size and kept "
+                        "for output(s) %s, which have not delivered its oldest events",
+                        found.log_bytes // 10**6,
+                        ", ".join(found.holding),
+                    )
                 warning = found.outbox.warning
                 if warning and self.last.outbox.warning is None:
                     log.warning("%s", warning)

@@ -100,8 +100,7 @@ class Sequencer:
         self.config = config
         self.stopping = stopping
         self._stopped = threading.Event()
-        self._db = Reconnecting(config.source.dsn, config.source.session("sequencer"),
-                                stopping)
+        self._db = Reconnecting(config.source.dsn, config.source.session("sequencer"), stopping)
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
         self._head = 0
         self._install_id = ""
@@ -162,8 +161,10 @@ class Sequencer:
     # -- moving ----------------------------------------------------------------------------
 
     def _read_state(self, cur: cursor) -> tuple[int, str]:
-        cur.execute("SELECT next_pos - 1, (SELECT value FROM skor.meta"
-                    " WHERE key = 'install_id') FROM skor.sequencer")
+        cur.execute(
+            "SELECT next_pos - 1, (SELECT value FROM skor.meta"
+            " WHERE key = 'install_id') FROM skor.sequencer"
+        )
         row = cur.fetchone()
         assert row is not None
         return int(row[0]), str(row[1])
@@ -208,8 +209,11 @@ class Sequencer:
         """A round that also empties the outbox with TRUNCATE; None when a writer held it."""
         moved = outbox_upkeep.compact_round(cur, lambda c: self._round(c, limit))
         if moved is not None:
-            log.info("compacted the outbox (its dead rows were piling up behind an old "
-                     "snapshot); %d event(s) moved in the same round", len(moved))
+            log.info(
+                "compacted the outbox (its dead rows were piling up behind an old "
+                "snapshot); %d event(s) moved in the same round",
+                len(moved),
+            )
         return moved
 
     def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
@@ -219,15 +223,13 @@ class Sequencer:
         if self._head + 1 + limit > self._covered_until:
             self._ensure_partitions(cur, self._head + 1, self._head + 1 + limit)
         try:
-            cur.execute("EXECUTE skor_move (%s, %s, %s)",
-                        (limit, self._install_id, RECENT_BYTES))
+            cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
         except psycopg2.errors.CheckViolation:
             # No partition for a position: another instance moved events meanwhile (an
             # overlap during failover), so our head was behind. Catch up and retry.
             head, _ = self._read_state(cur)
             self._ensure_partitions(cur, head + 1, head + 1 + limit)
-            cur.execute("EXECUTE skor_move (%s, %s, %s)",
-                        (limit, self._install_id, RECENT_BYTES))
+            cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
         return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
 
     def _publish(self, moved: list[ChangeEvent]) -> None:

@@ -133,9 +133,7 @@ def _parse_entry(entry: object) -> TableSpec:
         raise ConfigError(f"key {json.dumps(duplicate)} is given twice")
     for key in entry:
         if key not in ENTRY_KEYS:
-            raise ConfigError(
-                f"unknown key {json.dumps(key)} (expected {', '.join(ENTRY_KEYS)})"
-            )
+            raise ConfigError(f"unknown key {json.dumps(key)} (expected {', '.join(ENTRY_KEYS)})")
     if "table" not in entry:
         raise ConfigError('"table" is required')
     when = entry.get("when")
@@ -223,8 +221,13 @@ def _name_problem(name: str) -> str | None:
 
 
 def _json_type(value: object) -> str:
-    for kind, name in ((bool, "a boolean"), (str, "a string"), ((int, float), "a number"),
-                       (list, "a list"), (dict, "an object")):
+    for kind, name in (
+        (bool, "a boolean"),
+        (str, "a string"),
+        ((int, float), "a number"),
+        (list, "a list"),
+        (dict, "an object"),
+    ):
         if isinstance(value, kind):
             return name
     return "null" if value is None else type(value).__name__
@@ -245,7 +248,7 @@ def _condition_problem(sql: str) -> str | None:
         return "is empty"
     # Tab and line feed are plain white space; \r would end a -- comment early for
     # PostgreSQL but not for this scanner, and the rest have no business in a condition.
-    if (control := CONTROL_CHARS.search(sql.replace("\t", " ").replace("\n", " "))):
+    if control := CONTROL_CHARS.search(sql.replace("\t", " ").replace("\n", " ")):
         return f"contains the control character {ord(control[0]):#04x}"
     try:
         sql.encode("utf-8")
@@ -257,8 +260,11 @@ def _condition_problem(sql: str) -> str | None:
         after_word = i > 0 and _IDENT_CHAR.match(sql[i - 1]) is not None
         if char in "'\"":
             # E'...' takes backslash escapes when the E starts a token; other quotes don't.
-            escapes = char == "'" and after_word and sql[i - 1] in "eE" and (
-                i < 2 or not _IDENT_CHAR.match(sql[i - 2])
+            escapes = (
+                char == "'"
+                and after_word
+                and sql[i - 1] in "eE"
+                and (i < 2 or not _IDENT_CHAR.match(sql[i - 2]))
             )
             i = _closing_quote(sql, i, escapes)
             if i < 0:

@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 CANONICAL = {
     "plain": "(%1$s -> %2$L)::text",
     "utc": "CASE WHEN (%1$s ->> %2$L) ~ "
-           "'^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?[+-][0-9]{2}"
-           "(:[0-9]{2}){0,2}$' THEN rtrim(to_json((%1$s ->> %2$L)::timestamptz AT TIME ZONE "
-           "'UTC')::text, '\"') || '+00:00\"' ELSE (%1$s -> %2$L)::text END",
+    "'^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?[+-][0-9]{2}"
+    "(:[0-9]{2}){0,2}$' THEN rtrim(to_json((%1$s ->> %2$L)::timestamptz AT TIME ZONE "
+    "'UTC')::text, '\"') || '+00:00\"' ELSE (%1$s -> %2$L)::text END",
     "numeric": "CASE WHEN json_typeof(%1$s -> %2$L) = 'number' THEN "
-               "trim_scale((%1$s ->> %2$L)::numeric)::text ELSE (%1$s -> %2$L)::text END",
+    "trim_scale((%1$s ->> %2$L)::numeric)::text ELSE (%1$s -> %2$L)::text END",
     "lower": "CASE WHEN json_typeof(%1$s -> %2$L) = 'string' THEN "
-             "to_json(lower(%1$s ->> %2$L))::text ELSE (%1$s -> %2$L)::text END",
+    "to_json(lower(%1$s ->> %2$L))::text ELSE (%1$s -> %2$L)::text END",
 }
 
 KEY_LOOP = f"""\
@@ -53,17 +53,20 @@ KEY_LOOP = f"""\
     LOOP
         sep := CASE WHEN new_key IS NULL THEN '{{' ELSE ',' END || to_json(col)::text || ':';
         new_key := concat_ws(' || ', new_key, quote_literal(sep),
-            format(CASE kind {" ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}"
-                                       for k, v in CANONICAL.items())} END, 'n', col));
+            format(CASE kind {
+    " ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in CANONICAL.items())
+} END, 'n', col));
         old_key := concat_ws(' || ', old_key, quote_literal(sep),
-            format(CASE kind {" ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}"
-                                       for k, v in CANONICAL.items())} END, 'o', col));
+            format(CASE kind {
+    " ".join(f"WHEN {quote_literal(k)} THEN {quote_literal(v)}" for k, v in CANONICAL.items())
+} END, 'o', col));
         key_changed := concat_ws(' OR ', key_changed,
             format('OLD.%I IS DISTINCT FROM NEW.%I', col, col));
     END LOOP;
     new_key := coalesce(new_key || ' || ''}}''', 'NULL');
     old_key := coalesce(old_key || ' || ''}}''', 'NULL');
 """
+
 
 def key_kind(type_name: str) -> str:
     """The canonical form a key column of this type gets (a `CANONICAL` key): the type as

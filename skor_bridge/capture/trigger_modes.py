@@ -37,8 +37,10 @@ def _insert(spec: TableSpec, rows: list[tuple[str, str, str]]) -> str:
         f"({quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{op}', {key}, {data})"
         for op, key, data in rows
     )
-    return ("INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)\n"
-            f"        VALUES {values};")
+    return (
+        "INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)\n"
+        f"        VALUES {values};"
+    )
 
 
 def _durable_body(spec: TableSpec, partitioned: bool) -> str:
@@ -55,10 +57,16 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
     as_delete = cols["delete"] if "delete" in cols else update
     as_insert = cols["insert"] if "insert" in cols else update
     tag = f"{short_hash(spec.schema, spec.table)}@' || pg_trigger_depth() || ';"
-    moving = (f"strpos(';' || coalesce(current_setting('skor.moving', true), ''), "
-              f"';{tag}') > 0")
-    lines = ["DECLARE", "    n json;", "    o json;", "    nk text;", "    ok text;",
-             "    moves text;", "BEGIN"]
+    moving = f"strpos(';' || coalesce(current_setting('skor.moving', true), ''), ';{tag}') > 0"
+    lines = [
+        "DECLARE",
+        "    n json;",
+        "    o json;",
+        "    nk text;",
+        "    ok text;",
+        "    moves text;",
+        "BEGIN",
+    ]
     if partitioned and len(cols) < 3 and "update" in cols:
         lines += [
             "    IF TG_LEVEL = 'STATEMENT' THEN",
@@ -77,17 +85,28 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
         insert = _insert(spec, [("INSERT", NEW_KEY, json_data("n", as_insert))])
         branches.append(("INSERT", [*guard, "n := row_to_json(NEW);", insert]))
     if "update" in cols:
-        branches.append(("UPDATE", [
-            "n := row_to_json(NEW);",
-            f"nk := {NEW_KEY};",
-            f"IF nk IS NOT NULL THEN o := row_to_json(OLD); ok := {OLD_KEY}; END IF;",
-            "IF nk IS DISTINCT FROM ok THEN",
-            "    " + _insert(spec, [("DELETE", "ok", json_data("o", as_delete)),
-                                   ("INSERT", "nk", json_data("n", as_insert))]),
-            "ELSE",
-            "    " + _insert(spec, [("UPDATE", "nk", json_data("n", update))]),
-            "END IF;",
-        ]))
+        branches.append(
+            (
+                "UPDATE",
+                [
+                    "n := row_to_json(NEW);",
+                    f"nk := {NEW_KEY};",
+                    f"IF nk IS NOT NULL THEN o := row_to_json(OLD); ok := {OLD_KEY}; END IF;",
+                    "IF nk IS DISTINCT FROM ok THEN",
+                    "    "
+                    + _insert(
+                        spec,
+                        [
+                            ("DELETE", "ok", json_data("o", as_delete)),
+                            ("INSERT", "nk", json_data("n", as_insert)),
+                        ],
+                    ),
+                    "ELSE",
+                    "    " + _insert(spec, [("UPDATE", "nk", json_data("n", update))]),
+                    "END IF;",
+                ],
+            )
+        )
     if "delete" in cols or partitioned and "update" in cols:
         guard = [] if "delete" in cols else [f"IF NOT {moving} THEN RETURN NULL; END IF;"]
         delete = _insert(spec, [("DELETE", OLD_KEY, json_data("o", as_delete))])
@@ -105,9 +124,15 @@ def _durable_triggers(spec: TableSpec, partitioned: bool, call: str) -> str:
         ops = ["insert", "update", "delete"]
     # Operations not captured here have triggers only to record moves: no WHEN.
     text = "".join(
-        ensure_trigger(trigger_name(op), f"AFTER {op.upper()}", "ROW",
-                       trigger_when(spec, op) if op in spec.ops else "''", call)
-        for op in ops)
+        ensure_trigger(
+            trigger_name(op),
+            f"AFTER {op.upper()}",
+            "ROW",
+            trigger_when(spec, op) if op in spec.ops else "''",
+            call,
+        )
+        for op in ops
+    )
     if partitioned and "update" in spec.ops and len(spec.ops) < 3:
         for name, timing in (("moves_begin", "BEFORE UPDATE"), ("moves_end", "AFTER UPDATE")):
             text += ensure_trigger(trigger_name(name), timing, "STATEMENT", "''", call)
@@ -138,9 +163,11 @@ def _notify_body(spec: TableSpec, op: Op, cols: tuple[str, ...] | None) -> str:
 
     def notify(event_op: str, var: str) -> str:
         data = f"{var}" if cols is None else f"({json_data(var, cols)})::json"
-        return (f"PERFORM pg_notify('skor', json_build_object('table', "
-                f"{quote_literal(spec.table)}, 'schema', {quote_literal(spec.schema)}, "
-                f"'op', '{event_op}', 'data', {data})::text);")
+        return (
+            f"PERFORM pg_notify('skor', json_build_object('table', "
+            f"{quote_literal(spec.table)}, 'schema', {quote_literal(spec.schema)}, "
+            f"'op', '{event_op}', 'data', {data})::text);"
+        )
 
     lines = ["DECLARE", "    n json;", "    o json;", "BEGIN"]
     if op == "insert":
@@ -171,7 +198,12 @@ def notify_block(spec: TableSpec) -> str:
         function = qualified(spec.schema, name)
         functions.append(function + "()")
         work += ensure_function(function, splice_keys(_notify_body(spec, op, cols)), definer=False)
-        work += ensure_trigger(TRIGGER_PREFIX + name, f"AFTER {op.upper()}", "ROW",
-                               trigger_when(spec, op), quote_literal(function))
+        work += ensure_trigger(
+            TRIGGER_PREFIX + name,
+            f"AFTER {op.upper()}",
+            "ROW",
+            trigger_when(spec, op),
+            quote_literal(function),
+        )
     matches = " OR ".join(f"p.oid = to_regprocedure({quote_literal(f)})" for f in functions)
     return table_block(spec, "", work + drop_unwanted(matches))

@@ -35,7 +35,6 @@ from skor_bridge.sqlquote import (
 )
 
 if TYPE_CHECKING:
-
     from skor_bridge.capture.trigger_config import Op, TableSpec
 
 __all__ = [
@@ -283,4 +282,6 @@ def splice_keys(body: str) -> str:
     pieces = re.split(f"({NEW_KEY}|{OLD_KEY})", body)
     return "\n        || ".join(
         {NEW_KEY: "new_key", OLD_KEY: "old_key"}.get(piece) or quote_literal(piece)
-        for piece in pieces if piece)
+        for piece in pieces
+        if piece
+    )

@@ -144,13 +144,17 @@ def _record(specs: Sequence[TableSpec], mode: Mode) -> str:
     """SQL recording what is installed in skor.captured_tables (read by `inventory`), in
     the script itself, so that an install applied with psql is recorded too."""
     keep = ", ".join(f"({quote_literal(s.schema)}, {quote_literal(s.table)})" for s in specs)
-    text = ("DELETE FROM skor.captured_tables"
-            + (f" WHERE (schema_name, table_name) NOT IN ({keep})" if specs else "") + ";\n")
+    text = (
+        "DELETE FROM skor.captured_tables"
+        + (f" WHERE (schema_name, table_name) NOT IN ({keep})" if specs else "")
+        + ";\n"
+    )
     for spec in specs:
-        columns = json.dumps({op: list(cols) if cols is not None else None
-                              for op, cols in spec.columns}, ensure_ascii=False)
-        update_columns = "ARRAY[" + ", ".join(map(quote_literal, spec.update_columns)) + \
-            "]::text[]"
+        columns = json.dumps(
+            {op: list(cols) if cols is not None else None for op, cols in spec.columns},
+            ensure_ascii=False,
+        )
+        update_columns = "ARRAY[" + ", ".join(map(quote_literal, spec.update_columns)) + "]::text[]"
         text += f"""\
 INSERT INTO skor.captured_tables AS c (schema_name, table_name, mode, ops, columns,
                                        update_columns, condition, key_columns)
@@ -243,11 +247,14 @@ class _LockBusy(Exception):
         self.spec = spec
 
 
-def _run_steps(conn: connection, steps: list[tuple[TableSpec | None, str]],
-               after: str = "") -> None:
+def _run_steps(
+    conn: connection, steps: list[tuple[TableSpec | None, str]], after: str = ""
+) -> None:
     if conn.server_version < 140000:  # CREATE OR REPLACE TRIGGER
-        raise TriggerError("triggers install needs PostgreSQL 14 or newer; this server is "
-                           f"{conn.server_version // 10000}")
+        raise TriggerError(
+            "triggers install needs PostgreSQL 14 or newer; this server is "
+            f"{conn.server_version // 10000}"
+        )
     with conn.cursor() as cur:
         spec: TableSpec | None = None
         try:
@@ -283,15 +290,21 @@ def _with_retries(dsn: str, lock_wait: float, attempt: Callable[[connection], No
                 raise TriggerError(
                     f"could not lock {what} within {lock_wait:g} s: other transactions kept "
                     "using it (look for long or idle-in-transaction sessions); nothing was "
-                    "changed, install again later") from None
+                    "changed, install again later"
+                ) from None
         finally:
             conn.close()  # without a commit, PostgreSQL rolls everything back
         time.sleep(pause)
         pause = min(pause * 2, 2.0)
 
 
-def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable",
-            grant_to: Sequence[str] = (), lock_wait: float = LOCK_WAIT) -> list[str]:
+def install(
+    dsn: str,
+    specs: Sequence[TableSpec],
+    mode: Mode = "durable",
+    grant_to: Sequence[str] = (),
+    lock_wait: float = LOCK_WAIT,
+) -> list[str]:
     """Install `specs` in one transaction, replacing what was installed before in place.
 
     Returns notes for the user: other AFTER ROW triggers on captured tables, and what
@@ -303,11 +316,13 @@ def install(dsn: str, specs: Sequence[TableSpec], mode: Mode = "durable",
     StartupError when the database cannot be reached. On any error nothing changes.
     """
     steps = _steps(specs, mode)
-    revoke = "".join(f"REVOKE ALL ON skor.outbox FROM {quote_ident(role)};\n"
-                     for role in grant_to)
+    revoke = "".join(f"REVOKE ALL ON skor.outbox FROM {quote_ident(role)};\n" for role in grant_to)
     _with_retries(dsn, lock_wait, lambda conn: _run_steps(conn, steps, revoke))
-    notes = [f"note: --grant {role}: writers need no privilege any more (capture runs as "
-             "the installing role); its access to skor.outbox was revoked" for role in grant_to]
+    notes = [
+        f"note: --grant {role}: writers need no privilege any more (capture runs as "
+        "the installing role); its access to skor.outbox was revoked"
+        for role in grant_to
+    ]
     return notes + _other_triggers(dsn, specs)
 
 
@@ -333,12 +348,16 @@ def _other_triggers(dsn: str, specs: Sequence[TableSpec]) -> list[str]:
                 if not names:
                     continue
                 first = [n for n in names if n.encode() < TRIGGER_PREFIX.encode()]
-                order = (f"{', '.join(map(quote_ident, first))} fire(s) BEFORE capture: "
-                         "rename to keep each change recorded before the changes it causes"
-                         if first else "capture fires first, so a change is recorded before "
-                         "the changes they make")
-                notes.append(f"note: {spec.qualified} has other AFTER ROW triggers: "
-                             f"{', '.join(map(quote_ident, names))}; {order}")
+                order = (
+                    f"{', '.join(map(quote_ident, first))} fire(s) BEFORE capture: "
+                    "rename to keep each change recorded before the changes it causes"
+                    if first
+                    else "capture fires first, so a change is recorded before the changes they make"
+                )
+                notes.append(
+                    f"note: {spec.qualified} has other AFTER ROW triggers: "
+                    f"{', '.join(map(quote_ident, names))}; {order}"
+                )
     finally:
         conn.close()
     return notes
@@ -364,8 +383,10 @@ def uninstall(dsn: str, purge: bool = False, lock_wait: float = LOCK_WAIT) -> in
                 if purge:
                     cur.execute("DROP SCHEMA IF EXISTS skor CASCADE")
                 else:
-                    cur.execute("DO $skor$ BEGIN IF to_regclass('skor.captured_tables') IS NOT"
-                                " NULL THEN DELETE FROM skor.captured_tables; END IF; END $skor$")
+                    cur.execute(
+                        "DO $skor$ BEGIN IF to_regclass('skor.captured_tables') IS NOT"
+                        " NULL THEN DELETE FROM skor.captured_tables; END IF; END $skor$"
+                    )
             except psycopg2.errors.LockNotAvailable:
                 raise _LockBusy(None) from None
             except psycopg2.Error as exc:
@@ -386,5 +407,8 @@ def capture_problems(cur: cursor) -> list[str]:
     made DEFERRABLE, the table gone, a capture trigger dropped or disabled. Writes never
     fail because of these; events carry what exists.
     """
-    return [f"{entry.schema}.{entry.table}: {problem}"
-            for entry in inventory.captured(cur) for problem in entry.problems]
+    return [
+        f"{entry.schema}.{entry.table}: {problem}"
+        for entry in inventory.captured(cur)
+        for problem in entry.problems
+    ]

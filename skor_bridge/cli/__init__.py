@@ -51,12 +51,17 @@ class _OneLineErrors(typer.core.TyperGroup):
     """A usage error (unknown option, missing or bad value) ends like any other bad input:
     one line on stderr, exit code 2, instead of typer's framed usage box."""
 
-    def main(self, args: Any = None, prog_name: str | None = None,
-             complete_var: str | None = None, standalone_mode: bool = True,
-             windows_expand_args: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
-                                **extra)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except ClickException as exc:
             if not standalone_mode:
                 raise
@@ -72,6 +77,7 @@ class _OneLineErrors(typer.core.TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="skor-bridge",
@@ -99,8 +105,17 @@ def root(
 
 
 #: The command groups, in --help order; each module adds its commands through `register(app)`.
-COMMAND_MODULES = ("run", "relay", "status", "outputs", "triggers", "events", "backfill", "demo",
-                   "bench")
+COMMAND_MODULES = (
+    "run",
+    "relay",
+    "status",
+    "outputs",
+    "triggers",
+    "events",
+    "backfill",
+    "demo",
+    "bench",
+)
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_module}").register(app)

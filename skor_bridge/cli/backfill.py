@@ -23,15 +23,28 @@ def register(app: typer.Typer) -> None:
 
 
 def backfill(
-    table: Annotated[str, typer.Option(
-        "--table", metavar="[SCHEMA.]TABLE", show_default=False,
-        help="The captured table to send (schema public unless given).")],
+    table: Annotated[
+        str,
+        typer.Option(
+            "--table",
+            metavar="[SCHEMA.]TABLE",
+            show_default=False,
+            help="The captured table to send (schema public unless given).",
+        ),
+    ],
     dsn: DsnOpt = None,
-    output: Annotated[list[str] | None, typer.Option(
-        "--output", metavar="NAME", show_default=False,
-        help="Send only to this output; repeatable. \\[default: every output]")] = None,
-    chunk_size: Annotated[int, typer.Option(
-        "--chunk-size", metavar="N", help="Rows read and sent per transaction.")] = 1000,
+    output: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output",
+            metavar="NAME",
+            show_default=False,
+            help="Send only to this output; repeatable. \\[default: every output]",
+        ),
+    ] = None,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", metavar="N", help="Rows read and sent per transaction.")
+    ] = 1000,
 ) -> None:
     """Send every existing row of a captured table as a READ event, through the log.
 
@@ -52,18 +65,23 @@ def backfill(
         request = Request(dsn, schema, name, tuple(output or ()), chunk_size)
         with _reporter() as report:
             progress = run_backfill(request, report, lambda text: typer.echo(text, err=True))
-    typer.echo(f"backfill of {progress.table}: {progress.rows_sent} rows sent as READ events"
-               f" to {', '.join(progress.outputs) or 'every output'}")
+    typer.echo(
+        f"backfill of {progress.table}: {progress.rows_sent} rows sent as READ events"
+        f" to {', '.join(progress.outputs) or 'every output'}"
+    )
 
 
 @contextmanager
 def _reporter() -> Iterator[Callable[[Progress], None]]:
     """A progress bar on a terminal; elsewhere only a line when resuming."""
     if not sys.stderr.isatty():
+
         def report_line(progress: Progress) -> None:
             if progress.resumed and progress.rows_sent and not progress.finished:
-                typer.echo(f"resuming the backfill of {progress.table} after "
-                           f"{progress.rows_sent} rows", err=True)
+                typer.echo(
+                    f"resuming the backfill of {progress.table} after {progress.rows_sent} rows",
+                    err=True,
+                )
                 progress.resumed = False  # said once
 
         yield report_line
@@ -76,8 +94,11 @@ def _reporter() -> Iterator[Callable[[Progress], None]]:
         task = bar.add_task("backfill", total=None)
 
         def report_bar(progress: Progress) -> None:
-            bar.update(task, description=f"backfill {progress.table}",
-                       completed=progress.rows_sent,
-                       total=max(progress.rows_total, progress.rows_sent) or None)
+            bar.update(
+                task,
+                description=f"backfill {progress.table}",
+                completed=progress.rows_sent,
+                total=max(progress.rows_total, progress.rows_sent) or None,
+            )
 
         yield report_bar

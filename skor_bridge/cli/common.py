@@ -19,9 +19,15 @@ if TYPE_CHECKING:
 ERROR_WIDTH = 60
 
 
-DsnOpt = Annotated[str | None, typer.Option(
-    "--dsn", envvar="SKOR_DSN", show_default=False,
-    help="libpq DSN or postgresql:// URI of the database the bridge uses.")]
+DsnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        envvar="SKOR_DSN",
+        show_default=False,
+        help="libpq DSN or postgresql:// URI of the database the bridge uses.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
@@ -49,15 +55,20 @@ def print_json(document: object) -> None:
     typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]],
-          right: set[str] | frozenset[str] = frozenset()) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    right: set[str] | frozenset[str] = frozenset(),
+) -> str:
     """Columns separated by two spaces; numbers (the `right` columns) right-aligned."""
     cells = [[str(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        parts = [value.rjust(width) if header in right else value.ljust(width)
-                 for value, width, header in zip(values, widths, headers, strict=True)]
+        parts = [
+            value.rjust(width) if header in right else value.ljust(width)
+            for value, width, header in zip(values, widths, headers, strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in cells)])

@@ -14,26 +14,52 @@ from skor_bridge.cli.errors import expected_errors
 
 
 def demo(
-    dsn: Annotated[str | None, typer.Option(
-        help="Use this existing database instead of an embedded one. The demo creates table "
-        "public.skor_demo_orders there and drops it, and all else it added, on exit.",
-        show_default=False)] = None,
-    kafka: Annotated[str | None, typer.Option(
-        metavar="BOOTSTRAP", help="Also publish to this Kafka (topic skor-demo.<schema>."
-        "<table>, deleted on exit) and read it back.", show_default=False)] = None,
-    amqp: Annotated[str | None, typer.Option(
-        metavar="URL", help="Also publish to this RabbitMQ (exchange skor-demo, deleted on "
-        "exit) and read it back.", show_default=False)] = None,
-    events: Annotated[int, typer.Option(
-        min=1, help="Changes the demo makes: inserts, updates and deletes.")] = 6,
-    exit_when_done: Annotated[bool, typer.Option(
-        "--exit", help="Print a summary and exit once every change arrived at every output: "
-        "0, or 1 if some did not within --timeout.")] = False,
-    timeout: Annotated[float, typer.Option(
-        min=0.1, help="Seconds to wait, after the last change, for every change to arrive.")
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this existing database instead of an embedded one. The demo creates table "
+            "public.skor_demo_orders there and drops it, and all else it added, on exit.",
+            show_default=False,
+        ),
+    ] = None,
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            metavar="BOOTSTRAP",
+            help="Also publish to this Kafka (topic skor-demo.<schema>."
+            "<table>, deleted on exit) and read it back.",
+            show_default=False,
+        ),
+    ] = None,
+    amqp: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Also publish to this RabbitMQ (exchange skor-demo, deleted on "
+            "exit) and read it back.",
+            show_default=False,
+        ),
+    ] = None,
+    events: Annotated[
+        int, typer.Option(min=1, help="Changes the demo makes: inserts, updates and deletes.")
+    ] = 6,
+    exit_when_done: Annotated[
+        bool,
+        typer.Option(
+            "--exit",
+            help="Print a summary and exit once every change arrived at every output: "
+            "0, or 1 if some did not within --timeout.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds to wait, after the last change, for every change to arrive."
+        ),
     ] = 30.0,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Show the bridge's own log (INFO) on stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the bridge's own log (INFO) on stderr.")
+    ] = False,
 ) -> None:
     """Run the whole pipeline in one process and print every change as it arrives.
 
@@ -47,8 +73,15 @@ def demo(
     """
     from skor_bridge.tools.demo import DemoOptions, run
 
-    options = DemoOptions(dsn=dsn, amqp=amqp, kafka=kafka, events=events, exit=exit_when_done,
-                          timeout=timeout, verbose=verbose)
+    options = DemoOptions(
+        dsn=dsn,
+        amqp=amqp,
+        kafka=kafka,
+        events=events,
+        exit=exit_when_done,
+        timeout=timeout,
+        verbose=verbose,
+    )
     with expected_errors():
         code = run(options, sys.stdout)
     raise typer.Exit(code)

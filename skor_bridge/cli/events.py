@@ -32,6 +32,7 @@ events_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 class StatusChoice(enum.StrEnum):
     dead = "dead"
     retry = "retry"
@@ -39,8 +40,12 @@ class StatusChoice(enum.StrEnum):
     delivered = "delivered"
 
 
-TableOpt = Annotated[str | None, typer.Option(
-    "--table", metavar="[SCHEMA.]TABLE", help="Only events of this table.", show_default=False)]
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table", metavar="[SCHEMA.]TABLE", help="Only events of this table.", show_default=False
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -53,15 +58,30 @@ def register(app: typer.Typer) -> None:
 @events_app.command("list")
 def list_events(
     dsn: DsnOpt = None,
-    output: Annotated[str | None, typer.Option(
-        help="Only this output's events. \\[default: every output]", show_default=False)] = None,
-    status_: Annotated[StatusChoice | None, typer.Option(
-        "--status", case_sensitive=False, show_default=False,
-        help="dead, retry, pending or delivered. \\[default: all]")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this output's events. \\[default: every output]", show_default=False
+        ),
+    ] = None,
+    status_: Annotated[
+        StatusChoice | None,
+        typer.Option(
+            "--status",
+            case_sensitive=False,
+            show_default=False,
+            help="dead, retry, pending or delivered. \\[default: all]",
+        ),
+    ] = None,
     table_: TableOpt = None,
-    since: Annotated[str | None, typer.Option(
-        metavar="TIME", show_default=False,
-        help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            show_default=False,
+            help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show the newest N events.")] = 100,
     as_json: JsonOpt = False,
 ) -> None:
@@ -74,9 +94,11 @@ def list_events(
 
     with expected_errors():
         flt = events.EventFilter(
-            output=output, status=status_.value if status_ else None,
+            output=output,
+            status=status_.value if status_ else None,
             table=events.parse_table(table_) if table_ else None,
-            since=events.parse_time(since) if since else None, limit=limit,
+            since=events.parse_time(since) if since else None,
+            limit=limit,
         )
         with database(dsn, "events list") as conn:
             rows = events.list_events(conn, flt)
@@ -95,12 +117,31 @@ def render_events(rows: Sequence[EventRow]) -> str:
         return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
 
     return table(
-        ["ID", "OUTPUT", "STATUS", "POSITION", "TABLE", "OP", "CAPTURED AT", "ATTEMPTS",
-         "LAST ERROR"],
-        [[r.event_id, r.output, r.status, "" if r.position is None else r.position,
-          f"{r.schema}.{r.table}", r.op,
-          r.captured_at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
-          "" if r.attempts is None else r.attempts, cell(r.last_error)] for r in rows],
+        [
+            "ID",
+            "OUTPUT",
+            "STATUS",
+            "POSITION",
+            "TABLE",
+            "OP",
+            "CAPTURED AT",
+            "ATTEMPTS",
+            "LAST ERROR",
+        ],
+        [
+            [
+                r.event_id,
+                r.output,
+                r.status,
+                "" if r.position is None else r.position,
+                f"{r.schema}.{r.table}",
+                r.op,
+                r.captured_at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "" if r.attempts is None else r.attempts,
+                cell(r.last_error),
+            ]
+            for r in rows
+        ],
         right={"POSITION", "ATTEMPTS"},
     )
 
@@ -108,18 +149,33 @@ def render_events(rows: Sequence[EventRow]) -> str:
 @events_app.command()
 def retry(
     dsn: DsnOpt = None,
-    output: Annotated[str | None, typer.Option(
-        help="Only this output's dead letters. \\[default: every output]",
-        show_default=False)] = None,
-    ids: Annotated[list[str] | None, typer.Option(
-        "--id", metavar="ID", show_default=False,
-        help="Event id of a dead letter; repeat for several.")] = None,
-    all_dead: Annotated[bool, typer.Option(
-        "--all-dead", help="Every dead letter (of --output, if given).")] = False,
-    include_superseded: Annotated[bool, typer.Option(
-        "--include-superseded", help="Also dead letters whose row has a newer delivered "
-        "event (skipped by default: sending them would leave receivers with an older "
-        "version).")] = False,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this output's dead letters. \\[default: every output]", show_default=False
+        ),
+    ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--id",
+            metavar="ID",
+            show_default=False,
+            help="Event id of a dead letter; repeat for several.",
+        ),
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all-dead", help="Every dead letter (of --output, if given).")
+    ] = False,
+    include_superseded: Annotated[
+        bool,
+        typer.Option(
+            "--include-superseded",
+            help="Also dead letters whose row has a newer delivered "
+            "event (skipped by default: sending them would leave receivers with an older "
+            "version).",
+        ),
+    ] = False,
 ) -> None:
     """Deliver dead letters again with their original event ids; a running bridge picks them
     up within a second.
@@ -136,23 +192,39 @@ def retry(
             count, superseded = events.retry_dead(conn, output, chosen, include_superseded)
     typer.echo(f"{count} dead letter(s) queued for retry")
     if superseded:
-        typer.echo(f"{superseded} dead letter(s) skipped: their row has a newer delivered event "
-                   "(--include-superseded retries them too)", err=True)
+        typer.echo(
+            f"{superseded} dead letter(s) skipped: their row has a newer delivered event "
+            "(--include-superseded retries them too)",
+            err=True,
+        )
     if chosen is not None and count + superseded < len(set(chosen)):
-        typer.echo(f"{len(set(chosen)) - count - superseded} id(s) skipped: not dead letters"
-                   f"{' of ' + output if output else ''} (unknown, or already queued)", err=True)
+        typer.echo(
+            f"{len(set(chosen)) - count - superseded} id(s) skipped: not dead letters"
+            f"{' of ' + output if output else ''} (unknown, or already queued)",
+            err=True,
+        )
 
 
 @events_app.command()
 def replay(
-    output: Annotated[str, typer.Option(help="The output to deliver to again.",
-                                        show_default=False)],
-    since: Annotated[str, typer.Option(
-        metavar="TIME", show_default=False,
-        help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).")],
+    output: Annotated[
+        str, typer.Option(help="The output to deliver to again.", show_default=False)
+    ],
+    since: Annotated[
+        str,
+        typer.Option(
+            metavar="TIME",
+            show_default=False,
+            help="Captured at or after TIME: ISO-8601 or a time ago (10m, 2h, 7d).",
+        ),
+    ],
     dsn: DsnOpt = None,
-    until: Annotated[str | None, typer.Option(
-        metavar="TIME", show_default=False, help="Captured before TIME. \\[default: now]")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME", show_default=False, help="Captured before TIME. \\[default: now]"
+        ),
+    ] = None,
     table_: TableOpt = None,
 ) -> None:
     """Deliver already-delivered events again, in their original order and with their
@@ -164,7 +236,8 @@ def replay(
 
     with expected_errors():
         flt = events.EventFilter(
-            output=output, table=events.parse_table(table_) if table_ else None,
+            output=output,
+            table=events.parse_table(table_) if table_ else None,
             since=events.parse_time(since, "since"),
             until=events.parse_time(until, "until") if until else None,
         )
@@ -205,13 +278,12 @@ def _progress() -> Iterator[Any]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with Progress("queueing", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
+    with Progress(
+        "queueing", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as bar:
         task = bar.add_task("replay", total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
         yield update
-
-

@@ -49,21 +49,31 @@ def list_(dsn: DsnOpt = None, as_json: JsonOpt = False) -> None:
 def render(rows: Sequence[OutputRow]) -> str:
     return table(
         ["OUTPUT", "TYPE", "DESTINATION", "POSITION", "PENDING", "SERVED", "LAST SEEN BY"],
-        [[r.name, r.kind, r.destination or "?", r.position, r.pending,
-          "yes" if r.served else "no",
-          f"{r.last_seen_by} ({r.last_seen_at.astimezone().strftime('%Y-%m-%d %H:%M')})"
-          if r.last_seen_by and r.last_seen_at else "-"] for r in rows],
+        [
+            [
+                r.name,
+                r.kind,
+                r.destination or "?",
+                r.position,
+                r.pending,
+                "yes" if r.served else "no",
+                f"{r.last_seen_by} ({r.last_seen_at.astimezone().strftime('%Y-%m-%d %H:%M')})"
+                if r.last_seen_by and r.last_seen_at
+                else "-",
+            ]
+            for r in rows
+        ],
         right={"POSITION", "PENDING"},
     )
 
 
 @outputs_app.command()
 def forget(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The output to forget.",
-                                        show_default=False)],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The output to forget.", show_default=False)
+    ],
     dsn: DsnOpt = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
-                   ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop an output's progress, dead letters and parked events, so it no longer holds
     back the log's retention. Refused while a running bridge serves it; if it runs again
@@ -73,13 +83,16 @@ def forget(
     """
     from skor_bridge.ops.outputs import forget as forget_output
 
-    if not yes and not typer.confirm(f"Forget output {name!r}: its progress, dead letters "
-                                     "and parked events?", err=True):
+    if not yes and not typer.confirm(
+        f"Forget output {name!r}: its progress, dead letters and parked events?", err=True
+    ):
         typer.echo("nothing forgotten", err=True)
         raise typer.Exit(1)
     with expected_errors(), database(dsn, "outputs forget") as conn:
         removed = forget_output(conn, name)
     dead = removed.get("skor.dead_letters", 0)
     parked = removed.get("skor.redeliveries", 0)
-    typer.echo(f"forgot output {name}: {dead} dead letter(s) and {parked} parked or queued "
-               "event(s) dropped")
+    typer.echo(
+        f"forgot output {name}: {dead} dead letter(s) and {parked} parked or queued "
+        "event(s) dropped"
+    )

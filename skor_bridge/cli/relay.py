@@ -32,8 +32,11 @@ def relay(ctx: typer.Context, **given: Any) -> None:
     from skor_bridge.relay.service import Relay
 
     # Only what the command line gave: SKOR_* variables are read where the config is built.
-    cli = {name: value for name, value in given.items()
-           if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    cli = {
+        name: value
+        for name, value in given.items()
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
     cli.pop("config", None)
     with expected_errors():
         cfg = build_relay_config(cli, given["config"], os.environ)
@@ -49,11 +52,25 @@ only past delivered records.
 {EXAMPLE}"""
 _parameters = [
     inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=(
-        Annotated[Path | None, typer.Option(
-            "--config", envvar="SKOR_CONFIG", metavar="FILE", show_default=False,
-            help="TOML file: webhook outputs, retry settings and a relay table.")])),
-    *(_parameter(o) for o in relay_options() if o.cli)]
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=(
+            Annotated[
+                Path | None,
+                typer.Option(
+                    "--config",
+                    envvar="SKOR_CONFIG",
+                    metavar="FILE",
+                    show_default=False,
+                    help="TOML file: webhook outputs, retry settings and a relay table.",
+                ),
+            ]
+        ),
+    ),
+    *(_parameter(o) for o in relay_options() if o.cli),
+]
 relay.__signature__ = inspect.Signature(_parameters)  # type: ignore[attr-defined]
 relay.__annotations__ = {p.name: p.annotation for p in _parameters}
 

@@ -33,33 +33,68 @@ def help_text(option: Option) -> str:
 
 def _parameter(option: Option) -> inspect.Parameter:
     common: dict[str, Any] = {
-        "envvar": option.env, "help": help_text(option), "show_default": False,
-        "rich_help_panel": option.panel, "hidden": option.hidden,
+        "envvar": option.env,
+        "help": help_text(option),
+        "show_default": False,
+        "rich_help_panel": option.panel,
+        "hidden": option.hidden,
     }
     annotation: Any
     if option.style in ("switch", "flag"):
         flags = f"{option.flag}/--no-{option.flag[2:]}" if option.style == "switch" else option.flag
         annotation = Annotated[bool | None, typer.Option(flags, metavar="", **common)]
     elif option.style == "multi":
-        annotation = Annotated[list[str] | None, typer.Option(
-            option.flag, metavar=option.metavar, **common)]
+        annotation = Annotated[
+            list[str] | None, typer.Option(option.flag, metavar=option.metavar, **common)
+        ]
     else:
-        annotation = Annotated[str | None, typer.Option(
-            option.flag, metavar=option.metavar, **common)]
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=annotation)
+        annotation = Annotated[
+            str | None, typer.Option(option.flag, metavar=option.metavar, **common)
+        ]
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
 
 
 _POSITIONAL = [
-    inspect.Parameter("dsn_arg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=(
-        Annotated[str | None, typer.Argument(metavar="[DSN]", show_default=False,
-                                             help="Skor's positional form: DSN then URL.")])),
-    inspect.Parameter("url_arg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=(
-        Annotated[str | None, typer.Argument(metavar="[URL]", show_default=False)])),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=(
-        Annotated[Path | None, typer.Option(
-            "--config", envvar="SKOR_CONFIG", metavar="FILE", show_default=False,
-            help="TOML file describing outputs and settings.")])),
+    inspect.Parameter(
+        "dsn_arg",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=(
+            Annotated[
+                str | None,
+                typer.Argument(
+                    metavar="[DSN]",
+                    show_default=False,
+                    help="Skor's positional form: DSN then URL.",
+                ),
+            ]
+        ),
+    ),
+    inspect.Parameter(
+        "url_arg",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=(Annotated[str | None, typer.Argument(metavar="[URL]", show_default=False)]),
+    ),
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=(
+            Annotated[
+                Path | None,
+                typer.Option(
+                    "--config",
+                    envvar="SKOR_CONFIG",
+                    metavar="FILE",
+                    show_default=False,
+                    help="TOML file describing outputs and settings.",
+                ),
+            ]
+        ),
+    ),
 ]
 
 
@@ -72,8 +107,11 @@ def run(ctx: typer.Context, **given: Any) -> None:
 
     # Only what the command line itself gave: `settings` reads SKOR_* variables itself, so
     # that it knows (and can name) where each value came from.
-    cli = {name: value for name, value in given.items()
-           if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    cli = {
+        name: value
+        for name, value in given.items()
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
     dsn_arg, url_arg, config = cli.pop("dsn_arg", None), cli.pop("url_arg", None), given["config"]
     if dsn_arg and not cli.get("dsn"):
         cli["dsn"] = dsn_arg
@@ -91,7 +129,9 @@ run.__doc__ = f"""Deliver every captured change to the configured outputs until 
 {EXAMPLE}"""
 _parameters = [
     inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    *_POSITIONAL, *(_parameter(o) for o in OPTIONS if o.cli)]
+    *_POSITIONAL,
+    *(_parameter(o) for o in OPTIONS if o.cli),
+]
 run.__signature__ = inspect.Signature(_parameters)  # type: ignore[attr-defined]
 run.__annotations__ = {p.name: p.annotation for p in _parameters}
 

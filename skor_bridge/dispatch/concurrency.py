@@ -56,8 +56,7 @@ class AdaptiveLimit:
         mean = self._round_latency / self._round_count
         if self._round_pushback:
             self._decrease(BACKOFF_FACTOR)
-        elif (self._baseline is not None and mean > NOISE_FLOOR
-              and mean > self._baseline * RISING):
+        elif self._baseline is not None and mean > NOISE_FLOOR and mean > self._baseline * RISING:
             if self._slow_start:
                 self._slow_start = False  # end the doubling; shrink only on a second sign
             else:
@@ -66,8 +65,11 @@ class AdaptiveLimit:
             step = self._limit if self._slow_start else 1.0
             self._limit = min(float(self.maximum), self._limit + step)
         if not self._round_pushback:
-            self._baseline = mean if self._baseline is None else (
-                (1 - BASELINE_WEIGHT) * self._baseline + BASELINE_WEIGHT * mean)
+            self._baseline = (
+                mean
+                if self._baseline is None
+                else ((1 - BASELINE_WEIGHT) * self._baseline + BASELINE_WEIGHT * mean)
+            )
         self._round_count = 0
         self._round_latency = 0.0
         self._round_pushback = False

@@ -168,8 +168,11 @@ class OutputWorker:
         parked = sum(1 for lane in lanes for p in lane if p.parked)
         unfinished = max(0, len(self.window) - len(self.window.finished))
         unread = max(0, head - self.read_position) if head is not None else 0
-        captured = [p.event.captured_at for p in heads
-                    if (p.redelivery_id is None or p.parked) and p.event.captured_at]
+        captured = [
+            p.event.captured_at
+            for p in heads
+            if (p.redelivery_id is None or p.parked) and p.event.captured_at
+        ]
         failing = [now_mono - p.first_try for p in heads if p.attempts > 0 and p.last_error]
         return Backlog(
             pending=unfinished + unread + parked,
@@ -235,8 +238,12 @@ class OutputWorker:
             except Exception as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning("output %s: cannot open (%s); retrying in %.2fs",
-                            self.name, str(exc).splitlines()[0] if str(exc) else exc, delay)
+                log.warning(
+                    "output %s: cannot open (%s); retrying in %.2fs",
+                    self.name,
+                    str(exc).splitlines()[0] if str(exc) else exc,
+                    delay,
+                )
                 if self.stopping.wait(delay):
                     raise Stopped from None
 
@@ -281,8 +288,7 @@ class OutputWorker:
         return wait > 0
 
     def _may_read(self) -> bool:
-        full = (len(self.window) >= self.max_in_flight
-                or self.window_bytes >= MAX_IN_FLIGHT_BYTES)
+        full = len(self.window) >= self.max_in_flight or self.window_bytes >= MAX_IN_FLIGHT_BYTES
         if full:
             full = not self._park_stuck_lane()
         return not full and len(self.ready) < READ_AHEAD * self.concurrency
@@ -307,8 +313,14 @@ class OutputWorker:
         for pending in movable:
             self.window.finish(pending.event.position)
             self.window_bytes -= len(pending.event.data)
-        log.warning("output %s: row %s keeps failing (%s); parked %d of its events so other "
-                    "rows keep flowing", self.name, oldest[1], lane[0].last_error, len(movable))
+        log.warning(
+            "output %s: row %s keeps failing (%s); parked %d of its events so other "
+            "rows keep flowing",
+            self.name,
+            oldest[1],
+            lane[0].last_error,
+            len(movable),
+        )
         return True
 
     def _enqueue(self, pending: Pending) -> None:
@@ -428,9 +440,15 @@ class OutputWorker:
         if result.outcome is Outcome.REJECTED or (limit is not None and pending.attempts >= limit):
             self.feed.dead_letter(event, pending.attempts, error)
             self.metrics.dead_lettered(self.name, event)
-            log.error("output %s: event %s (%s %s) dead-lettered after %d attempt(s): %s",
-                      self.name, event.id, event.op, event.qualified_table, pending.attempts,
-                      error)
+            log.error(
+                "output %s: event %s (%s %s) dead-lettered after %d attempt(s): %s",
+                self.name,
+                event.id,
+                event.op,
+                event.qualified_table,
+                pending.attempts,
+                error,
+            )
             self._finish(key, delivered=False)
             return
         self.metrics.retried(self.name, event)
@@ -445,12 +463,16 @@ class OutputWorker:
 
     def _refuse(self, key: str, pending: Pending) -> None:
         event = pending.event
-        error = (f"unknown op {event.op!r}: the bridge only sends "
-                 f"{', '.join(OPS)}; not sent")
+        error = f"unknown op {event.op!r}: the bridge only sends {', '.join(OPS)}; not sent"
         self.feed.dead_letter(event, pending.attempts, error)
         self.metrics.dead_lettered(self.name, event)
-        log.error("output %s: event %s (%s) dead-lettered: %s", self.name, event.id,
-                  event.qualified_table, error)
+        log.error(
+            "output %s: event %s (%s) dead-lettered: %s",
+            self.name,
+            event.id,
+            event.qualified_table,
+            error,
+        )
         self._finish(key, delivered=False)
 
     def _succeeded(self, now: float, probe: bool) -> None:
@@ -466,10 +488,20 @@ class OutputWorker:
         if self.outage.failing or now - self._failure_logged < FAILURE_LOG_INTERVAL:
             self._failures_unlogged += 1
             return
-        more = (f" ({self._failures_unlogged} more failed attempt(s) since the last line)"
-                if self._failures_unlogged else "")
-        log.warning("output %s: event %s attempt %d failed (%s); retrying in %.2fs%s",
-                    self.name, event_id, attempts, error, delay, more)
+        more = (
+            f" ({self._failures_unlogged} more failed attempt(s) since the last line)"
+            if self._failures_unlogged
+            else ""
+        )
+        log.warning(
+            "output %s: event %s attempt %d failed (%s); retrying in %.2fs%s",
+            self.name,
+            event_id,
+            attempts,
+            error,
+            delay,
+            more,
+        )
         self._failure_logged = now
         self._failures_unlogged = 0
 

@@ -55,8 +55,13 @@ class Outage:
             self.since = now
             self._probes = 0
             self._schedule(now)
-            log.warning("output %s is failing (%s); holding every row and probing it with one "
-                        "event every few seconds", self.output, error, extra=TRANSITION)
+            log.warning(
+                "output %s is failing (%s); holding every row and probing it with one "
+                "event every few seconds",
+                self.output,
+                error,
+                extra=TRANSITION,
+            )
 
     def succeeded(self, now: float, probe: bool, waiting: int) -> bool:
         """Record a success; True when it ends an outage (release the waiting rows)."""
@@ -65,8 +70,13 @@ class Outage:
         self._recent.clear()
         if self.since is None:
             return False
-        log.warning("output %s recovered after %.1fs; %d event(s) waited and go out now",
-                    self.output, now - self.since, waiting, extra=TRANSITION)
+        log.warning(
+            "output %s recovered after %.1fs; %d event(s) waited and go out now",
+            self.output,
+            now - self.since,
+            waiting,
+            extra=TRANSITION,
+        )
         self.since = None
         return True
 

@@ -75,11 +75,13 @@ class Redeliveries:
                     continue
                 lane = lanes.get(key)
                 if lane is not None and len(lane) >= PAGE:
-                    self.paged[key] = _Paged(lane[-1].redelivery_id or 0, event.schema,
-                                             event.table, event.key)
+                    self.paged[key] = _Paged(
+                        lane[-1].redelivery_id or 0, event.schema, event.table, event.key
+                    )
                     continue
-                self.enqueue(Pending(event, first_try=now, redelivery_id=redelivery_id,
-                                     parked=True))
+                self.enqueue(
+                    Pending(event, first_try=now, redelivery_id=redelivery_id, parked=True)
+                )
             if len(found) < HELD:
                 return
 
@@ -108,8 +110,9 @@ class Redeliveries:
         while len(lane) > PAGE and lane[-1].parked:
             dropped = lane.pop()
             if key not in self.paged:
-                self.paged[key] = _Paged(0, dropped.event.schema, dropped.event.table,
-                                         dropped.event.key)
+                self.paged[key] = _Paged(
+                    0, dropped.event.schema, dropped.event.table, dropped.event.key
+                )
         if key in self.paged and lane:
             self.paged[key].after_id = max(p.redelivery_id or 0 for p in lane if p.parked)
         return movable
@@ -127,12 +130,12 @@ class Redeliveries:
         paged = self.paged.get(key)
         if paged is None or len(lane) > PAGE // 4:
             return
-        found = self.feed.fetch_parked(paged.schema, paged.table, paged.row_key,
-                                       paged.after_id, PAGE)
+        found = self.feed.fetch_parked(
+            paged.schema, paged.table, paged.row_key, paged.after_id, PAGE
+        )
         for redelivery_id, event in found:
             paged.after_id = redelivery_id
-            lane.append(Pending(event, first_try=now, redelivery_id=redelivery_id,
-                                parked=True))
+            lane.append(Pending(event, first_try=now, redelivery_id=redelivery_id, parked=True))
         if len(found) < PAGE:
             del self.paged[key]  # all of it is in memory now; new events may join it there
 

@@ -84,8 +84,9 @@ def latest() -> int:
 
 def _applied(cur: cursor) -> set[int] | None:
     """Versions recorded in the database; None when there is no skor schema at all."""
-    cur.execute("SELECT to_regclass('skor.migrations') IS NOT NULL,"
-                " to_regnamespace('skor') IS NOT NULL")
+    cur.execute(
+        "SELECT to_regclass('skor.migrations') IS NOT NULL, to_regnamespace('skor') IS NOT NULL"
+    )
     has_table, has_schema = cur.fetchone() or (False, False)
     if not has_table:
         # A first-release database has the schema but no bookkeeping: nothing recorded.
@@ -100,7 +101,8 @@ def _check_not_newer(applied: set[int]) -> None:
         raise SchemaTooNew(
             f"the skor schema has migration {unknown[-1]}, newer than this skor-bridge knows"
             f" (up to {latest()}): upgrade skor-bridge, or restore a backup taken before the"
-            " upgrade")
+            " upgrade"
+        )
 
 
 def pending(cur: cursor) -> list[Migration]:
@@ -122,7 +124,8 @@ def migrate(cur: cursor, create: bool = True) -> list[int]:
     if applied is None and not create:
         raise SchemaMissing(
             "the skor schema does not exist in this database: run `skor-bridge triggers"
-            " install` first")
+            " install` first"
+        )
     if applied is not None:
         _check_not_newer(applied)
         if all(m.version in applied for m in known()):
@@ -136,11 +139,11 @@ def migrate(cur: cursor, create: bool = True) -> list[int]:
         if step.version in applied:
             continue
         cur.execute(step.sql)
-        cur.execute("INSERT INTO skor.migrations (version, name) VALUES (%s, %s)",
-                    (step.version, step.name))
+        cur.execute(
+            "INSERT INTO skor.migrations (version, name) VALUES (%s, %s)", (step.version, step.name)
+        )
         done.append(step.version)
-    cur.execute("UPDATE skor.meta SET value = %s WHERE key = 'schema_version'",
-                (str(latest()),))
+    cur.execute("UPDATE skor.meta SET value = %s WHERE key = 'schema_version'", (str(latest()),))
     return done
 
 
@@ -151,6 +154,7 @@ def script() -> str:
         parts.append(f"-- migration {step.version}: {step.name}\n{step.sql.strip()}")
         parts.append(
             "INSERT INTO skor.migrations (version, name) VALUES"
-            f" ({step.version}, '{step.name}') ON CONFLICT (version) DO NOTHING;")
+            f" ({step.version}, '{step.name}') ON CONFLICT (version) DO NOTHING;"
+        )
     parts.append(f"UPDATE skor.meta SET value = '{latest()}' WHERE key = 'schema_version';")
     return "\n\n".join(parts)

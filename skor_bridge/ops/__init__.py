@@ -31,8 +31,10 @@ def open_database(dsn: str, purpose: str) -> connection:
         raise
     if row is None or not row[0]:
         conn.close()
-        raise DatabaseError("no skor schema in this database; run `skor-bridge triggers "
-                            "install` or `skor-bridge run` first")
+        raise DatabaseError(
+            "no skor schema in this database; run `skor-bridge triggers "
+            "install` or `skor-bridge run` first"
+        )
     return conn
 
 

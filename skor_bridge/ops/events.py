@@ -56,7 +56,7 @@ _SETTLED_BY_POSITION = """
                     AND r.event_id = e.event_id AND r.reason = 'parked')
 """
 
-_COLUMNS = ("e.pos, e.event_id::text, e.schema_name, e.table_name, e.op, e.captured_at")
+_COLUMNS = "e.pos, e.event_id::text, e.schema_name, e.table_name, e.op, e.captured_at"
 
 _LIST = {
     "pending": f"""
@@ -168,10 +168,16 @@ class EventRow:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "output": self.output, "status": self.status, "id": self.event_id,
-            "position": self.position, "schema": self.schema, "table": self.table,
-            "op": self.op, "captured_at": self.captured_at.isoformat(),
-            "attempts": self.attempts, "last_error": self.last_error,
+            "output": self.output,
+            "status": self.status,
+            "id": self.event_id,
+            "position": self.position,
+            "schema": self.schema,
+            "table": self.table,
+            "op": self.op,
+            "captured_at": self.captured_at.isoformat(),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
         }
 
 
@@ -188,8 +194,14 @@ class EventFilter:
 
     def params(self) -> dict[str, Any]:
         schema, table = self.table if self.table else (None, None)
-        return {"output": self.output, "schema": schema, "table": table, "since": self.since,
-                "until": self.until, "limit": self.limit}
+        return {
+            "output": self.output,
+            "schema": schema,
+            "table": table,
+            "since": self.since,
+            "until": self.until,
+            "limit": self.limit,
+        }
 
 
 # -- parsing operator input ------------------------------------------------------------------
@@ -207,15 +219,18 @@ def parse_time(text: str, option: str = "since", now: datetime | None = None) ->
     match = _RELATIVE.fullmatch(text)
     if match:
         try:
-            return max(EARLIEST, now - timedelta(
-                seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower()]))
+            return max(
+                EARLIEST, now - timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2].lower()])
+            )
         except OverflowError:
             return EARLIEST
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"{option}: expected ISO-8601 (2024-05-01T12:00:00Z) or a time ago "
-                          f"(10m, 2h, 7d), got {text!r}") from None
+        raise ConfigError(
+            f"{option}: expected ISO-8601 (2024-05-01T12:00:00Z) or a time ago "
+            f"(10m, 2h, 7d), got {text!r}"
+        ) from None
     if moment.tzinfo is None:
         try:
             moment = moment.astimezone()
@@ -255,8 +270,12 @@ def list_events(conn: connection, flt: EventFilter) -> list[EventRow]:
                 output_position(cur, flt.output)
             for status in statuses:
                 params = {**flt.params(), "status": status}
-                queries = {"dead": ["letters"], "retry": ["letters"], "delivered": ["delivered"],
-                           "pending": ["pending", "parked"]}[status]
+                queries = {
+                    "dead": ["letters"],
+                    "retry": ["letters"],
+                    "delivered": ["delivered"],
+                    "pending": ["pending", "parked"],
+                }[status]
                 for query in queries:
                     cur.execute(_LIST[query], params)
                     rows.extend(EventRow(*row) for row in cur.fetchall())
@@ -266,8 +285,12 @@ def list_events(conn: connection, flt: EventFilter) -> list[EventRow]:
     return rows[: flt.limit][::-1]
 
 
-def retry_dead(conn: connection, output: str | None, ids: Sequence[str] | None,
-               include_superseded: bool = False) -> tuple[int, int]:
+def retry_dead(
+    conn: connection,
+    output: str | None,
+    ids: Sequence[str] | None,
+    include_superseded: bool = False,
+) -> tuple[int, int]:
     """Queue dead letters (all of them, or those with `ids`) for delivery; returns (queued,
     skipped). Skipped, unless `include_superseded`: dead letters whose row has a newer
     delivered event (see _SUPERSEDED), which stay dead.
@@ -275,8 +298,11 @@ def retry_dead(conn: connection, output: str | None, ids: Sequence[str] | None,
     A running bridge delivers them within about a second and marks them delivered; a dead
     letter that fails again goes back to 'dead'.
     """
-    params = {"output": output, "ids": list(ids) if ids is not None else None,
-              "include_superseded": include_superseded}
+    params = {
+        "output": output,
+        "ids": list(ids) if ids is not None else None,
+        "include_superseded": include_superseded,
+    }
     with conn, conn.cursor() as cur:
         if output is not None:
             output_position(cur, output)
@@ -290,8 +316,12 @@ def retry_dead(conn: connection, output: str | None, ids: Sequence[str] | None,
         return queued, skipped
 
 
-def replay(conn: connection, output: str, flt: EventFilter,
-           progress: Callable[[int, int], None] | None = None) -> int:
+def replay(
+    conn: connection,
+    output: str,
+    flt: EventFilter,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Queue the output's delivered events matching `flt` (time range, table) for delivery
     again, in position order; returns how many.
 

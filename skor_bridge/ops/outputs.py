@@ -76,9 +76,11 @@ def forget(conn: connection, name: str) -> dict[str, int]:
         output_position(cur, name)
         served = [row for row in _rows(cur) if row.name == name and row.served]
         if served:
-            raise ConfigError(f"output {name!r} is served by running instance "
-                              f"{served[0].last_seen_by}; remove it from that bridge's "
-                              "configuration and restart it first")
+            raise ConfigError(
+                f"output {name!r} is served by running instance "
+                f"{served[0].last_seen_by}; remove it from that bridge's "
+                "configuration and restart it first"
+            )
         removed = {}
         for table, column in OWNED:
             cur.execute(f"DELETE FROM {table} WHERE {column} = %s", (name,))

@@ -115,8 +115,12 @@ class LogStatus:
 
     @property
     def outbox_warning(self) -> str | None:
-        return OutboxHealth(self.oldest_snapshot_seconds, self.oldest_snapshot_pid,
-                            self.oldest_snapshot_application, self.outbox_dead_tuples).warning
+        return OutboxHealth(
+            self.oldest_snapshot_seconds,
+            self.oldest_snapshot_pid,
+            self.oldest_snapshot_application,
+            self.outbox_dead_tuples,
+        ).warning
 
     @property
     def total_bytes(self) -> int:
@@ -158,8 +162,15 @@ def collect(conn: connection) -> Status:
             cur.execute("SELECT now()")
             row = cur.fetchone()
             assert row is not None
-        return Status(taken_at=row[0], outputs=outputs, instances=instances, log=log,
-                      slot=slot, backfills=running, capture_problems=problems)
+        return Status(
+            taken_at=row[0],
+            outputs=outputs,
+            instances=instances,
+            log=log,
+            slot=slot,
+            backfills=running,
+            capture_problems=problems,
+        )
     finally:
         conn.rollback()
 
@@ -171,36 +182,67 @@ def _log(cur: cursor) -> LogStatus:
     head, first, partitions, log_bytes, outbox_rows, outbox_bytes = row
     rows = head - first + 1 if first is not None else 0
     health = check(cur)
-    return LogStatus(head=int(head), first=first, rows=int(rows), partitions=int(partitions),
-                     log_bytes=int(log_bytes), outbox_rows=int(outbox_rows),
-                     outbox_bytes=int(outbox_bytes), outbox_dead_tuples=health.dead_tuples,
-                     oldest_snapshot_seconds=health.oldest_snapshot_seconds,
-                     oldest_snapshot_pid=health.oldest_snapshot_pid,
-                     oldest_snapshot_application=health.oldest_snapshot_application)
+    return LogStatus(
+        head=int(head),
+        first=first,
+        rows=int(rows),
+        partitions=int(partitions),
+        log_bytes=int(log_bytes),
+        outbox_rows=int(outbox_rows),
+        outbox_bytes=int(outbox_bytes),
+        outbox_dead_tuples=health.dead_tuples,
+        oldest_snapshot_seconds=health.oldest_snapshot_seconds,
+        oldest_snapshot_pid=health.oldest_snapshot_pid,
+        oldest_snapshot_application=health.oldest_snapshot_application,
+    )
 
 
 def _outputs(cur: cursor, log: LogStatus) -> list[OutputStatus]:
     cur.execute(_OUTPUTS)
     result = []
-    for (name, kind, position, delivered_total, last_error, last_error_at, last_minute, dead,
-         retrying, parked, lag, holding) in cur.fetchall():
-        result.append(OutputStatus(
-            name=name, kind=kind, position=int(position),
-            pending=max(0, log.head - int(position)) + int(parked) + log.outbox_rows,
-            parked=int(parked),
-            lag_seconds=max(0.0, float(lag or 0.0)),
-            delivered_last_minute=int(last_minute), delivered_total=int(delivered_total),
-            dead_letters=int(dead), retrying=int(retrying), last_error=last_error,
-            last_error_at=last_error_at, holding_log_since=holding,
-        ))
+    for (
+        name,
+        kind,
+        position,
+        delivered_total,
+        last_error,
+        last_error_at,
+        last_minute,
+        dead,
+        retrying,
+        parked,
+        lag,
+        holding,
+    ) in cur.fetchall():
+        result.append(
+            OutputStatus(
+                name=name,
+                kind=kind,
+                position=int(position),
+                pending=max(0, log.head - int(position)) + int(parked) + log.outbox_rows,
+                parked=int(parked),
+                lag_seconds=max(0.0, float(lag or 0.0)),
+                delivered_last_minute=int(last_minute),
+                delivered_total=int(delivered_total),
+                dead_letters=int(dead),
+                retrying=int(retrying),
+                last_error=last_error,
+                last_error_at=last_error_at,
+                holding_log_since=holding,
+            )
+        )
     return result
 
 
 def _instances(cur: cursor) -> list[InstanceStatus]:
     cur.execute(_INSTANCES)
     return [
-        InstanceStatus(instance=instance, role="gone" if age > GONE_AFTER else role,
-                       heartbeat_age=max(0.0, float(age)), started=started)
+        InstanceStatus(
+            instance=instance,
+            role="gone" if age > GONE_AFTER else role,
+            heartbeat_age=max(0.0, float(age)),
+            started=started,
+        )
         for instance, role, age, started in cur.fetchall()
     ]
 

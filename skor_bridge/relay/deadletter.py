@@ -38,21 +38,40 @@ class DeadLetters:
 
     def __init__(self, topic: str, conf: dict[str, Any]) -> None:
         self.topic = topic
-        self._producer = Producer({**conf, "enable.idempotence": "true", "acks": "all",
-                                   "message.timeout.ms": str(int(_ACK_TIMEOUT * 1000))})
+        self._producer = Producer(
+            {
+                **conf,
+                "enable.idempotence": "true",
+                "acks": "all",
+                "message.timeout.ms": str(int(_ACK_TIMEOUT * 1000)),
+            }
+        )
 
-    def send(self, work: Work, output: str, error: str, attempts: int,
-             stopping: threading.Event, live: Callable[[], bool]) -> bool:
+    def send(
+        self,
+        work: Work,
+        output: str,
+        error: str,
+        attempts: int,
+        stopping: threading.Event,
+        live: Callable[[], bool],
+    ) -> bool:
         """Store the record in the dead-letter topic, retrying until the broker has it.
         False if the relay is stopping or `live()` turns false (partition revoked)."""
         headers: list[tuple[str, str | bytes | None]] = list(
-            dead_letter_headers(work, output, error, attempts))
+            dead_letter_headers(work, output, error, attempts)
+        )
         attempt = 0
         while not stopping.is_set() and live():
             reports: list[KafkaError | None] = []
             try:
-                self._producer.produce(self.topic, work.value, work.key, headers=headers,
-                                       on_delivery=functools.partial(_report, reports))
+                self._producer.produce(
+                    self.topic,
+                    work.value,
+                    work.key,
+                    headers=headers,
+                    on_delivery=functools.partial(_report, reports),
+                )
                 self._producer.flush(_ACK_TIMEOUT + 5)
                 failure = reports[0] if reports else KafkaError(KafkaError._TIMED_OUT)
             except KafkaException as exc:
@@ -63,9 +82,15 @@ class DeadLetters:
                 return True
             attempt += 1
             delay = backoff_delay(attempt, 0.5, 30.0)
-            log.warning("dead-letter topic %r: could not store %s/%d@%d (%s); retrying in %.1fs",
-                        self.topic, work.topic, work.partition, work.offset,
-                        redact(f"{failure.name()}: {failure.str()}"), delay)
+            log.warning(
+                "dead-letter topic %r: could not store %s/%d@%d (%s); retrying in %.1fs",
+                self.topic,
+                work.topic,
+                work.partition,
+                work.offset,
+                redact(f"{failure.name()}: {failure.str()}"),
+                delay,
+            )
             stopping.wait(delay)
         return False
 

@@ -52,9 +52,16 @@ KEEPALIVE = 10.0
 class Dispatcher:
     """One thread delivering ready records to one sink, at least once, in order per key."""
 
-    def __init__(self, index: int, output: OutputConfig, sink: Sink, partitions: Partitions,
-                 dead_letters: DeadLetters | None, metrics: Metrics,
-                 stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        index: int,
+        output: OutputConfig,
+        sink: Sink,
+        partitions: Partitions,
+        dead_letters: DeadLetters | None,
+        metrics: Metrics,
+        stopping: threading.Event,
+    ) -> None:
         self.index = index
         self.output = output
         self.sink = sink
@@ -72,8 +79,7 @@ class Dispatcher:
         self._paused_until = 0.0
         self._last_poll = time.monotonic()
         self.failed: BaseException | None = None
-        self.thread = threading.Thread(target=self.run, name=f"relay-{output.name}",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"relay-{output.name}", daemon=True)
 
     @property
     def name(self) -> str:
@@ -113,8 +119,12 @@ class Dispatcher:
             except Exception as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning("output %s: cannot open (%s); retrying in %.2fs", self.name,
-                            redact(str(exc).splitlines()[0]) if str(exc) else exc, delay)
+                log.warning(
+                    "output %s: cannot open (%s); retrying in %.2fs",
+                    self.name,
+                    redact(str(exc).splitlines()[0]) if str(exc) else exc,
+                    delay,
+                )
                 self.stopping.wait(delay)
 
     def step(self) -> None:
@@ -128,8 +138,9 @@ class Dispatcher:
             started = self.partitions.begin(due)
             idle = not self.in_flight and not started
             wait = min(IDLE_WAIT, self.delayed[0][0] - now) if self.delayed else IDLE_WAIT
-            started += self.partitions.take(self.index, room - len(started),
-                                            max(0.0, wait) if idle else 0.0)
+            started += self.partitions.take(
+                self.index, room - len(started), max(0.0, wait) if idle else 0.0
+            )
             for work in started:
                 self._submit(work)
         elif not self.in_flight:
@@ -198,26 +209,50 @@ class Dispatcher:
             self._paused_until = max(self._paused_until, now + wait)
         if attempts == 1 or attempts % 10 == 0:
             if permanent:
-                log.error("output %s: %s/%d@%d (event %s) failed for good (%s); no "
-                          "--dead-letter-topic, so its row waits; retrying in %.1fs",
-                          self.name, work.topic, work.partition, work.offset, work.event.id,
-                          error, delay)
+                log.error(
+                    "output %s: %s/%d@%d (event %s) failed for good (%s); no "
+                    "--dead-letter-topic, so its row waits; retrying in %.1fs",
+                    self.name,
+                    work.topic,
+                    work.partition,
+                    work.offset,
+                    work.event.id,
+                    error,
+                    delay,
+                )
             else:
-                log.warning("output %s: %s/%d@%d (event %s) attempt %d failed (%s); retrying "
-                            "in %.2fs", self.name, work.topic, work.partition, work.offset,
-                            work.event.id, attempts, error, delay)
+                log.warning(
+                    "output %s: %s/%d@%d (event %s) attempt %d failed (%s); retrying in %.2fs",
+                    self.name,
+                    work.topic,
+                    work.partition,
+                    work.offset,
+                    work.event.id,
+                    attempts,
+                    error,
+                    delay,
+                )
         self.partitions.settle(work, self.index, finished=False)
         heapq.heappush(self.delayed, (now + delay, next(self._tiebreak), work))
 
     def _dead_letter(self, work: Work, error: str, attempts: int) -> None:
         assert self.dead_letters is not None
-        stored = self.dead_letters.send(work, self.name, error, attempts, self.stopping,
-                                        lambda: self.partitions.live(work))
+        stored = self.dead_letters.send(
+            work, self.name, error, attempts, self.stopping, lambda: self.partitions.live(work)
+        )
         if stored:
             self.metrics.dead_lettered(self.name, work.event)
-            log.error("output %s: %s/%d@%d (event %s) dead-lettered to %r after %d "
-                      "attempt(s): %s", self.name, work.topic, work.partition, work.offset,
-                      work.event.id, self.dead_letters.topic, attempts, error)
+            log.error(
+                "output %s: %s/%d@%d (event %s) dead-lettered to %r after %d attempt(s): %s",
+                self.name,
+                work.topic,
+                work.partition,
+                work.offset,
+                work.event.id,
+                self.dead_letters.topic,
+                attempts,
+                error,
+            )
         work.failing_since[self.index] = None
         # Not stored means the partition was revoked or the relay stops: the attempt ends
         # unfinished, and the record's next owner reads it again.

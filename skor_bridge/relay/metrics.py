@@ -17,11 +17,15 @@ class RelayMetrics(Metrics):
     def __init__(self) -> None:
         super().__init__()
         self.partition_lag = Gauge(
-            "skor_relay_lag_records", "Records of the partition not finished by this worker "
-            "(high watermark minus first unfinished offset).", ["topic", "partition"],
-            registry=self.registry)
+            "skor_relay_lag_records",
+            "Records of the partition not finished by this worker "
+            "(high watermark minus first unfinished offset).",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
         self.assigned = Gauge(
-            "skor_relay_partitions", "Partitions this worker owns.", registry=self.registry)
+            "skor_relay_partitions", "Partitions this worker owns.", registry=self.registry
+        )
         # Every relay worker delivers; there is no standby.
         self.role.set(1)
 

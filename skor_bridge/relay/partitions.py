@@ -127,8 +127,9 @@ class Partitions:
                 inbox.extend(kept)
             self._cond.notify_all()
 
-    def wait_idle(self, tps: Iterable[TopicPartition], timeout: float,
-                  give_up: threading.Event | None = None) -> bool:
+    def wait_idle(
+        self, tps: Iterable[TopicPartition], timeout: float, give_up: threading.Event | None = None
+    ) -> bool:
         """Wait until no attempt of `tps` is running; False if `timeout` passed first."""
         wanted = list(tps)
         deadline = time.monotonic() + timeout
@@ -153,8 +154,11 @@ class Partitions:
     def to_commit(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Offsets that moved since last committed, for `tps` or every owned partition."""
         with self._cond:
-            chosen = self._owned if tps is None else {
-                tp: self._owned[tp] for tp in tps if tp in self._owned}
+            chosen = (
+                self._owned
+                if tps is None
+                else {tp: self._owned[tp] for tp in tps if tp in self._owned}
+            )
             found = {tp: p.tracker.to_commit() for tp, p in chosen.items()}
             return {tp: offset for tp, offset in found.items() if offset is not None}
 
@@ -169,15 +173,23 @@ class Partitions:
     def positions(self) -> dict[TopicPartition, int | None]:
         """Per owned partition, the first offset not finished (None: nothing seen yet)."""
         with self._cond:
-            return {tp: p.tracker.position if p.tracker.position is not None else p.first_offset
-                    for tp, p in self._owned.items() if not p.revoking}
+            return {
+                tp: p.tracker.position if p.tracker.position is not None else p.first_offset
+                for tp, p in self._owned.items()
+                if not p.revoking
+            }
 
     def failing_for(self) -> float:
         """Seconds the longest-failing record has been failing, over every webhook."""
         now = time.monotonic()
         with self._cond:
-            starts = [since for part in self._owned.values() for w in part.lanes.heads()
-                      for since in w.failing_since if since is not None]
+            starts = [
+                since
+                for part in self._owned.values()
+                for w in part.lanes.heads()
+                for since in w.failing_since
+                if since is not None
+            ]
         return max((now - s for s in starts), default=0.0)
 
     # -- dispatcher side --------------------------------------------------------------------

@@ -24,8 +24,14 @@ if TYPE_CHECKING:
     from confluent_kafka import Message
 
 #: Headers the relay adds to a record it writes to the dead-letter topic.
-DEAD_LETTER_HEADERS = ("dlq-error", "dlq-attempts", "dlq-output", "dlq-original-topic",
-                       "dlq-original-partition", "dlq-original-offset")
+DEAD_LETTER_HEADERS = (
+    "dlq-error",
+    "dlq-attempts",
+    "dlq-output",
+    "dlq-original-topic",
+    "dlq-original-partition",
+    "dlq-original-offset",
+)
 
 
 def _text(value: str | bytes | None) -> str:
@@ -37,8 +43,10 @@ def _text(value: str | bytes | None) -> str:
 def headers_of(message: Message) -> list[tuple[str, bytes]]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
-    return [(name, value.encode() if isinstance(value, str) else (value or b""))
-            for name, value in pairs]
+    return [
+        (name, value.encode() if isinstance(value, str) else (value or b""))
+        for name, value in pairs
+    ]
 
 
 def work_from(message: Message) -> Work:
@@ -56,16 +64,26 @@ def work_from(message: Message) -> Work:
     event_id = _text(named.get("event-id") or named.get("ce_id")) or f"{topic}-{partition}-{offset}"
     _, stamp = message.timestamp()
     event = ChangeEvent(
-        id=event_id, position=_position(named.get("position"), offset),
-        schema=_text(named.get("schema")), table=_text(named.get("table")) or topic,
-        op=_text(named.get("op")), data=_data(value),
+        id=event_id,
+        position=_position(named.get("position"), offset),
+        schema=_text(named.get("schema")),
+        table=_text(named.get("table")) or topic,
+        op=_text(named.get("op")),
+        data=_data(value),
         key=_text(key) if key is not None else None,
         captured_at=_captured_at(named.get("captured-at"), stamp),
         raw_body=value if value is not None else b"null",
         headers=http_headers(headers),
     )
-    return Work(topic=topic, partition=partition, offset=offset, key=key, event=event,
-                value=value, headers=headers)
+    return Work(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        event=event,
+        value=value,
+        headers=headers,
+    )
 
 
 def http_headers(headers: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
@@ -115,10 +133,12 @@ def _data(value: bytes | None) -> str:
     return value.decode("utf-8", "replace")
 
 
-def dead_letter_headers(work: Work, output: str, error: str,
-                        attempts: int) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    work: Work, output: str, error: str, attempts: int
+) -> list[tuple[str, bytes]]:
     """The original headers, then why and where from (see DEAD_LETTER_HEADERS)."""
     added = (error, str(attempts), output, work.topic, str(work.partition), str(work.offset))
-    return [*work.headers,
-            *((name, value.encode()) for name, value in zip(DEAD_LETTER_HEADERS, added,
-                                                            strict=True))]
+    return [
+        *work.headers,
+        *((name, value.encode()) for name, value in zip(DEAD_LETTER_HEADERS, added, strict=True)),
+    ]

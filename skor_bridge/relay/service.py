@@ -41,8 +41,9 @@ class Relay:
         #: Set by a dispatcher that cannot go on (a sink that cannot be opened).
         self.failed = threading.Event()
         self.partitions = Partitions(len(config.outputs))
-        self.worker = RelayWorker(config, self.partitions, self.metrics, self.stop_requested,
-                                  self.force_exit)
+        self.worker = RelayWorker(
+            config, self.partitions, self.metrics, self.stop_requested, self.force_exit
+        )
         self.dispatchers: list[Dispatcher] = []
 
     def run(self) -> int:
@@ -52,12 +53,24 @@ class Relay:
         dead_letters = self._dead_letters()
         try:
             if self.config.metrics_port is not None:
-                health = HealthServer(self.metrics.registry, self.readiness,
-                                      self.config.metrics_port, self.config.metrics_host).start()
+                health = HealthServer(
+                    self.metrics.registry,
+                    self.readiness,
+                    self.config.metrics_port,
+                    self.config.metrics_host,
+                ).start()
             self.dispatchers = [
-                Dispatcher(index, output, load_sink(output.kind, output.name, output.settings),
-                           self.partitions, dead_letters, self.metrics, self.failed)
-                for index, output in enumerate(self.config.outputs)]
+                Dispatcher(
+                    index,
+                    output,
+                    load_sink(output.kind, output.name, output.settings),
+                    self.partitions,
+                    dead_letters,
+                    self.metrics,
+                    self.failed,
+                )
+                for index, output in enumerate(self.config.outputs)
+            ]
             for dispatcher in self.dispatchers:
                 dispatcher.start()
             self.worker.run(self.failed)
@@ -91,16 +104,23 @@ class Relay:
         """Ready unless a record has been failing for longer than STUCK_AFTER."""
         failing = self.partitions.failing_for()
         ready = failing < STUCK_AFTER and not self.failed.is_set()
-        return ready, {"ready": ready, "role": "relay", "group": self.config.group,
-                       "partitions": len(self.partitions.owned()),
-                       "in_flight": self.partitions.unfinished,
-                       "failing_seconds": round(failing, 3)}
+        return ready, {
+            "ready": ready,
+            "role": "relay",
+            "group": self.config.group,
+            "partitions": len(self.partitions.owned()),
+            "in_flight": self.partitions.unfinished,
+            "failing_seconds": round(failing, 3),
+        }
 
     def _dead_letters(self) -> DeadLetters | None:
         if self.config.dead_letter_topic is None:
             return None
         from skor_bridge.relay.deadletter import DeadLetters
 
-        conf = {k: v for k, v in consumer_conf(self.config).items()
-                if k in ("bootstrap.servers",) or k.startswith(("security.", "sasl.", "ssl."))}
+        conf = {
+            k: v
+            for k, v in consumer_conf(self.config).items()
+            if k in ("bootstrap.servers",) or k.startswith(("security.", "sasl.", "ssl."))
+        }
         return DeadLetters(self.config.dead_letter_topic, conf)

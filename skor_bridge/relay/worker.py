@@ -51,15 +51,26 @@ CONSUME_BATCH = 500
 
 
 def consumer_conf(config: RelayConfig) -> dict[str, Any]:
-    return {**DEFAULTS, **dict(config.options), **FIXED_OPTIONS,
-            "bootstrap.servers": config.bootstrap, "group.id": config.group}
+    return {
+        **DEFAULTS,
+        **dict(config.options),
+        **FIXED_OPTIONS,
+        "bootstrap.servers": config.bootstrap,
+        "group.id": config.group,
+    }
 
 
 class RelayWorker:
     """Runs the consumer loop until `stop` is set; the dispatchers do the deliveries."""
 
-    def __init__(self, config: RelayConfig, partitions: Partitions, metrics: RelayMetrics,
-                 stop: threading.Event, force_exit: threading.Event) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        partitions: Partitions,
+        metrics: RelayMetrics,
+        stop: threading.Event,
+        force_exit: threading.Event,
+    ) -> None:
         self.config = config
         self.partitions = partitions
         self.metrics = metrics
@@ -74,17 +85,29 @@ class RelayWorker:
         self.assigned = threading.Event()
 
     def run(self, failed: threading.Event) -> None:
-        conf = {**consumer_conf(self.config), "logger": _librdkafka_log,
-                "error_cb": self._on_error, "on_commit": self._on_commit}
+        conf = {
+            **consumer_conf(self.config),
+            "logger": _librdkafka_log,
+            "error_cb": self._on_error,
+            "on_commit": self._on_commit,
+        }
         try:
             consumer = self.consumer = Consumer(conf)
         except KafkaException as exc:
             # Bad --kafka-option (or [relay] options): the user's input, so exit code 2.
             raise ConfigError(f"--kafka-option: {_option_problem(exc)}") from None
-        consumer.subscribe(list(self.config.topics), on_assign=self._on_assign,
-                           on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("relay joining group %r for %s on %s", self.config.group,
-                 ", ".join(self.config.topics), redact(self.config.bootstrap))
+        consumer.subscribe(
+            list(self.config.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info(
+            "relay joining group %r for %s on %s",
+            self.config.group,
+            ", ".join(self.config.topics),
+            redact(self.config.bootstrap),
+        )
         try:
             while not self.stop.is_set() and not failed.is_set():
                 self._flow_control(consumer)
@@ -123,8 +146,9 @@ class RelayWorker:
 
     # -- commits ----------------------------------------------------------------------------
 
-    def _commit(self, consumer: Consumer, tps: list[tuple[str, int]] | None,
-                asynchronous: bool) -> None:
+    def _commit(
+        self, consumer: Consumer, tps: list[tuple[str, int]] | None, asynchronous: bool
+    ) -> None:
         self._last_commit = time.monotonic()
         offsets = self.partitions.to_commit(tps)
         if not offsets:
@@ -139,8 +163,12 @@ class RelayWorker:
         except KafkaException as exc:
             self.partitions.committed(dict.fromkeys(offsets))
             # The records stay unacknowledged; the next owner delivers them again.
-            log.warning("kafka: commit failed (%s); %d partition(s) will be redelivered "
-                        "from their last commit", redact(exc.args[0].str()), len(listed))
+            log.warning(
+                "kafka: commit failed (%s); %d partition(s) will be redelivered "
+                "from their last commit",
+                redact(exc.args[0].str()),
+                len(listed),
+            )
             return
         if not asynchronous:
             log.info("committed %s", ", ".join(f"{t}[{p}]@{o}" for (t, p), o in offsets.items()))
@@ -150,8 +178,9 @@ class RelayWorker:
         if err is not None or failed:
             if err is not None and err.code() == KafkaError._NO_OFFSET:
                 return
-            self.partitions.committed({(tp.topic, tp.partition): None
-                                       for tp in (failed or partitions)})
+            self.partitions.committed(
+                {(tp.topic, tp.partition): None for tp in (failed or partitions)}
+            )
             log.debug("kafka: commit failed: %s", redact(err.str() if err else "partition error"))
 
     # -- rebalances -------------------------------------------------------------------------
@@ -175,8 +204,12 @@ class RelayWorker:
         log.info("revoking %s: finishing deliveries in flight", _names(tps))
         self.partitions.revoke(tps)
         if not self.partitions.wait_idle(tps, self.config.revoke_timeout, self.force_exit):
-            log.warning("revoking %s: deliveries still running after %.0fs; the next owner "
-                        "delivers them again", _names(tps), self.config.revoke_timeout)
+            log.warning(
+                "revoking %s: deliveries still running after %.0fs; the next owner "
+                "delivers them again",
+                _names(tps),
+                self.config.revoke_timeout,
+            )
         self._commit(consumer, tps, asynchronous=False)
         self.partitions.forget(tps)
         self._drop_lag(tps)
@@ -190,8 +223,10 @@ class RelayWorker:
         self.partitions.forget(tps)
         self._drop_lag(tps)
         self.metrics.assigned.set(len(self.partitions.owned()))
-        log.warning("lost %s (session expired); their next owner delivers what was not "
-                    "committed", _names(tps))
+        log.warning(
+            "lost %s (session expired); their next owner delivers what was not committed",
+            _names(tps),
+        )
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal() or err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
@@ -208,8 +243,9 @@ class RelayWorker:
         self._last_lag = time.monotonic()
         for (topic, partition), position in self.partitions.positions().items():
             try:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                         cached=True)
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
             except KafkaException:
                 continue
             if high is None or high < 0:
@@ -231,8 +267,10 @@ class RelayWorker:
         owned = self.partitions.owned()
         self.partitions.revoke(owned)
         if not self.partitions.wait_idle(owned, self.config.revoke_timeout, self.force_exit):
-            log.warning("stopping: deliveries still running after %.0fs; handed back",
-                        self.config.revoke_timeout)
+            log.warning(
+                "stopping: deliveries still running after %.0fs; handed back",
+                self.config.revoke_timeout,
+            )
         try:
             self._commit(consumer, None, asynchronous=False)
             self.partitions.forget(owned)

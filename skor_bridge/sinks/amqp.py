@@ -145,13 +145,17 @@ class AmqpSink(Sink):
     def submit(self, ticket: int, event: ChangeEvent) -> None:
         try:
             key = self.config.routing_key.format(
-                schema=event.schema, table=event.table, op=event.op.lower())
+                schema=event.schema, table=event.table, op=event.op.lower()
+            )
         except (ValueError, KeyError, IndexError) as exc:
-            return self._complete(ticket, Result(Outcome.REJECTED,
-                                                 f"bad routing key template: {exc}"))
+            return self._complete(
+                ticket, Result(Outcome.REJECTED, f"bad routing key template: {exc}")
+            )
         if len(key.encode()) > SHORTSTR_MAX or len(event.id.encode()) > SHORTSTR_MAX:
-            return self._complete(ticket, Result(
-                Outcome.REJECTED, f"routing key or message id over {SHORTSTR_MAX} bytes"))
+            return self._complete(
+                ticket,
+                Result(Outcome.REJECTED, f"routing key or message id over {SHORTSTR_MAX} bytes"),
+            )
         body = render(event)
         if self._max_size is not None and len(body) > self._max_size:
             return self._complete(ticket, self._too_large(len(body)))
@@ -166,8 +170,11 @@ class AmqpSink(Sink):
         assert self._channel is not None
         properties = pika.BasicProperties(
             content_type=dict(event.headers).get("content-type", "application/json"),
-            delivery_mode=2, message_id=event.id,
-            timestamp=int(event.captured_at) or int(time.time()), headers=headers(event))
+            delivery_mode=2,
+            message_id=event.id,
+            timestamp=int(event.captured_at) or int(time.time()),
+            headers=headers(event),
+        )
         tag = self._next_tag
         self._sent[tag] = _Sent(ticket, key, event.id, len(body), time.monotonic())
         self._ids[event.id] = tag
@@ -175,8 +182,7 @@ class AmqpSink(Sink):
         try:
             # Always mandatory: otherwise an unroutable message is acked like any other and
             # could be neither counted nor retried.
-            self._channel.basic_publish(self.config.exchange, key, body, properties,
-                                        mandatory=True)
+            self._channel.basic_publish(self.config.exchange, key, body, properties, mandatory=True)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._failure = self._failure or f"publish failed: {self._scrub(exc)}"
             return self._fail_all()
@@ -189,11 +195,14 @@ class AmqpSink(Sink):
             if self._sent:
                 oldest = next(iter(self._sent.values())).at
                 left = oldest + self.confirm_timeout - time.monotonic()
-                self._run(lambda: bool(self._done) or self._failure is not None,
-                          max(0.0, min(timeout, left)))
+                self._run(
+                    lambda: bool(self._done) or self._failure is not None,
+                    max(0.0, min(timeout, left)),
+                )
                 if self._sent and time.monotonic() - oldest >= self.confirm_timeout:
                     self._failure = self._failure or (
-                        f"no confirm from broker within {self.confirm_timeout:g}s")
+                        f"no confirm from broker within {self.confirm_timeout:g}s"
+                    )
             else:
                 self._run(lambda: self._failure is not None, 0)
             if self._failure is not None:
@@ -220,8 +229,11 @@ class AmqpSink(Sink):
         self._drop()
 
     def _too_large(self, size: int) -> Result:
-        return Result(Outcome.REJECTED, f"message of {size} bytes is over the broker's "
-                      f"max_message_size ({self._max_size} bytes)")
+        return Result(
+            Outcome.REJECTED,
+            f"message of {size} bytes is over the broker's "
+            f"max_message_size ({self._max_size} bytes)",
+        )
 
     # Confirms cost no round trip per message: the whole batch is written, then one wait
     # collects the acks (mostly multiple=True). SelectConnection is driven in the calling thread
@@ -254,8 +266,12 @@ class AmqpSink(Sink):
         self._failure = None
         self._ioloop = IOLoop()
         self._conn = SelectConnection(
-            params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
+            params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=self._ioloop,
+        )
         # pika bounds the handshake with stack_timeout; this deadline is only a backstop
         # (also when the URL turned stack_timeout off: None).
         backstop = (params.stack_timeout or 15.0) + 5
@@ -276,7 +292,8 @@ class AmqpSink(Sink):
                     # pika has no public abort; a broker that stopped reading (alarm, hung
                     # host) never sends Close-Ok, and the socket must not leak.
                     conn._terminate_stream(  # type: ignore[attr-defined]  # private, unstubbed
-                        pika.exceptions.ConnectionClosedByClient(200, "drop"))
+                        pika.exceptions.ConnectionClosedByClient(200, "drop")
+                    )
                     self._run(lambda: conn.is_closed, CLOSE_TIMEOUT)
         finally:
             if self._ioloop is not None:
@@ -299,8 +316,13 @@ class AmqpSink(Sink):
             return self._on_declared(None)
         # Passive once declared: re-creating a deleted exchange would bring it back without
         # its bindings, and every later message would be unroutable.
-        self._channel.exchange_declare(self.config.exchange, "topic", durable=True,
-                                       passive=self._declared, callback=self._on_declared)
+        self._channel.exchange_declare(
+            self.config.exchange,
+            "topic",
+            durable=True,
+            passive=self._declared,
+            callback=self._on_declared,
+        )
 
     def _on_declared(self, _frame: Method[Exchange.DeclareOk] | None) -> None:
         self._declared = True
@@ -313,18 +335,25 @@ class AmqpSink(Sink):
 
     def _on_closed(self, _conn_or_channel: object, exc: BaseException) -> None:
         # The first cause wins: a channel closed by the broker (404, 406) then closes all.
-        if (self._declared and isinstance(exc, pika.exceptions.ChannelClosedByBroker)
-                and exc.reply_code == 404 and "exchange" in exc.reply_text):
-            reason = (f"exchange {self.config.exchange!r} does not exist (deleted?); it is "
-                      "not re-created without its bindings: restore it to resume")
+        if (
+            self._declared
+            and isinstance(exc, pika.exceptions.ChannelClosedByBroker)
+            and exc.reply_code == 404
+            and "exchange" in exc.reply_text
+        ):
+            reason = (
+                f"exchange {self.config.exchange!r} does not exist (deleted?); it is "
+                "not re-created without its bindings: restore it to resume"
+            )
         else:
             reason = f"broker connection closed: {self._scrub(exc)}"
         self._failure = self._failure or reason
         self._ready = False
         self._wake()
 
-    def _on_return(self, _channel: Channel, _method: Basic.Return,
-                   properties: BasicProperties, _body: bytes) -> None:
+    def _on_return(
+        self, _channel: Channel, _method: Basic.Return, properties: BasicProperties, _body: bytes
+    ) -> None:
         # RabbitMQ sends basic.return before the ack of the same message.
         tag = self._ids.get(properties.message_id or "")
         if tag is not None and tag in self._sent:
@@ -341,8 +370,12 @@ class AmqpSink(Sink):
             if (message := self._sent.pop(t, None)) is not None:
                 if self._ids.get(message.message_id) == t:
                     del self._ids[message.message_id]
-                self._complete(message.ticket, self._confirmed(message) if acked else Result(
-                    Outcome.RETRY, "nacked by broker (basic.nack)"))
+                self._complete(
+                    message.ticket,
+                    self._confirmed(message)
+                    if acked
+                    else Result(Outcome.RETRY, "nacked by broker (basic.nack)"),
+                )
         self._wake()
 
     def _confirmed(self, message: _Sent) -> Result:
@@ -350,13 +383,20 @@ class AmqpSink(Sink):
             return DELIVERED
         key, exchange = message.key, self.config.exchange
         if self.config.mandatory:
-            return Result(Outcome.RETRY, f"unroutable: no queue bound for routing key {key!r} "
-                          f"on exchange {exchange!r}")
+            return Result(
+                Outcome.RETRY,
+                f"unroutable: no queue bound for routing key {key!r} on exchange {exchange!r}",
+            )
         self.unroutable += 1
         if self.unroutable == 1 or self.unroutable % 1000 == 0:
-            log.warning("amqp output %s: unroutable message, no queue bound for routing key %r "
-                        "on exchange %r; counted as delivered (%d so far)", self.name, key,
-                        exchange, self.unroutable)
+            log.warning(
+                "amqp output %s: unroutable message, no queue bound for routing key %r "
+                "on exchange %r; counted as delivered (%d so far)",
+                self.name,
+                key,
+                exchange,
+                self.unroutable,
+            )
         return DELIVERED
 
     def _scrub(self, exc: BaseException | str) -> str:
@@ -378,8 +418,13 @@ def render(event: ChangeEvent) -> bytes:
 
 
 def headers(event: ChangeEvent) -> dict[str, str | int]:
-    return {"schema": event.schema, "table": event.table, "op": event.op,
-            "position": event.position, "captured_at": captured_at_text(event)}
+    return {
+        "schema": event.schema,
+        "table": event.table,
+        "op": event.op,
+        "position": event.position,
+        "captured_at": captured_at_text(event),
+    }
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -54,6 +54,7 @@ class Result:
 
 DELIVERED = Result(Outcome.DELIVERED)
 
+
 def captured_at_text(event: ChangeEvent) -> str:
     """The event's capture time as RFC 3339 in UTC with microseconds ("" when unknown).
 

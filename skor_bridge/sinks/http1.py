@@ -147,8 +147,9 @@ class _Connection(asyncio.Protocol):
                 if not self._head():
                     return
             elif state in (_LENGTH, _CHUNK_DATA, _UNTIL_CLOSE):
-                taken = len(self.buffer) if state == _UNTIL_CLOSE else min(
-                    self._left, len(self.buffer))
+                taken = (
+                    len(self.buffer) if state == _UNTIL_CLOSE else min(self._left, len(self.buffer))
+                )
                 del self.buffer[:taken]
                 self._left -= taken
                 self._body += taken
@@ -199,7 +200,7 @@ class _Connection(asyncio.Protocol):
             self._scanned = len(buffer)
             return None
         line = buffer[:end]
-        del buffer[:end + 2]
+        del buffer[: end + 2]
         self._scanned = 0
         return line
 
@@ -222,7 +223,7 @@ class _Connection(asyncio.Protocol):
                 raise ProtocolError(f"more than {MAX_HEADERS} header lines")
             return False
         lines = bytes(buffer[:end]).split(b"\r\n")
-        del buffer[:end + 4]
+        del buffer[: end + 4]
         self._scanned = self._line_start = self._lines = 0
         if len(lines) > MAX_HEADERS + 1:
             raise ProtocolError(f"more than {MAX_HEADERS} header lines")
@@ -234,8 +235,12 @@ class _Connection(asyncio.Protocol):
     def _parse_head(self, lines: list[bytes]) -> None:
         version, _, rest = lines[0].partition(b" ")
         code = rest[:3]
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() \
-                or rest[3:4] not in (b"", b" "):
+        if (
+            version not in (b"HTTP/1.1", b"HTTP/1.0")
+            or len(code) != 3
+            or not code.isdigit()
+            or rest[3:4] not in (b"", b" ")
+        ):
             raise ProtocolError(f"status line {lines[0][:40]!r}")
         status = int(code)
         if 100 <= status < 200:
@@ -293,8 +298,14 @@ class Http1Client:
     `post()` runs in one asyncio loop (the webhook sink's), called from one thread.
     """
 
-    def __init__(self, url: str, headers: Sequence[tuple[str, str]], connections: int,
-                 timeout: float, ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        connections: int,
+        timeout: float,
+        ca_file: str | None = None,
+    ) -> None:
         self.ca_file = ca_file
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
@@ -313,8 +324,10 @@ class Http1Client:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             fields = [(k, v) for k, v in fields if k.lower() != "authorization"]
             fields.append(("Authorization", f"Basic {token}"))
-        self._prefix = (f"POST {target} HTTP/1.1\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in fields)).encode("latin-1")
+        self._prefix = (
+            f"POST {target} HTTP/1.1\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in fields)
+        ).encode("latin-1")
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[_Connection] = []
         self._slots: asyncio.Semaphore | None = None
@@ -326,8 +339,7 @@ class Http1Client:
             self._ssl = ssl.create_default_context(cafile=self.ca_file or certifi.where())
         return self._ssl
 
-    async def post(self, body: bytes, extra: Sequence[tuple[str, str]]
-                   ) -> tuple[int, str | None]:
+    async def post(self, body: bytes, extra: Sequence[tuple[str, str]]) -> tuple[int, str | None]:
         """POST one body with extra headers; the answer's status and Retry-After.
 
         Raises TimeoutError, OSError (ssl.SSLError included) or ProtocolError when there
@@ -335,8 +347,9 @@ class Http1Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         head = "".join(f"{name}: {value}\r\n" for name, value in extra)
-        payload = b"".join((self._prefix, head.encode("latin-1"),
-                            b"Content-Length: %d\r\n\r\n" % len(body), body))
+        payload = b"".join(
+            (self._prefix, head.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body)
+        )
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.connections)
         if self._active == 0:
@@ -355,8 +368,9 @@ class Http1Client:
         finally:
             self._active -= 1
 
-    async def _post(self, loop: asyncio.AbstractEventLoop, payload: bytes,
-                    deadline: float) -> tuple[int, str | None]:
+    async def _post(
+        self, loop: asyncio.AbstractEventLoop, payload: bytes, deadline: float
+    ) -> tuple[int, str | None]:
         conn = self._idle.pop() if self._idle else None
         while conn is not None and (conn.closed or not conn.reusable):
             conn.abort()
@@ -374,13 +388,17 @@ class Http1Client:
     async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         async with asyncio.timeout_at(deadline):
             _, conn = await loop.create_connection(
-                lambda: _Connection(loop), self.host, self.port,
+                lambda: _Connection(loop),
+                self.host,
+                self.port,
                 ssl=self._context() if self.tls else None,
-                server_hostname=self.host if self.tls else None)
+                server_hostname=self.host if self.tls else None,
+            )
         return conn
 
-    async def _exchange(self, loop: asyncio.AbstractEventLoop, conn: _Connection,
-                        payload: bytes, deadline: float) -> tuple[int, str | None]:
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, conn: _Connection, payload: bytes, deadline: float
+    ) -> tuple[int, str | None]:
         waiter = conn.request(payload)
         timer = loop.call_at(deadline, _time_out, conn, waiter)
         try:

@@ -87,8 +87,12 @@ OUTCOMES: dict[int, Outcome] = {
 #: producer must be replaced (as the Java client requires), while librdkafka, for an
 #: idempotent producer, would keep bumping its epoch. The next send() starts a new producer
 #: with a new producer id; the events themselves are RETRY.
-_SESSION_ENDED = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
-                  KafkaError._FATAL, KafkaError._FENCED}
+_SESSION_ENDED = {
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError._FATAL,
+    KafkaError._FENCED,
+}
 
 #: Added to message.timeout.ms: every record gets its report by then, barring a stuck client.
 _REPORT_GRACE = 5.0
@@ -99,8 +103,13 @@ _ADMIN_TIMEOUT = 10.0
 #: unreachable stays within 10 s.
 _CLOSE_TIMEOUT = 2.0
 #: Codes after which a topic creation is worth trying again with the next batch.
-_CREATE_AGAIN = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
-                 KafkaError._ALL_BROKERS_DOWN, KafkaError.NOT_CONTROLLER}
+_CREATE_AGAIN = {
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.NOT_CONTROLLER,
+}
 
 
 def _session_ended(err: KafkaError) -> bool:
@@ -113,9 +122,15 @@ def render(event: ChangeEvent) -> bytes:
 
 
 def headers(event: ChangeEvent) -> Headers:
-    return [("event-id", event.id), ("schema", event.schema), ("table", event.table),
-            ("op", event.op), ("position", str(event.position)),
-            ("captured-at", captured_at_text(event)), *event.headers]
+    return [
+        ("event-id", event.id),
+        ("schema", event.schema),
+        ("table", event.table),
+        ("op", event.op),
+        ("position", str(event.position)),
+        ("captured-at", captured_at_text(event)),
+        *event.headers,
+    ]
 
 
 def result_for(err: KafkaError) -> Result:
@@ -144,11 +159,20 @@ class KafkaSink(Sink):
         super().__init__(name)
         self.config = config
         options = dict(config.options)
-        defaults = {k: v for k, v in DEFAULTS.items()
-                    if k not in options and not any(_ALIASES.get(o) == k for o in options)}
+        defaults = {
+            k: v
+            for k, v in DEFAULTS.items()
+            if k not in options and not any(_ALIASES.get(o) == k for o in options)
+        }
         self._conf: dict[str, Any] = {"bootstrap.servers": config.bootstrap, **defaults, **options}
-        timeout_ms = next((self._conf[k] for k in ("delivery.timeout.ms", "message.timeout.ms")
-                           if k in self._conf), "30000")
+        timeout_ms = next(
+            (
+                self._conf[k]
+                for k in ("delivery.timeout.ms", "message.timeout.ms")
+                if k in self._conf
+            ),
+            "30000",
+        )
         try:
             self._message_timeout = int(timeout_ms) / 1000
         except ValueError:
@@ -203,14 +227,20 @@ class KafkaSink(Sink):
         assert producer is not None
         topic = self.config.topic.format(schema=event.schema, table=event.table, op=event.op)
         if topic not in self._known_topics and time.monotonic() >= self._create_after.get(
-                topic, 0.0):
+            topic, 0.0
+        ):
             self._create_topics({topic})
         key = event.key if event.key is not None else event.qualified_table
         self._deadlines[ticket] = time.monotonic() + self._wait
         while True:
             try:
-                producer.produce(topic, render(event), key, headers=headers(event),
-                                 on_delivery=functools.partial(self._report, ticket))
+                producer.produce(
+                    topic,
+                    render(event),
+                    key,
+                    headers=headers(event),
+                    on_delivery=functools.partial(self._report, ticket),
+                )
                 return
             except BufferError:
                 # The local queue is full: serve reports to make room. Flow control,
@@ -232,8 +262,9 @@ class KafkaSink(Sink):
         # librdkafka reports every record within message.timeout.ms; this is the backstop.
         late = [t for t, deadline in self._deadlines.items() if deadline <= now]
         for ticket in late:
-            self._complete(ticket, Result(
-                Outcome.RETRY, f"kafka: no delivery report within {self._wait:.0f}s"))
+            self._complete(
+                ticket, Result(Outcome.RETRY, f"kafka: no delivery report within {self._wait:.0f}s")
+            )
         if self._session_ended:
             self._discard_producer()
         done, self._done = self._done, []
@@ -262,11 +293,22 @@ class KafkaSink(Sink):
         # A short-lived client: topics are new rarely, and an idle admin client would keep
         # a connection and queue log lines nobody serves. It gets only the user's options
         # (addresses, security), not the producer's idempotence.
-        admin = self._build(AdminClient, {"bootstrap.servers": self.config.bootstrap,
-                                          **dict(self.config.options), "logger": _librdkafka_log})
-        new = [NewTopic(t, num_partitions=self.config.partitions or -1,
-                        replication_factor=self.config.replication_factor or -1)
-               for t in sorted(topics)]
+        admin = self._build(
+            AdminClient,
+            {
+                "bootstrap.servers": self.config.bootstrap,
+                **dict(self.config.options),
+                "logger": _librdkafka_log,
+            },
+        )
+        new = [
+            NewTopic(
+                t,
+                num_partitions=self.config.partitions or -1,
+                replication_factor=self.config.replication_factor or -1,
+            )
+            for t in sorted(topics)
+        ]
         timeout = min(_ADMIN_TIMEOUT, self._message_timeout)
         futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
         for topic, future in futures.items():
@@ -290,8 +332,12 @@ class KafkaSink(Sink):
     def _log_create_failure(self, topic: str, reason: str) -> None:
         if topic not in self._create_logged:
             self._create_logged.add(topic)
-            log.warning("kafka output %r: could not create topic %r (%s); sending anyway",
-                        self.name, topic, reason)
+            log.warning(
+                "kafka output %r: could not create topic %r (%s); sending anyway",
+                self.name,
+                topic,
+                reason,
+            )
 
     def _discard_producer(self) -> None:
         # After a fatal error or fencing (see _SESSION_ENDED) this producer

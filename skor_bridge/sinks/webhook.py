@@ -102,8 +102,9 @@ class WebhookSink(Sink):
         self._headers_fixed = headers
         # Headers go with each request (not in the client's fixed prefix), so that an
         # output format's own (e.g. CloudEvents' content type) can replace a fixed one.
-        self._client = Http1Client(self.config.url, (), self.config.concurrency,
-                                   self.config.timeout, self.config.ca_file)
+        self._client = Http1Client(
+            self.config.url, (), self.config.concurrency, self.config.timeout, self.config.ca_file
+        )
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
 
@@ -141,8 +142,9 @@ class WebhookSink(Sink):
             status, retry_after = await self._client.post(body, headers)
             result = self._result(status, retry_after)
         except TimeoutError:
-            result = Result(Outcome.RETRY, f"timed out after {self.config.timeout:g}s",
-                            backpressure=True)
+            result = Result(
+                Outcome.RETRY, f"timed out after {self.config.timeout:g}s", backpressure=True
+            )
         except Exception as exc:  # noqa: BLE001 - any failure is this attempt's answer
             result = Result(Outcome.RETRY, _one_line(exc))
         self._done.append((ticket, result))
@@ -153,9 +155,12 @@ class WebhookSink(Sink):
         if event.headers:  # the output's format (e.g. CloudEvents' content type) wins
             names = {name.lower() for name, _ in event.headers}
             fixed = [h for h in fixed if h[0].lower() not in names] + list(event.headers)
-        headers = [*fixed, ("webhook-id", event.id),
-                   ("webhook-position", str(event.position)),
-                   ("webhook-captured-at", captured_at_text(event))]
+        headers = [
+            *fixed,
+            ("webhook-id", event.id),
+            ("webhook-position", str(event.position)),
+            ("webhook-captured-at", captured_at_text(event)),
+        ]
         if self._key is not None:
             timestamp = str(int(time.time()))
             signed = f"{event.id}.{timestamp}.".encode() + body
@@ -168,10 +173,12 @@ class WebhookSink(Sink):
         outcome = classify(status)
         if outcome is Outcome.DELIVERED:
             return DELIVERED
-        return Result(outcome, f"HTTP {status} from {self._safe_url}",
-                      backpressure=status in PUSHBACK_STATUS,
-                      retry_after=_retry_after(retry_after) if status in PUSHBACK_STATUS
-                      else None)
+        return Result(
+            outcome,
+            f"HTTP {status} from {self._safe_url}",
+            backpressure=status in PUSHBACK_STATUS,
+            retry_after=_retry_after(retry_after) if status in PUSHBACK_STATUS else None,
+        )
 
     def close(self) -> None:
         loop, client, self._loop, self._client = self._loop, self._client, None, None
@@ -209,8 +216,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        text = (f"{exc.verify_message or exc.reason} (for a private CA, give "
-                "--webhook-ca-file)")
+        text = f"{exc.verify_message or exc.reason} (for a private CA, give --webhook-ca-file)"
     elif isinstance(exc, ssl.SSLError):
         text = exc.reason or str(exc)
     elif isinstance(exc, OSError) and exc.errno is not None:

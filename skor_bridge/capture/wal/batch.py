@@ -86,13 +86,16 @@ class Renderer:
         dropped: set[int] = set()
         for indexes in groups.values():
             first = changes[indexes[0]]
-            sql = when_sql(first.table.spec.qualified, first.when_op,
-                           first.table.spec.when or "")
+            sql = when_sql(first.table.spec.qualified, first.when_op, first.table.spec.when or "")
             olds = [_row_json(changes[i].table, changes[i].old) for i in indexes]
             news = [_row_json(changes[i].table, changes[i].new) for i in indexes]
 
-            def evaluate(cur: cursor, sql: str = sql, olds: list[str | None] = olds,
-                         news: list[str | None] = news) -> set[int]:
+            def evaluate(
+                cur: cursor,
+                sql: str = sql,
+                olds: list[str | None] = olds,
+                news: list[str | None] = news,
+            ) -> set[int]:
                 cur.execute(_SETTINGS)
                 cur.execute(sql, (olds, news))
                 return {int(row[0]) - 1 for row in cur.fetchall()}
@@ -128,11 +131,15 @@ class Renderer:
         for pg_type, texts in wanted.values():
             values = sorted(texts)
 
-            def ask(cur: cursor, pg_type: PgType = pg_type, values: list[str] = values
-                    ) -> list[str]:
+            def ask(
+                cur: cursor, pg_type: PgType = pg_type, values: list[str] = values
+            ) -> list[str]:
                 cur.execute(_SETTINGS)
-                cur.execute(f"SELECT to_json(v::{pg_type.name})::text FROM unnest(%s::text[])"
-                            " WITH ORDINALITY AS u(v, i) ORDER BY i", (values,))
+                cur.execute(
+                    f"SELECT to_json(v::{pg_type.name})::text FROM unnest(%s::text[])"
+                    " WITH ORDINALITY AS u(v, i) ORDER BY i",
+                    (values,),
+                )
                 return [row[0] for row in cur.fetchall()]
 
             answers = self._run(ask)
@@ -168,4 +175,3 @@ class Renderer:
         """The primary key as compact JSON, `{"id":42}`, as trigger mode builds it."""
         table = change.table
         return self._object(table, change.row, table.key) if table.key else None
-

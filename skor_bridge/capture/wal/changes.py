@@ -55,9 +55,14 @@ class Table:
     server_columns: tuple[int, ...] = ()
 
     @classmethod
-    def build(cls, relation: Relation, spec: TableSpec, types: tuple[PgType, ...],
-              key_names: tuple[str, ...],
-              renderers: tuple[Callable[[str], str], ...] = ()) -> Table:
+    def build(
+        cls,
+        relation: Relation,
+        spec: TableSpec,
+        types: tuple[PgType, ...],
+        key_names: tuple[str, ...],
+        renderers: tuple[Callable[[str], str], ...] = (),
+    ) -> Table:
         names = [c.name for c in relation.columns]
         index = {name: i for i, name in enumerate(names)}
         picks: dict[str, tuple[int, ...]] = {}
@@ -67,15 +72,27 @@ class Table:
                 continue
             missing = [c for c in cols if c not in index]
             if missing:
-                log.warning("%s has no column %s any more; its %s events leave it out",
-                            spec, ", ".join(missing), op)
+                log.warning(
+                    "%s has no column %s any more; its %s events leave it out",
+                    spec,
+                    ", ".join(missing),
+                    op,
+                )
             picks[op.upper()] = tuple(index[c] for c in cols if c in index)
         key = tuple(index[k] for k in key_names if k in index)
         if len(key) != len(key_names):
             key = ()
-        return cls(relation, spec, types, key, picks,
-                   tuple(quote(name) + ":" for name in names), renderers, frozenset(spec.ops),
-                   tuple(i for i, t in enumerate(types) if t.category == "server"))
+        return cls(
+            relation,
+            spec,
+            types,
+            key,
+            picks,
+            tuple(quote(name) + ":" for name in names),
+            renderers,
+            frozenset(spec.ops),
+            tuple(i for i, t in enumerate(types) if t.category == "server"),
+        )
 
     @property
     def names(self) -> list[str]:
@@ -161,6 +178,8 @@ def changes_of(message: Insert | Update | Delete, table: Table, number: int) -> 
         if all(old[i] == new[i] for i in watched):
             return []
     if old is not None and table.key and any(old[i] != new[i] for i in table.key):
-        return [Change(table, "DELETE", old, "update", old, new, number, 0),
-                Change(table, "INSERT", new, "update", old, new, number, 1)]
+        return [
+            Change(table, "DELETE", old, "update", old, new, number, 0),
+            Change(table, "INSERT", new, "update", old, new, number, 1),
+        ]
     return [Change(table, "UPDATE", new, "update", old, new, number)]

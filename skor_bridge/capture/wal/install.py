@@ -59,30 +59,40 @@ def check_server(cur: cursor) -> None:
         raise WalLevelError(
             f"wal_level is '{level}' on this server; WAL capture needs 'logical': run "
             "ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (on a managed "
-            "service, turn on its logical replication setting), or use --mode durable")
-    encoding = _one(cur, "SELECT pg_encoding_to_char(encoding) FROM pg_database"
-                         " WHERE datname = current_database()")
+            "service, turn on its logical replication setting), or use --mode durable"
+        )
+    encoding = _one(
+        cur,
+        "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()",
+    )
     if encoding != "UTF8":
-        raise TriggerError(f"the database's encoding is {encoding}; WAL capture reads values "
-                           "as the server stores them and needs UTF8 (use --mode durable)")
+        raise TriggerError(
+            f"the database's encoding is {encoding}; WAL capture reads values "
+            "as the server stores them and needs UTF8 (use --mode durable)"
+        )
 
 
 def _check_table(cur: cursor, spec: TableSpec) -> None:
-    kind = _one(cur, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass(%s)",
-                (spec.qualified,))
+    kind = _one(
+        cur, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass(%s)", (spec.qualified,)
+    )
     if kind is None:
         raise TriggerError(f"table {spec.qualified} does not exist")
     if kind not in ("r", "p"):
         raise TriggerError(f"{spec.qualified} is not a table")
     wanted: list[str] = [c for _, cols in spec.columns for c in cols or ()]
     wanted += spec.update_columns
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-                " AND attnum > 0 AND NOT attisdropped", (spec.qualified,))
+    cur.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attnum > 0 AND NOT attisdropped",
+        (spec.qualified,),
+    )
     present = {row[0] for row in cur.fetchall()}
     for column in wanted:
         if column not in present:
-            raise TriggerError(f"column {quote_ident(column)} of table {spec.qualified} "
-                               "does not exist")
+            raise TriggerError(
+                f"column {quote_ident(column)} of table {spec.qualified} does not exist"
+            )
     if spec.when is not None:
         for op in spec.ops:
             cur.execute("SAVEPOINT skor_when")
@@ -92,7 +102,7 @@ def _check_table(cur: cursor, spec: TableSpec) -> None:
                 cur.execute("ROLLBACK TO SAVEPOINT skor_when")
                 reason = " ".join((exc.diag.message_primary or describe(exc)).split())
                 raise TriggerError(
-                    f"{spec.qualified}: \"when\" cannot be evaluated in WAL mode for {op} "
+                    f'{spec.qualified}: "when" cannot be evaluated in WAL mode for {op} '
                     f"({reason}); it may use OLD and NEW columns, constants and functions"
                 ) from None
             cur.execute("RELEASE SAVEPOINT skor_when")
@@ -100,16 +110,20 @@ def _check_table(cur: cursor, spec: TableSpec) -> None:
 
 def _replica_identity(cur: cursor, spec: TableSpec) -> None:
     # The partitions' own setting is what their WAL records follow.
-    cur.execute("SELECT relid::regclass::text FROM pg_partition_tree(%s::regclass)"
-                " WHERE relid <> %s::regclass", (spec.qualified, spec.qualified))
+    cur.execute(
+        "SELECT relid::regclass::text FROM pg_partition_tree(%s::regclass)"
+        " WHERE relid <> %s::regclass",
+        (spec.qualified, spec.qualified),
+    )
     for member in [spec.qualified] + [row[0] for row in cur.fetchall()]:
         cur.execute(f"ALTER TABLE {member} REPLICA IDENTITY FULL")
 
 
 def _publication(cur: cursor, specs: Sequence[TableSpec]) -> None:
     tables = ", ".join(spec.qualified for spec in specs)
-    exists = _one(cur, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = %s)",
-                  (PUBLICATION,))
+    exists = _one(
+        cur, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = %s)", (PUBLICATION,)
+    )
     options = "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
     if exists:
         cur.execute(f"ALTER PUBLICATION {PUBLICATION} SET TABLE {tables}")
@@ -122,9 +136,11 @@ def _entries(specs: Sequence[TableSpec]) -> str:
     """The specs back as triggers.json entries, for `run` to read."""
     entries = []
     for spec in specs:
-        entry: dict[str, object] = {"table": spec.table, "schema": spec.schema,
-                                    "columns": {op: list(cols) if cols else "*"
-                                                for op, cols in spec.columns}}
+        entry: dict[str, object] = {
+            "table": spec.table,
+            "schema": spec.schema,
+            "columns": {op: list(cols) if cols else "*" for op, cols in spec.columns},
+        }
         if spec.update_columns:
             entry["update_columns"] = list(spec.update_columns)
         if spec.when is not None:
@@ -157,7 +173,8 @@ def install(dsn: str, specs: Sequence[TableSpec]) -> str:
                     " timeline, tables, lsn) VALUES (%s, %s, '', 0, %s, '0/0')"
                     " ON CONFLICT (singleton) DO UPDATE SET tables = EXCLUDED.tables,"
                     " publication = EXCLUDED.publication, updated_at = now()",
-                    (slot, PUBLICATION, _entries(specs)))
+                    (slot, PUBLICATION, _entries(specs)),
+                )
             except psycopg2.Error as exc:
                 raise _failure(exc) from None
         conn.commit()
@@ -182,19 +199,29 @@ def _create_slot(conn: connection, slot: str) -> None:
     from skor_bridge.capture.wal.source import identify
 
     with conn.cursor() as cur:
-        existing = _one(cur, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
-                             " WHERE slot_name = %s", (slot,))
+        existing = _one(
+            cur,
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
         if existing is None:
             failover = ", false, false, true" if conn.server_version >= 170000 else ""
             try:
-                cur.execute("SELECT lsn::text FROM pg_create_logical_replication_slot("
-                            f"%s, 'pgoutput'{failover})", (slot,))
+                cur.execute(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot("
+                    f"%s, 'pgoutput'{failover})",
+                    (slot,),
+                )
             except psycopg2.Error as exc:
                 reason = " ".join((exc.diag.message_primary or describe(exc)).split())
-                hint = (" (the installing role needs REPLICATION: ALTER ROLE ... REPLICATION)"
-                        if exc.pgcode == "42501" else "")
-                raise TriggerError(f"cannot create replication slot {slot}: {reason}{hint}"
-                                   ) from None
+                hint = (
+                    " (the installing role needs REPLICATION: ALTER ROLE ... REPLICATION)"
+                    if exc.pgcode == "42501"
+                    else ""
+                )
+                raise TriggerError(
+                    f"cannot create replication slot {slot}: {reason}{hint}"
+                ) from None
             row = cur.fetchone()
             assert row is not None
             start = row[0]
@@ -207,23 +234,39 @@ def _create_slot(conn: connection, slot: str) -> None:
             " lsn = CASE WHEN system_identifier = %s AND slot_name = %s AND %s"
             " THEN lsn ELSE %s::pg_lsn END, partial_lsn = CASE WHEN %s THEN partial_lsn END,"
             " updated_at = now()",
-            (system_id, timeline, system_id, slot, existing is not None, start,
-             existing is not None))
+            (
+                system_id,
+                timeline,
+                system_id,
+                slot,
+                existing is not None,
+                start,
+                existing is not None,
+            ),
+        )
 
 
 def _drop(conn: connection, slot: str, drop_slot: bool = True) -> None:
     with conn.cursor() as cur:
         if drop_slot:
-            active = _one(cur, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                          (slot,))
+            active = _one(
+                cur, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            )
             if active is not None:
-                raise TriggerError(f"replication slot {slot} is in use (by process {active}, "
-                                   "a running bridge?): stop the bridge first")
-            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-                        " WHERE slot_name = %s", (slot,))
+                raise TriggerError(
+                    f"replication slot {slot} is in use (by process {active}, "
+                    "a running bridge?): stop the bridge first"
+                )
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                (slot,),
+            )
         cur.execute(f"DROP PUBLICATION IF EXISTS {PUBLICATION}")
-        cur.execute("DO $$ BEGIN IF to_regclass('skor.wal_state') IS NOT NULL THEN"
-                    " DELETE FROM skor.wal_state; END IF; END $$")
+        cur.execute(
+            "DO $$ BEGIN IF to_regclass('skor.wal_state') IS NOT NULL THEN"
+            " DELETE FROM skor.wal_state; END IF; END $$"
+        )
 
 
 def uninstall(dsn: str) -> str | None:
@@ -238,8 +281,11 @@ def uninstall(dsn: str) -> str | None:
                 slot = _one(cur, "SELECT slot_name FROM skor.wal_state")
             if slot is None:
                 database = str(_one(cur, "SELECT current_database()"))
-                if _one(cur, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                        (slot_name(database),)):
+                if _one(
+                    cur,
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                    (slot_name(database),),
+                ):
                     slot = slot_name(database)
         try:
             _drop(conn, str(slot) if slot else "", drop_slot=slot is not None)
@@ -248,4 +294,3 @@ def uninstall(dsn: str) -> str | None:
     finally:
         conn.close()
     return str(slot) if slot else None
-

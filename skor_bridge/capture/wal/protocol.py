@@ -134,8 +134,9 @@ class Message:
     content: bytes
 
 
-Decoded = (Begin | Commit | Origin | Relation | TypeInfo | Insert | Update | Delete | Truncate
-           | Message)
+Decoded = (
+    Begin | Commit | Origin | Relation | TypeInfo | Insert | Update | Delete | Truncate | Message
+)
 
 
 def pg_time(microseconds: int) -> float:
@@ -197,14 +198,14 @@ class _Reader:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise ProtocolError("unterminated string")
-        text = self.data[self.pos:end].decode("utf-8")
+        text = self.data[self.pos : end].decode("utf-8")
         self.pos = end + 1
         return text
 
     def take(self, size: int) -> bytes:
         if size < 0 or self.pos + size > len(self.data):
             raise ProtocolError("message ends early")
-        chunk = self.data[self.pos:self.pos + size]
+        chunk = self.data[self.pos : self.pos + size]
         self.pos += size
         return chunk
 
@@ -243,7 +244,7 @@ def _read_tuple(data: bytes, pos: int) -> tuple[Tuple, int]:
             elif kind == 98:  # 'b': binary
                 (size,) = _UNPACK_I32(data, pos)
                 pos += 4
-                append(data[pos:pos + size])
+                append(data[pos : pos + size])
                 pos += size
             else:
                 raise ProtocolError(f"unknown column kind {chr(kind)!r}")
@@ -291,10 +292,16 @@ def parse(data: bytes) -> Decoded:
         columns = []
         for _ in range(r.i16()):
             flags = r.i8()
-            columns.append(Column(name=r.string(), type_oid=r.u32(), typmod=r.i32(),
-                                  key=bool(flags & 1)))
-        return Relation(relid=relid, schema=schema, table=table, replica_identity=identity,
-                        columns=tuple(columns))
+            columns.append(
+                Column(name=r.string(), type_oid=r.u32(), typmod=r.i32(), key=bool(flags & 1))
+            )
+        return Relation(
+            relid=relid,
+            schema=schema,
+            table=table,
+            replica_identity=identity,
+            columns=tuple(columns),
+        )
     if kind == "Y":
         return TypeInfo(oid=r.u32(), schema=r.string(), name=r.string())
     if kind == "O":
@@ -302,13 +309,19 @@ def parse(data: bytes) -> Decoded:
     if kind == "T":
         count = r.i32()
         options = r.i8()
-        return Truncate(relids=tuple(r.u32() for _ in range(count)), cascade=bool(options & 1),
-                        restart_identity=bool(options & 2))
+        return Truncate(
+            relids=tuple(r.u32() for _ in range(count)),
+            cascade=bool(options & 1),
+            restart_identity=bool(options & 2),
+        )
     if kind == "M":
         flags = r.i8()
         lsn = r.u64()
         prefix = r.string()
-        return Message(transactional=bool(flags & 1), lsn=lsn, prefix=prefix,
-                       content=r.take(r.i32()))
-    raise ProtocolError(f"unexpected pgoutput message {kind!r} (streaming or two-phase "
-                        "messages are not requested; is this pgoutput?)")
+        return Message(
+            transactional=bool(flags & 1), lsn=lsn, prefix=prefix, content=r.take(r.i32())
+        )
+    raise ProtocolError(
+        f"unexpected pgoutput message {kind!r} (streaming or two-phase "
+        "messages are not requested; is this pgoutput?)"
+    )

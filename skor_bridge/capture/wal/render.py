@@ -41,17 +41,26 @@ SESSION_SETTINGS = {
     "client_encoding": "UTF8",
 }
 
-Category = Literal["bool", "number", "date", "timestamp", "timestamptz", "json", "array",
-                   "text", "server"]
+Category = Literal[
+    "bool", "number", "date", "timestamp", "timestamptz", "json", "array", "text", "server"
+]
 
 #: PostgreSQL's first OID for user objects; only those may bring their own json cast.
 FIRST_NORMAL_OID = 16384
 
 _BUILTIN: dict[int, Category] = {
     16: "bool",
-    20: "number", 21: "number", 23: "number", 700: "number", 701: "number", 1700: "number",
-    1082: "date", 1114: "timestamp", 1184: "timestamptz",
-    114: "json", 3802: "json",
+    20: "number",
+    21: "number",
+    23: "number",
+    700: "number",
+    701: "number",
+    1700: "number",
+    1082: "date",
+    1114: "timestamp",
+    1184: "timestamptz",
+    114: "json",
+    3802: "json",
     2249: "server",  # record
 }
 
@@ -104,8 +113,12 @@ class TypeCatalog:
                 # Dropped since it was written: its text is all we have.
                 found[oid] = (oid, "b", 0, 0, ",", 0, "text", False)
             rows.update(found)
-            wanted = {dep for row in found.values() for dep in (row[2], row[5])
-                      if dep and dep not in rows and dep not in self._types}
+            wanted = {
+                dep
+                for row in found.values()
+                for dep in (row[2], row[5])
+                if dep and dep not in rows and dep not in self._types
+            }
         for oid in rows:
             self._resolve(oid, rows)
 
@@ -147,7 +160,7 @@ def _timestamptz(text: str) -> str:
     text = text.replace(" ", "T", 1)
     match = _OFFSET.search(text)
     if match is not None and not match[2]:
-        text = f"{text[:match.start()]}{match[1]}:00{match[3]}"
+        text = f"{text[: match.start()]}{match[1]}:00{match[3]}"
     return text
 
 
@@ -179,8 +192,13 @@ def _stamptz(text: str) -> str:
 _INTEGERS = {20, 21, 23}
 
 _SIMPLE: dict[str, Callable[[str], str]] = {
-    "text": quote, "date": quote, "number": _number, "json": _raw, "bool": _bool,
-    "timestamp": _stamp, "timestamptz": _stamptz,
+    "text": quote,
+    "date": quote,
+    "number": _number,
+    "json": _raw,
+    "bool": _bool,
+    "timestamp": _stamp,
+    "timestamptz": _stamptz,
 }
 
 
@@ -223,7 +241,7 @@ Nested = list["Nested | str | None"]
 def parse_array(text: str, delimiter: str = ",") -> Nested:
     """array_out's text (`{1,"a b",NULL}`, `[0:1]={...}`) as nested lists of element texts."""
     if text.startswith("["):  # non-default bounds: row_to_json ignores them
-        text = text[text.index("=") + 1:]
+        text = text[text.index("=") + 1 :]
     result, end = _parse_level(text, 0, delimiter)
     return result
 

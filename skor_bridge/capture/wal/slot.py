@@ -81,9 +81,14 @@ def slot_status(cur: cursor) -> SlotStatus | None:
     if row is None:
         return None
     name, exists, active, wal_status, retained, behind = row
-    return SlotStatus(slot=name, exists=bool(exists), active=bool(active),
-                      wal_status=wal_status, retained_bytes=int(retained),
-                      behind_bytes=int(behind))
+    return SlotStatus(
+        slot=name,
+        exists=bool(exists),
+        active=bool(active),
+        wal_status=wal_status,
+        retained_bytes=int(retained),
+        behind_bytes=int(behind),
+    )
 
 
 def slot_lost(slot: str, reason: str) -> SlotError:

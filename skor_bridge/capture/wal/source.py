@@ -71,8 +71,9 @@ WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n
 
 def replication_options() -> str:
     """libpq `options` fixing the text form the walsender writes values in."""
-    return " ".join(f"-c {name}={value.replace(' ', '')}"
-                    for name, value in SESSION_SETTINGS.items())
+    return " ".join(
+        f"-c {name}={value.replace(' ', '')}" for name, value in SESSION_SETTINGS.items()
+    )
 
 
 def identify(dsn: str) -> tuple[str, int]:
@@ -91,9 +92,14 @@ def identify(dsn: str) -> tuple[str, int]:
 def replication_connect(dsn: str, purpose: str = "wal") -> Any:
     try:
         return psycopg2.connect(
-            dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
-            connect_timeout=CONNECT_TIMEOUT, application_name=f"skor-bridge {purpose}",
-            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            dsn,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"skor-bridge {purpose}",
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
             options=replication_options(),
         )
     except psycopg2.Error as exc:
@@ -128,8 +134,9 @@ class WalSource(DurableSource):
     durable source's; only what fills the log differs: this reader instead of the outbox
     sequencer."""
 
-    def __init__(self, config: Config, stop: threading.Event,
-                 fence: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, config: Config, stop: threading.Event, fence: Callable[[], bool] = lambda: True
+    ) -> None:
         super().__init__(config, stop, fence)
         self.reader = WalReader(config, stop)
         self.sequencer = self.reader
@@ -145,9 +152,13 @@ class WalSource(DurableSource):
         if slot is None:
             return True, {}
         ok = slot.exists and slot.retained_bytes <= self.config.source.max_slot_lag
-        return ok, {"slot": slot.slot, "ready": ok, "retained_bytes": slot.retained_bytes,
-                    "wal_status": slot.wal_status,
-                    "max_slot_lag": self.config.source.max_slot_lag}
+        return ok, {
+            "slot": slot.slot,
+            "ready": ok,
+            "retained_bytes": slot.retained_bytes,
+            "wal_status": slot.wal_status,
+            "max_slot_lag": self.config.source.max_slot_lag,
+        }
 
 
 class WalReader(Sequencer):
@@ -193,8 +204,10 @@ class WalReader(Sequencer):
         """Check the installation before taking over: fail at start-up, in one line."""
         state = self._db.run(load_state)
         if state is None:
-            raise StartupError("WAL capture is not installed in this database: run "
-                               "`skor-bridge triggers install CONFIG --mode wal` first")
+            raise StartupError(
+                "WAL capture is not installed in this database: run "
+                "`skor-bridge triggers install CONFIG --mode wal` first"
+            )
         self._check_server(state)
         self._state = state
         self._specs = {(s.schema, s.table): s for s in parse_config(state.tables)}
@@ -216,15 +229,23 @@ class WalReader(Sequencer):
     def _check_server(self, state: WalState) -> None:
         system_id, timeline = identify(self.config.source.dsn)
         if system_id != state.system_identifier:
-            raise slot_lost(state.slot, f"the server's system identifier is now {system_id},"
-                            f" not {state.system_identifier} (a restore or another server)")
+            raise slot_lost(
+                state.slot,
+                f"the server's system identifier is now {system_id},"
+                f" not {state.system_identifier} (a restore or another server)",
+            )
         if timeline != state.timeline:
-            raise slot_lost(state.slot, f"the server's timeline moved from {state.timeline}"
-                            f" to {timeline} (a failover or a point-in-time restore)")
+            raise slot_lost(
+                state.slot,
+                f"the server's timeline moved from {state.timeline}"
+                f" to {timeline} (a failover or a point-in-time restore)",
+            )
 
         def exists(cur: cursor) -> bool:
-            cur.execute("SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
-                        (state.slot,))
+            cur.execute(
+                "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+                (state.slot,),
+            )
             row = cur.fetchone()
             return bool(row and row[0])
 
@@ -242,18 +263,22 @@ class WalReader(Sequencer):
                     return
                 except SlotError:
                     raise
-                except (psycopg2.OperationalError, psycopg2.InterfaceError,
-                        DatabaseError) as exc:
+                except (psycopg2.OperationalError, psycopg2.InterfaceError, DatabaseError) as exc:
                     if isinstance(exc, psycopg2.errors.UndefinedObject) or (
-                            "does not exist" in str(exc) and "slot" in str(exc)):
-                        raise slot_lost(self._slot, "it does not exist on the server any "
-                                        "more") from None
+                        "does not exist" in str(exc) and "slot" in str(exc)
+                    ):
+                        raise slot_lost(
+                            self._slot, "it does not exist on the server any more"
+                        ) from None
                     # Anything else passes: a lost connection, or the slot still held by
                     # an instance this one replaced, until the server ends its session.
                     attempt += 1
                     delay = backoff_delay(attempt, 0.2, 5.0)
-                    log.warning("WAL reader: replication connection lost (%s); reconnecting "
-                                "in %.1fs", describe(exc), delay)
+                    log.warning(
+                        "WAL reader: replication connection lost (%s); reconnecting in %.1fs",
+                        describe(exc),
+                        delay,
+                    )
                     self._reset_stream()
                     if self._stopped.wait(delay):
                         return
@@ -278,27 +303,31 @@ class WalReader(Sequencer):
     def _stream(self) -> None:
         state = self._db.run(load_state)
         if state is None or state.slot != self._slot:
-            raise slot_lost(self._slot, "WAL capture was uninstalled or reinstalled while "
-                            "the bridge ran")
+            raise slot_lost(
+                self._slot, "WAL capture was uninstalled or reinstalled while the bridge ran"
+            )
         self._state = state
         conn = replication_connect(self.config.source.dsn, self.config.source.session("wal"))
         self._cursor = cur = conn.cursor()
         self._check_server(state)
-        options = {"proto_version": proto_version(conn.server_version),
-                   "publication_names": state.publication}
+        options = {
+            "proto_version": proto_version(conn.server_version),
+            "publication_names": state.publication,
+        }
         if conn.server_version >= 140000:
             options["messages"] = "true"
         try:
-            cur.start_replication(slot_name=state.slot, decode=False, options=options,
-                                  status_interval=STATUS_INTERVAL)
+            cur.start_replication(
+                slot_name=state.slot, decode=False, options=options, status_interval=STATUS_INTERVAL
+            )
         except psycopg2.errors.UndefinedObject:
             raise slot_lost(state.slot, "it does not exist on the server any more") from None
         except psycopg2.errors.ObjectInUse as exc:
-            raise DatabaseError(f"replication slot {state.slot} is in use by another "
-                                f"process ({describe(exc)})") from None
+            raise DatabaseError(
+                f"replication slot {state.slot} is in use by another process ({describe(exc)})"
+            ) from None
         self._acked = 0  # the first acknowledgement goes out, even for a re-read
-        log.info("reading replication slot %s from %s", state.slot,
-                 protocol.format_lsn(state.lsn))
+        log.info("reading replication slot %s from %s", state.slot, protocol.format_lsn(state.lsn))
         while not self._stopped.is_set() and not self.stopping.is_set():
             if time.monotonic() - self._slot_checked >= SLOT_CHECK:
                 self._check_slot()
@@ -310,7 +339,8 @@ class WalReader(Sequencer):
                 continue
             self._handle(protocol.parse(message.payload), len(message.payload))
             if len(self._pending) >= self.config.source.batch_size or (
-                    self._pending_bytes >= CHUNK_BYTES):
+                self._pending_bytes >= CHUNK_BYTES
+            ):
                 self._flush()
         if self._completed_pending:
             self._flush()
@@ -341,8 +371,9 @@ class WalReader(Sequencer):
             assert self._state is not None
             # A transaction whose commit precedes the recorded end is already in the log.
             skip = message.final_lsn < self._state.lsn
-            partial = (self._state.partial_messages
-                       if message.final_lsn == self._state.partial_lsn else 0)
+            partial = (
+                self._state.partial_messages if message.final_lsn == self._state.partial_lsn else 0
+            )
             self._tx = _Transaction(message, skip, partial)
         elif isinstance(message, protocol.Insert | protocol.Update | protocol.Delete):
             self._row(message, size)
@@ -361,8 +392,9 @@ class WalReader(Sequencer):
             for relid in message.relids:
                 table = self._tables.get(relid)
                 name = str(table.spec) if table else str(relid)
-                self._warn_once(f"truncate {name}", "TRUNCATE of %s is not captured (as in "
-                                "trigger mode)", name)
+                self._warn_once(
+                    f"truncate {name}", "TRUNCATE of %s is not captured (as in trigger mode)", name
+                )
         elif isinstance(message, protocol.Message):
             if message.prefix.startswith("skor"):
                 self._pending_messages.append((message, len(self._pending)))
@@ -371,8 +403,7 @@ class WalReader(Sequencer):
                 self._message_events(handler, message, self._tx)
         # Origin and Type messages need nothing: types are looked up by OID.
 
-    def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete,
-             size: int) -> None:
+    def _row(self, message: protocol.Insert | protocol.Update | protocol.Delete, size: int) -> None:
         tx = self._tx
         if tx is None:
             raise protocol.ProtocolError("row change outside a transaction")
@@ -383,19 +414,26 @@ class WalReader(Sequencer):
         table = self._tables.get(message.relid)
         if table is None:
             return
-        if not isinstance(message, protocol.Insert) and (
-                getattr(message, "old_kind", "O") == "K"):
-            self._warn_once(f"identity {table.spec}", "%s does not log whole old rows: run "
-                            "`skor-bridge triggers install --mode wal` again (REPLICA "
-                            "IDENTITY FULL; also for partitions added since)", table.spec)
+        if not isinstance(message, protocol.Insert) and (getattr(message, "old_kind", "O") == "K"):
+            self._warn_once(
+                f"identity {table.spec}",
+                "%s does not log whole old rows: run "
+                "`skor-bridge triggers install --mode wal` again (REPLICA "
+                "IDENTITY FULL; also for partitions added since)",
+                table.spec,
+            )
         commit = (tx.begin.final_lsn, tx.begin.commit_time)
         for change in changes_of(message, table, number):
             change.commit = commit
             self._pending.append(change)
             self._pending_bytes += size  # the message's size: about the row's
 
-    def _message_events(self, handler: Callable[[protocol.Message], list[MessageEvent]],
-                        message: protocol.Message, tx: _Transaction) -> None:
+    def _message_events(
+        self,
+        handler: Callable[[protocol.Message], list[MessageEvent]],
+        message: protocol.Message,
+        tx: _Transaction,
+    ) -> None:
         # Numbered with the row messages, so a re-read skips it like them.
         number = tx.messages
         tx.messages += 1
@@ -424,8 +462,9 @@ class WalReader(Sequencer):
             return tuple(row[0] for row in cur.fetchall())
 
         render_fns = tuple(renderer(t, self._renderer.server_value) for t in types)
-        self._tables[message.relid] = Table.build(message, spec, types, self._db.run(key_names),
-                                                  render_fns)
+        self._tables[message.relid] = Table.build(
+            message, spec, types, self._db.run(key_names), render_fns
+        )
 
     def _lookup_types(self, oids: list[int]) -> list[Any]:
         def query(cur: cursor) -> list[Any]:
@@ -444,8 +483,10 @@ class WalReader(Sequencer):
         kept_before = []
         if self._pending_messages:
             order = {id(change): i for i, change in enumerate(pending)}
-            kept_before = [sum(1 for c in changes if order[id(c)] < before)
-                           for _, before in self._pending_messages]
+            kept_before = [
+                sum(1 for c in changes if order[id(c)] < before)
+                for _, before in self._pending_messages
+            ]
         del pending
         render = self._renderer
         chunk = Chunk(self._head + 1)
@@ -453,12 +494,27 @@ class WalReader(Sequencer):
             commit_lsn, commit_time = change.commit
             derived = event_id(self._install_id, commit_lsn, change.message, change.sub)
             if isinstance(change, MessageEvent):
-                chunk.add(change.event_id or derived, commit_time, change.schema,
-                          change.table, change.op, change.key, change.data, change.outputs)
+                chunk.add(
+                    change.event_id or derived,
+                    commit_time,
+                    change.schema,
+                    change.table,
+                    change.op,
+                    change.key,
+                    change.data,
+                    change.outputs,
+                )
             else:
                 relation = change.table.relation  # (the root of a partition)
-                chunk.add(derived, commit_time, relation.schema, relation.table, change.op,
-                          render.key(change), render.data(change))
+                chunk.add(
+                    derived,
+                    commit_time,
+                    relation.schema,
+                    relation.table,
+                    change.op,
+                    render.key(change),
+                    render.data(change),
+                )
         del changes
         # Everything read so far is in this chunk: an open transaction's row messages up
         # to here are in the log once it commits.
@@ -480,8 +536,7 @@ class WalReader(Sequencer):
                 listener(message, next_pos - chunk.count - 1 + before)
         self._ack(lsn)
 
-    def _write(self, cur: cursor, chunk: Chunk, lsn: int,
-               partial: tuple[int, int] | None) -> int:
+    def _write(self, cur: cursor, chunk: Chunk, lsn: int, partial: tuple[int, int] | None) -> int:
         try:
             cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
             row = cur.fetchone()
@@ -506,17 +561,22 @@ class WalReader(Sequencer):
         self._slot_checked = time.monotonic()
         self.slot = self._db.run(slot_status)
         limit = self.config.source.max_slot_lag
-        if self.slot is not None and self.slot.retained_bytes > limit and (
-                time.monotonic() - self._lag_warned >= 60):
+        if (
+            self.slot is not None
+            and self.slot.retained_bytes > limit
+            and (time.monotonic() - self._lag_warned >= 60)
+        ):
             self._lag_warned = time.monotonic()
-            log.warning("replication slot %s holds %d MB of WAL on the server, over "
-                        "--max-slot-lag (%d MB): is the bridge keeping up? (set "
-                        "max_slot_wal_keep_size so a forgotten slot cannot fill the disk)",
-                        self.slot.slot, self.slot.retained_bytes // 2**20, limit // 2**20)
+            log.warning(
+                "replication slot %s holds %d MB of WAL on the server, over "
+                "--max-slot-lag (%d MB): is the bridge keeping up? (set "
+                "max_slot_wal_keep_size so a forgotten slot cannot fill the disk)",
+                self.slot.slot,
+                self.slot.retained_bytes // 2**20,
+                limit // 2**20,
+            )
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message, *args)
-
-

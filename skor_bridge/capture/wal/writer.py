@@ -41,21 +41,32 @@ def load_state(cur: cursor) -> WalState | None:
     row = cur.fetchone()
     if not row or not row[0]:
         return None
-    cur.execute("SELECT slot_name, publication, system_identifier, timeline, tables,"
-                " lsn::text, partial_lsn::text, partial_messages FROM skor.wal_state")
+    cur.execute(
+        "SELECT slot_name, publication, system_identifier, timeline, tables,"
+        " lsn::text, partial_lsn::text, partial_messages FROM skor.wal_state"
+    )
     row = cur.fetchone()
     if row is None:
         return None
     slot, publication, system_id, timeline, tables, lsn, partial, messages = row
-    return WalState(slot, publication, system_id, int(timeline), list(tables),
-                    parse_lsn(lsn), parse_lsn(partial) if partial else None, int(messages))
+    return WalState(
+        slot,
+        publication,
+        system_id,
+        int(timeline),
+        list(tables),
+        parse_lsn(lsn),
+        parse_lsn(partial) if partial else None,
+        int(messages),
+    )
 
 
 def event_id(install_id: str, commit_lsn: int, message: int, sub: int) -> str:
     """Stable across re-reads of the same transaction: (LSN, place in the transaction).
     The md5 as a UUID's text, as trigger mode's `md5(...)::uuid` writes it."""
-    h = hashlib.md5(f"{install_id}.wal.{commit_lsn}.{message}.{sub}".encode(),
-                    usedforsecurity=False).hexdigest()
+    h = hashlib.md5(
+        f"{install_id}.wal.{commit_lsn}.{message}.{sub}".encode(), usedforsecurity=False
+    ).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -75,8 +86,9 @@ def _array(items: tuple[str, ...] | None) -> str | None:
     """A text[] literal."""
     if items is None:
         return None
-    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                          for i in items) + "}"
+    return (
+        "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+    )
 
 
 class Chunk:
@@ -95,14 +107,33 @@ class Chunk:
         self._stamp_of = -1.0
         self._stamp = ""
 
-    def add(self, event: str, captured_at: float, schema: str, table: str, op: str,
-            key: str | None, data: str, outputs: tuple[str, ...] | None = None) -> None:
+    def add(
+        self,
+        event: str,
+        captured_at: float,
+        schema: str,
+        table: str,
+        op: str,
+        key: str | None,
+        data: str,
+        outputs: tuple[str, ...] | None = None,
+    ) -> None:
         if captured_at != self._stamp_of:  # one transaction's events share their time
             self._stamp_of = captured_at
             self._stamp = datetime.fromtimestamp(captured_at, UTC).isoformat()
         stamp = self._stamp
-        line = "\t".join((str(self.base + self.count), event, stamp, _copy_field(schema),
-                          _copy_field(table), op, _copy_field(key), _copy_field(data)))
+        line = "\t".join(
+            (
+                str(self.base + self.count),
+                event,
+                stamp,
+                _copy_field(schema),
+                _copy_field(table),
+                op,
+                _copy_field(key),
+                _copy_field(data),
+            )
+        )
         if outputs is not None and not self._outputs:
             self._with_outputs()
         if self._outputs:
@@ -133,11 +164,14 @@ class Chunk:
         extra = ", outputs" if self._outputs else ""
         cur.copy_expert(
             "COPY skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,"
-            f" data{extra}) FROM STDIN", self._buffer)
+            f" data{extra}) FROM STDIN",
+            self._buffer,
+        )
 
 
-def write_chunk(cur: cursor, chunk: Chunk, base: int, lsn: int,
-                partial: tuple[int, int] | None) -> int:
+def write_chunk(
+    cur: cursor, chunk: Chunk, base: int, lsn: int, partial: tuple[int, int] | None
+) -> int:
     """Copy the chunk in at positions from `base` on, record progress; returns the next
     position. Runs inside the caller's transaction, which holds the sequencer row."""
     if chunk.count:
@@ -148,7 +182,10 @@ def write_chunk(cur: cursor, chunk: Chunk, base: int, lsn: int,
     cur.execute(
         "UPDATE skor.wal_state SET lsn = greatest(lsn, %s::pg_lsn), partial_lsn = %s::pg_lsn,"
         " partial_messages = %s, updated_at = now()",
-        (format_lsn(lsn), format_lsn(partial[0]) if partial else None,
-         partial[1] if partial else 0),
+        (
+            format_lsn(lsn),
+            format_lsn(partial[0]) if partial else None,
+            partial[1] if partial else 0,
+        ),
     )
     return base + chunk.count

@@ -43,6 +43,7 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         pass  # not Linux: the benchmark's own clean-up still stops them
 
+
 #: Seconds the bridge gets to start all its outputs.
 START_TIMEOUT = 60.0
 
@@ -55,8 +56,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 class BridgeProcess:
-    def __init__(self, dsn: str, args: list[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, dsn: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.dsn = dsn
         self.args = args
         self.log_path = log_path
@@ -72,9 +74,13 @@ class BridgeProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "skor_bridge", "run", *self.args, "--log-level", "info"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
                 start_new_session=True,  # Ctrl-C reaches the benchmark, which stops us
-                preexec_fn=_die_with_parent)
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     @property

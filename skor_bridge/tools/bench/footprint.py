@@ -51,8 +51,10 @@ class Backends:
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                            " AND application_name LIKE 'skor-bridge%%'")
+                cur.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name LIKE 'skor-bridge%%'"
+                )
                 return [int(row[0]) for row in cur.fetchall()]
         finally:
             conn.close()
@@ -88,8 +90,10 @@ class Backends:
 
 
 def _log_bytes_per_event(ctx: Context) -> float:
-    size = ctx.db.scalar("SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
-                         " FROM pg_inherits WHERE inhparent = 'skor.log'::regclass")
+    size = ctx.db.scalar(
+        "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)"
+        " FROM pg_inherits WHERE inhparent = 'skor.log'::regclass"
+    )
     rows = ctx.db.scalar("SELECT count(*) FROM skor.log")
     return float(str(size or 0)) / max(int(str(rows or 0)), 1)
 
@@ -114,15 +118,20 @@ def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) 
     ok = per_event <= DB_CPU_TARGET_US and p99 <= P99_TARGET_MS and lost == 0
     ctx.progress(f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms")
     return [
-        Row(f"PostgreSQL CPU of the bridge's sessions per event, {options.rate:,} events/s "
+        Row(
+            f"PostgreSQL CPU of the bridge's sessions per event, {options.rate:,} events/s "
             f"({mode})",
             f"{per_event:.0f} us ({db_cpu / options.seconds * 100:.1f} % of a core; bridge "
             f"process {bridge_used / max(len(commits), 1) * 1e6:.0f} us per event); p99 "
             f"{p99:.1f} ms; {count(len(commits))} events, "
             f"{'none lost' if not lost else f'{count(lost)} LOST'}",
-            f"<= {DB_CPU_TARGET_US:g} us, p99 <= {P99_TARGET_MS:g} ms", verdict(ok)),
-        Row(f"log bytes per event in the user's database ({mode})",
-            f"{_log_bytes_per_event(ctx):.0f} bytes (skor.log with its index)"),
+            f"<= {DB_CPU_TARGET_US:g} us, p99 <= {P99_TARGET_MS:g} ms",
+            verdict(ok),
+        ),
+        Row(
+            f"log bytes per event in the user's database ({mode})",
+            f"{_log_bytes_per_event(ctx):.0f} bytes (skor.log with its index)",
+        ),
     ]
 
 
@@ -136,9 +145,10 @@ def _flat_out(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str
     db_cpu = backends.used()
     events = ctx.webhook.count() - before
     per_event = db_cpu / max(events, 1) * 1e6
-    return Row("PostgreSQL CPU of the bridge's sessions per event, writers flat out "
-               f"({mode})",
-               f"{per_event:.0f} us ({count(events)} events; writers at {rate(run.tps, 'tps')})")
+    return Row(
+        f"PostgreSQL CPU of the bridge's sessions per event, writers flat out ({mode})",
+        f"{per_event:.0f} us ({count(events)} events; writers at {rate(run.tps, 'tps')})",
+    )
 
 
 def _idle(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) -> Row:
@@ -149,10 +159,12 @@ def _idle(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) ->
     time.sleep(IDLE_SECONDS)
     idle_db = backends.used() / IDLE_SECONDS
     idle_bridge = (bridge.cpu_seconds() - bridge_cpu) / IDLE_SECONDS
-    return Row(f"idle CPU, nothing written ({mode}): bridge process / its PostgreSQL "
-               "sessions", f"{idle_bridge * 100:.2f} % / {idle_db * 100:.2f} % of one core",
-               f"<= {IDLE_TARGET:.0%} each",
-               verdict(idle_bridge <= IDLE_TARGET and idle_db <= IDLE_TARGET))
+    return Row(
+        f"idle CPU, nothing written ({mode}): bridge process / its PostgreSQL sessions",
+        f"{idle_bridge * 100:.2f} % / {idle_db * 100:.2f} % of one core",
+        f"<= {IDLE_TARGET:.0%} each",
+        verdict(idle_bridge <= IDLE_TARGET and idle_db <= IDLE_TARGET),
+    )
 
 
 def measure(ctx: Context, mode: str = "trigger mode") -> list[Row]:
@@ -163,8 +175,10 @@ def measure(ctx: Context, mode: str = "trigger mode") -> list[Row]:
         bridge.wait_ready(1)
         backends = Backends(ctx.db.dsn)
         if not backends.readable():
-            ctx.notes.append("Database cost skipped: the bridge's PostgreSQL sessions are "
-                             "not processes of this machine (their CPU is read from /proc).")
+            ctx.notes.append(
+                "Database cost skipped: the bridge's PostgreSQL sessions are "
+                "not processes of this machine (their CPU is read from /proc)."
+            )
             return []
         rows = [_idle(ctx, bridge, backends, mode)]
         rows += _steady(ctx, bridge, backends, mode)

@@ -35,8 +35,9 @@ def steady_latencies(commits: dict[int, float], arrivals: dict[int, float]) -> l
     if not commits:
         return []
     start = min(commits.values()) + WARMUP
-    return sorted((arrivals[i] - at) * 1000 for i, at in commits.items()
-                  if i in arrivals and at >= start)
+    return sorted(
+        (arrivals[i] - at) * 1000 for i, at in commits.items() if i in arrivals and at >= start
+    )
 
 
 def percentile(sorted_values: list[float], share: float) -> float:
@@ -54,8 +55,7 @@ def measure(ctx: Context) -> list[Row]:
     bridge = start_bridge(ctx, counters, "webhook-latency")  # type: ignore[arg-type]
     try:
         bridge.wait_ready(1)
-        ctx.progress(f"latency: {options.rate:,} events/s to the webhook for "
-                     f"{options.seconds:g} s")
+        ctx.progress(f"latency: {options.rate:,} events/s to the webhook for {options.seconds:g} s")
         commits = run_paced(ctx.db.dsn, TABLE, options.rate, options.seconds)
         deadline = time.monotonic() + SETTLE
         while ctx.receiver.summary().distinct < len(commits) and time.monotonic() < deadline:
@@ -69,9 +69,16 @@ def measure(ctx: Context) -> list[Row]:
     worst = latencies[-1] if latencies else 0.0
     achieved = len(commits) / options.seconds
     ctx.progress(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    result = (f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms "
-              f"({count(len(commits))} events at {rate(achieved)}, the first second not counted; "
-              f"{'none lost' if not lost else f'{count(lost)} LOST'})")
-    return [Row(f"latency, commit to receipt, webhook at {options.rate:,} events/s",
-                result, f"p99 <= {P99_TARGET_MS:g} ms",
-                verdict(p99 <= P99_TARGET_MS and lost == 0 and bool(latencies)))]
+    result = (
+        f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms "
+        f"({count(len(commits))} events at {rate(achieved)}, the first second not counted; "
+        f"{'none lost' if not lost else f'{count(lost)} LOST'})"
+    )
+    return [
+        Row(
+            f"latency, commit to receipt, webhook at {options.rate:,} events/s",
+            result,
+            f"p99 <= {P99_TARGET_MS:g} ms",
+            verdict(p99 <= P99_TARGET_MS and lost == 0 and bool(latencies)),
+        )
+    ]

@@ -35,17 +35,26 @@ def free_port() -> int:
 
 
 class LogicalServer:
-    def __init__(self, bin_dir: Path | None = None, os_user: str = "embedded_postgres",
-                 durable: bool = True, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bin_dir: Path | None = None,
+        os_user: str = "embedded_postgres",
+        durable: bool = True,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.bin_dir = bin_dir or embedded_bin_dir()
         self.os_user = os_user if os.geteuid() == 0 else None
         self.root = Path(tempfile.mkdtemp(prefix="skor-wal-pg-"))
         self.pgdata = self.root / "data"
         self.port = free_port()
         self.settings = {
-            "wal_level": "logical", "port": str(self.port), "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.root), "max_replication_slots": "64",
-            "max_wal_senders": "64", "max_connections": "200",
+            "wal_level": "logical",
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self.root),
+            "max_replication_slots": "64",
+            "max_wal_senders": "64",
+            "max_connections": "200",
         }
         if not durable:  # tests only: nothing here needs to survive a power cut
             self.settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
@@ -59,21 +68,45 @@ class LogicalServer:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120,
-                       user=self.os_user, cwd=self.root)
+        subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            user=self.os_user,
+            cwd=self.root,
+        )
 
     def start(self) -> LogicalServer:
         if self.os_user is not None:
             self.root.chmod(0o755)
             shutil.chown(self.root, self.os_user)
-        self._run("initdb", "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                  "-E", "UTF8", "--locale=C")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             for name, value in self.settings.items():
                 conf.write(f"{name} = '{value}'\n")
-        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.root / "log"), "-w",
-                  "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         return self
 
     def stop(self) -> None:

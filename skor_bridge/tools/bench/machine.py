@@ -36,6 +36,8 @@ def cpus() -> int:
 
 
 def describe(postgres_version: str) -> str:
-    return (f"{cpus()} CPUs ({cpu_model()}), {memory_gib():.1f} GiB RAM, "
-            f"PostgreSQL {postgres_version}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{cpus()} CPUs ({cpu_model()}), {memory_gib():.1f} GiB RAM, "
+        f"PostgreSQL {postgres_version}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )

@@ -42,32 +42,53 @@ def idle(ctx: Context) -> tuple[float, float]:
 def measure(ctx: Context) -> list[Row]:
     ctx.progress("memory: an idle bridge")
     idle_mb, idle_cpu = idle(ctx)
-    rows = [Row("bridge peak memory (VmHWM), idle, no backlog",
-                f"{idle_mb:.0f} MiB (idle CPU {idle_cpu * 100:.1f} % of one core)",
-                f"< {MEMORY_TARGET_MB:.0f} MiB", verdict(idle_mb < MEMORY_TARGET_MB))]
+    rows = [
+        Row(
+            "bridge peak memory (VmHWM), idle, no backlog",
+            f"{idle_mb:.0f} MiB (idle CPU {idle_cpu * 100:.1f} % of one core)",
+            f"< {MEMORY_TARGET_MB:.0f} MiB",
+            verdict(idle_mb < MEMORY_TARGET_MB),
+        )
+    ]
     sizes = [ctx.options.backlog]
     if ctx.options.big_backlog:
         sizes.append(BIG_BACKLOG)
     else:
-        ctx.notes.append(f"The {count(BIG_BACKLOG)}-event backlog run was skipped "
-                         "(--big-backlog runs it; `make bench` does).")
+        ctx.notes.append(
+            f"The {count(BIG_BACKLOG)}-event backlog run was skipped "
+            "(--big-backlog runs it; `make bench` does)."
+        )
     drains = []
     for size in sizes:
         ctx.progress(f"memory: draining {count(size)} events to the webhook")
         result = drain(ctx, ("webhook",), size)
         drains.append(result)
-        rows.append(Row(f"bridge CPU per 10,000 events, {count(size)}-event backlog to the "
-                        "webhook", f"{result.cpu_per_10k:.2f} CPU-s (drained at "
-                        f"{rate(result.rate)})"))
+        rows.append(
+            Row(
+                f"bridge CPU per 10,000 events, {count(size)}-event backlog to the webhook",
+                f"{result.cpu_per_10k:.2f} CPU-s (drained at {rate(result.rate)})",
+            )
+        )
     for size, result in zip(sizes, drains, strict=True):
         figure = f"bridge peak memory (VmHWM), {count(size)}-event backlog to the webhook"
         text = f"{result.peak_mb:.0f} MiB ({result.peak_mb - idle_mb:+.0f} MiB vs no backlog)"
         if size == BIG_BACKLOG:
             same = result.peak_mb <= idle_mb * (1 + SAME_TOLERANCE)
-            rows.append(Row(figure, text, f"< {MEMORY_TARGET_MB:.0f} MiB and within "
-                            f"{SAME_TOLERANCE:.0%} of no backlog",
-                            verdict(result.peak_mb < MEMORY_TARGET_MB and same)))
+            rows.append(
+                Row(
+                    figure,
+                    text,
+                    f"< {MEMORY_TARGET_MB:.0f} MiB and within {SAME_TOLERANCE:.0%} of no backlog",
+                    verdict(result.peak_mb < MEMORY_TARGET_MB and same),
+                )
+            )
         else:
-            rows.append(Row(figure, text, f"< {MEMORY_TARGET_MB:.0f} MiB",
-                            verdict(result.peak_mb < MEMORY_TARGET_MB)))
+            rows.append(
+                Row(
+                    figure,
+                    text,
+                    f"< {MEMORY_TARGET_MB:.0f} MiB",
+                    verdict(result.peak_mb < MEMORY_TARGET_MB),
+                )
+            )
     return rows

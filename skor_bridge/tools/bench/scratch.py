@@ -78,8 +78,10 @@ class ScratchDatabase:
                 row = cur.fetchone()
                 force = " WITH (FORCE)" if row and row[0] >= 130000 else ""
                 if not force:
-                    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                " WHERE datname = %s", (self.name,))
+                    cur.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                        (self.name,),
+                    )
                 cur.execute(f'DROP DATABASE IF EXISTS "{self.name}"{force}')
         finally:
             conn.close()

@@ -34,11 +34,21 @@ OUTAGE_SECONDS, OUTAGE_RATE, OUTAGE_TARGET = 45.0, 200, 5.0
 
 
 def measure(ctx: Context) -> list[Row]:
-    rows = [_paced(ctx, "50 ms receiver", PACED_RATE, DELAY, 0.0, 0.0, 99, PACED_P99_MS),
-            _flat_out(ctx),
-            _paced(ctx, f"{TAIL_SHARE:.1%} of answers {TAIL_DELAY:g} s late", TAIL_RATE,
-                   0.0, TAIL_SHARE, TAIL_DELAY, 50, TAIL_P50_MS),
-            _outage(ctx)]
+    rows = [
+        _paced(ctx, "50 ms receiver", PACED_RATE, DELAY, 0.0, 0.0, 99, PACED_P99_MS),
+        _flat_out(ctx),
+        _paced(
+            ctx,
+            f"{TAIL_SHARE:.1%} of answers {TAIL_DELAY:g} s late",
+            TAIL_RATE,
+            0.0,
+            TAIL_SHARE,
+            TAIL_DELAY,
+            50,
+            TAIL_P50_MS,
+        ),
+        _outage(ctx),
+    ]
     ctx.receiver.set_delay()
     return rows
 
@@ -52,15 +62,25 @@ def _latencies(ctx: Context, commits: dict[int, float]) -> tuple[list[float], in
     return latencies, len(commits) - len(latencies)
 
 
-def _paced(ctx: Context, what: str, events_per_s: int, delay: float, share: float,
-           late: float, judged: int, target_ms: float) -> Row:
+def _paced(
+    ctx: Context,
+    what: str,
+    events_per_s: int,
+    delay: float,
+    share: float,
+    late: float,
+    judged: int,
+    target_ms: float,
+) -> Row:
     prepare(ctx, [ctx.webhook])
     ctx.receiver.set_delay(delay, share, late)
     bridge = start_bridge(ctx, [ctx.webhook], f"slow-{events_per_s}")
     try:
         bridge.wait_ready(1)
-        ctx.progress(f"slow webhook: {what}, {events_per_s:,} events/s from 4 writers for "
-                     f"{ctx.options.seconds:g} s")
+        ctx.progress(
+            f"slow webhook: {what}, {events_per_s:,} events/s from 4 writers for "
+            f"{ctx.options.seconds:g} s"
+        )
         commits = run_paced(ctx.db.dsn, TABLE, events_per_s, ctx.options.seconds, processes=4)
         latencies, lost = _latencies(ctx, commits)
     finally:
@@ -69,11 +89,13 @@ def _paced(ctx: Context, what: str, events_per_s: int, delay: float, share: floa
     achieved = len(commits) / ctx.options.seconds
     ctx.progress(f"slow webhook: {what}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     measured = p99 if judged == 99 else p50
-    return Row(f"latency, webhook, {what}, at {events_per_s:,} events/s",
-               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count(len(commits))} events at "
-               f"{rate(achieved)}; {'none lost' if not lost else f'{count(lost)} LOST'})",
-               f"p{judged} <= {target_ms:g} ms",
-               verdict(measured <= target_ms and not lost and bool(latencies)))
+    return Row(
+        f"latency, webhook, {what}, at {events_per_s:,} events/s",
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count(len(commits))} events at "
+        f"{rate(achieved)}; {'none lost' if not lost else f'{count(lost)} LOST'})",
+        f"p{judged} <= {target_ms:g} ms",
+        verdict(measured <= target_ms and not lost and bool(latencies)),
+    )
 
 
 def _flat_out(ctx: Context) -> Row:
@@ -86,8 +108,7 @@ def _flat_out(ctx: Context) -> Row:
         bridge.wait_ready(1)
         started, cpu = time.monotonic(), bridge.cpu_seconds()
         deadline = started + 300
-        while (ctx.receiver.summary().distinct < FLAT_OUT_BACKLOG
-               and time.monotonic() < deadline):
+        while ctx.receiver.summary().distinct < FLAT_OUT_BACKLOG and time.monotonic() < deadline:
             time.sleep(0.05)
         took = time.monotonic() - started
         cpu = bridge.cpu_seconds() - cpu
@@ -96,12 +117,13 @@ def _flat_out(ctx: Context) -> Row:
         bridge.stop()
     per_s = received / took
     ctx.progress(f"slow webhook: flat out {rate(per_s)}")
-    return Row("throughput, webhook, 50 ms receiver, draining "
-               f"{count(FLAT_OUT_BACKLOG)} events",
-               f"{rate(per_s)}, bridge CPU {cpu / max(received, 1) * 10_000:.2f} s per "
-               f"10,000 events ({count(received)} received)",
-               f">= {FLAT_OUT_TARGET:,} events/s",
-               verdict(per_s >= FLAT_OUT_TARGET and received == FLAT_OUT_BACKLOG))
+    return Row(
+        f"throughput, webhook, 50 ms receiver, draining {count(FLAT_OUT_BACKLOG)} events",
+        f"{rate(per_s)}, bridge CPU {cpu / max(received, 1) * 10_000:.2f} s per "
+        f"10,000 events ({count(received)} received)",
+        f">= {FLAT_OUT_TARGET:,} events/s",
+        verdict(per_s >= FLAT_OUT_TARGET and received == FLAT_OUT_BACKLOG),
+    )
 
 
 def _outage(ctx: Context) -> Row:
@@ -110,12 +132,13 @@ def _outage(ctx: Context) -> Row:
     bridge = start_bridge(ctx, [ctx.webhook], "slow-outage")
     try:
         bridge.wait_ready(1)
-        ctx.progress(f"slow webhook: receiver down {OUTAGE_SECONDS:g} s while "
-                     f"{OUTAGE_RATE}/s changes arrive, then back")
+        ctx.progress(
+            f"slow webhook: receiver down {OUTAGE_SECONDS:g} s while "
+            f"{OUTAGE_RATE}/s changes arrive, then back"
+        )
         ctx.receiver.down()
         back = threading.Timer(OUTAGE_SECONDS, ctx.receiver.up)
-        commits = run_paced(ctx.db.dsn, TABLE, OUTAGE_RATE, OUTAGE_SECONDS - 1,
-                            on_start=back.start)
+        commits = run_paced(ctx.db.dsn, TABLE, OUTAGE_RATE, OUTAGE_SECONDS - 1, on_start=back.start)
         back.join()
         up = time.monotonic()
         deadline = up + 120
@@ -126,7 +149,10 @@ def _outage(ctx: Context) -> Row:
     finally:
         bridge.stop()
     ctx.progress(f"slow webhook: everything delivered {took:.1f} s after the receiver came back")
-    return Row(f"receiver down {OUTAGE_SECONDS:g} s with changes arriving, then back",
-               f"all {count(len(commits))} delivered {took:.1f} s after it was back "
-               f"({count(received)} received)", f"<= {OUTAGE_TARGET:g} s",
-               verdict(took <= OUTAGE_TARGET and received >= len(commits)))
+    return Row(
+        f"receiver down {OUTAGE_SECONDS:g} s with changes arriving, then back",
+        f"all {count(len(commits))} delivered {took:.1f} s after it was back "
+        f"({count(received)} received)",
+        f"<= {OUTAGE_TARGET:g} s",
+        verdict(took <= OUTAGE_TARGET and received >= len(commits)),
+    )

@@ -43,8 +43,11 @@ class FlatOut:
 
 
 def counters_for(ctx: Context, names: tuple[str, ...]) -> list[Counter]:
-    found: dict[str, Counter | None] = {"webhook": ctx.webhook, "amqp": ctx.amqp,
-                                        "kafka": ctx.kafka}
+    found: dict[str, Counter | None] = {
+        "webhook": ctx.webhook,
+        "amqp": ctx.amqp,
+        "kafka": ctx.kafka,
+    }
     result = []
     for name in names:
         counter = found[name]
@@ -118,15 +121,19 @@ def flat_out(ctx: Context, names: tuple[str, ...]) -> FlatOut:
     try:
         bridge.wait_ready(len(counters))
         mark: list[tuple[int, float]] = []
-        run = ctx.writers.run(ctx.options.flat_out_writers, ctx.options.seconds,
-                              on_start=lambda: mark.append((_delivered(counters),
-                                                            time.monotonic())))
+        run = ctx.writers.run(
+            ctx.options.flat_out_writers,
+            ctx.options.seconds,
+            on_start=lambda: mark.append((_delivered(counters), time.monotonic())),
+        )
         before, started = mark[0]
         elapsed = time.monotonic() - started
         during = _delivered(counters) - before
         expected = ctx.db.rows()
-        ctx.progress(f"{label}: writers done ({rate(run.tps, 'tps')}); waiting for all "
-                     f"{count(expected)} events to arrive")
+        ctx.progress(
+            f"{label}: writers done ({rate(run.tps, 'tps')}); waiting for all "
+            f"{count(expected)} events to arrive"
+        )
         _wait_for(counters, expected, bridge)
         received, duplicates = _received(ctx, counters)
     finally:
@@ -143,9 +150,16 @@ def drain(ctx: Context, names: tuple[str, ...], events: int) -> Drain:
     prepare(ctx, counters)
     ctx.progress(f"{label}: inserting a backlog of {count(events)} events (bridge stopped)")
     step = max(events // 10, 100_000)
-    insert_backlog(ctx.db.dsn, TABLE, events, lambda done: (
-        ctx.progress(f"{label}: {count(done)} of {count(events)} inserted")
-        if done % step == 0 and done < events else None))
+    insert_backlog(
+        ctx.db.dsn,
+        TABLE,
+        events,
+        lambda done: (
+            ctx.progress(f"{label}: {count(done)} of {count(events)} inserted")
+            if done % step == 0 and done < events
+            else None
+        ),
+    )
     ctx.progress(f"{label}: starting the bridge; timing the drain")
     bridge = start_bridge(ctx, counters, f"{label}-drain-{events}")
     try:
@@ -165,12 +179,21 @@ def drain(ctx: Context, names: tuple[str, ...], events: int) -> Drain:
     finally:
         bridge.stop()
     if done is None:
-        ctx.notes.append(f"{label}: the {count(events)}-event backlog did not drain: "
-                         f"{count(received)} arrived; see {bridge.log_path}")
+        ctx.notes.append(
+            f"{label}: the {count(events)}-event backlog did not drain: "
+            f"{count(received)} arrived; see {bridge.log_path}"
+        )
         done = time.monotonic()
-    result = Drain(events, done - ready, done - started,
-                   (cpu_done - cpu_ready) / max(received, 1) * 10_000, peak, received,
-                   duplicates, receiver_load)
+    result = Drain(
+        events,
+        done - ready,
+        done - started,
+        (cpu_done - cpu_ready) / max(received, 1) * 10_000,
+        peak,
+        received,
+        duplicates,
+        receiver_load,
+    )
     ctx.drains[(names, events)] = result
     return result
 
@@ -197,36 +220,53 @@ def measure(ctx: Context, names: tuple[str, ...]) -> list[Row]:
     """The flat-out row and the backlog row of one output (or of all three together)."""
     label = _label(names)
     target = TARGETS.get(names[0]) if len(names) == 1 else None
-    ctx.progress(f"{label}: {ctx.options.flat_out_writers} writers flat out for "
-                 f"{ctx.options.seconds:g} s")
+    ctx.progress(
+        f"{label}: {ctx.options.flat_out_writers} writers flat out for {ctx.options.seconds:g} s"
+    )
     flat = flat_out(ctx, names)
     ctx.progress(f"{label}: {rate(flat.delivered_rate)} delivered while writing")
     backlog = drain(ctx, names, ctx.options.backlog)
     ctx.progress(f"{label}: backlog drained at {rate(backlog.rate)}")
 
     bound = " (bound by the writers)" if flat.delivered_rate >= 0.95 * flat.committed_rate else ""
-    flat_result = (f"{rate(flat.delivered_rate)} while writers committed "
-                   f"{rate(flat.committed_rate, '/s')}{bound}; {count(flat.expected)} events, "
-                   f"{_losses(flat.expected, flat.received, flat.duplicates)}")
-    drain_result = (f"{rate(backlog.rate)} ({count(backlog.events)} in {_secs(backlog.seconds)}, "
-                    f"{_secs(backlog.from_start)} from process start; "
-                    f"{_losses(backlog.events, backlog.received, backlog.duplicates)}; "
-                    f"bridge {backlog.cpu_per_10k:.2f} CPU-s per 10,000 events, "
-                    f"peak {backlog.peak_mb:.0f} MiB)")
+    flat_result = (
+        f"{rate(flat.delivered_rate)} while writers committed "
+        f"{rate(flat.committed_rate, '/s')}{bound}; {count(flat.expected)} events, "
+        f"{_losses(flat.expected, flat.received, flat.duplicates)}"
+    )
+    drain_result = (
+        f"{rate(backlog.rate)} ({count(backlog.events)} in {_secs(backlog.seconds)}, "
+        f"{_secs(backlog.from_start)} from process start; "
+        f"{_losses(backlog.events, backlog.received, backlog.duplicates)}; "
+        f"bridge {backlog.cpu_per_10k:.2f} CPU-s per 10,000 events, "
+        f"peak {backlog.peak_mb:.0f} MiB)"
+    )
     flat_figure = f"{label}: events/s, {ctx.options.flat_out_writers} writers inserting flat out"
     drain_figure = f"{label}: events/s draining a {count(backlog.events)}-event backlog"
     rows = []
     if names == ("webhook",) and target is not None:
         # Skor's peak was measured with writers running, so the flat-out figure counts too.
         goal = f">= {target:,.0f} events/s, none lost"
-        rows.append(Row(flat_figure, flat_result, goal, verdict(
-            flat.delivered_rate >= target and flat.lost == 0)))
+        rows.append(
+            Row(
+                flat_figure,
+                flat_result,
+                goal,
+                verdict(flat.delivered_rate >= target and flat.lost == 0),
+            )
+        )
     else:
         rows.append(Row(flat_figure, flat_result))
     if target is not None:
         goal = f">= {target:,.0f} events/s, none lost"
-        rows.append(Row(drain_figure, drain_result, goal,
-                        verdict(backlog.rate >= target and backlog.lost == 0)))
+        rows.append(
+            Row(
+                drain_figure,
+                drain_result,
+                goal,
+                verdict(backlog.rate >= target and backlog.lost == 0),
+            )
+        )
     else:
         rows.append(Row(drain_figure, drain_result))
     return rows

@@ -79,8 +79,9 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     db.create()
     writers = Writers(db.dsn, TABLE, main.writers.pgbench)
     stack.callback(writers.close)
-    ctx = Context(options, db, writers, main.receiver, main.workdir, progress, main.webhook,
-                  kafka=main.kafka)
+    ctx = Context(
+        options, db, writers, main.receiver, main.workdir, progress, main.webhook, kafka=main.kafka
+    )
     version = db.server_version()
     rows = _write_cost(ctx)
     events = 1_000_000 if options.big_backlog else options.backlog
@@ -88,10 +89,15 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     for mode in ("durable", "wal"):
         db.mode = mode
         rates[mode] = _capture_rate(ctx, db, events)
-    rows.append(Row(f"WAL mode: capture rate of a {count(events)}-change backlog into skor.log",
-                    f"{rate(rates['wal'], 'changes/s')} (trigger mode's sequencer on the same "
-                    f"server: {rate(rates['durable'], 'changes/s')})",
-                    f">= {CAPTURE_TARGET:,} changes/s", verdict(rates["wal"] >= CAPTURE_TARGET)))
+    rows.append(
+        Row(
+            f"WAL mode: capture rate of a {count(events)}-change backlog into skor.log",
+            f"{rate(rates['wal'], 'changes/s')} (trigger mode's sequencer on the same "
+            f"server: {rate(rates['durable'], 'changes/s')})",
+            f">= {CAPTURE_TARGET:,} changes/s",
+            verdict(rates["wal"] >= CAPTURE_TARGET),
+        )
+    )
     db.mode = "wal"
     for names in (("webhook",), ("kafka",)):
         if names == ("kafka",) and ctx.kafka is None:
@@ -101,10 +107,14 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     db.mode = "durable"
     if options.runs("webhook"):
         flat = throughput.flat_out(ctx, ("webhook",))
-        rows.append(Row(f"trigger mode on the same server: webhook, "
-                        f"{options.flat_out_writers} writers inserting flat out",
-                        f"{rate(flat.delivered_rate)} while writers committed "
-                        f"{rate(flat.committed_rate, '/s')}"))
+        rows.append(
+            Row(
+                f"trigger mode on the same server: webhook, "
+                f"{options.flat_out_writers} writers inserting flat out",
+                f"{rate(flat.delivered_rate)} while writers committed "
+                f"{rate(flat.committed_rate, '/s')}",
+            )
+        )
     db.mode = "wal"
     if options.runs("latency"):
         rows += [_relabel(row) for row in latency.measure(ctx)]
@@ -115,7 +125,8 @@ def measure(main: Context, stack: contextlib.ExitStack) -> list[Row]:
     where = "--wal-dsn" if options.wal_dsn else "a throwaway embedded PostgreSQL"
     main.notes.append(
         f"WAL mode rows: measured on {where} (PostgreSQL {version}, wal_level=logical, fsync "
-        "on) on this machine; modes compared there were run on that server, interleaved.")
+        "on) on this machine; modes compared there were run on that server, interleaved."
+    )
     return rows
 
 
@@ -137,8 +148,10 @@ def _write_cost(ctx: Context) -> list[Row]:
             ctx.db.empty_for_write_run()
             run = ctx.writers.run(options.writers, options.seconds)
             runs[mode].append(run)
-            ctx.progress(f"WAL mode write cost, round {round_no}/{options.rounds}: "
-                         f"{LABELS[mode]}: {rate(run.tps, 'tps')}")
+            ctx.progress(
+                f"WAL mode write cost, round {round_no}/{options.rounds}: "
+                f"{LABELS[mode]}: {rate(run.tps, 'tps')}"
+            )
     ctx.db.capture("none")
 
     def tps(mode: str) -> float:
@@ -149,12 +162,20 @@ def _write_cost(ctx: Context) -> list[Row]:
     rows = []
     for mode in ("durable", "wal"):
         ratio = tps(mode) / base if base else 0.0
-        figure = (f"WAL-mode server: INSERT throughput, {options.writers} writers, "
-                  f"{LABELS[mode]} installed, no bridge")
+        figure = (
+            f"WAL-mode server: INSERT throughput, {options.writers} writers, "
+            f"{LABELS[mode]} installed, no bridge"
+        )
         result = f"{rate(tps(mode), 'tps')} = {ratio:.2f} × no capture ({rate(base, 'tps')})"
         if mode == "wal":
-            rows.append(Row(figure, result, f">= {WRITE_TARGET:.2f} × no capture",
-                            verdict(ratio >= WRITE_TARGET)))
+            rows.append(
+                Row(
+                    figure,
+                    result,
+                    f">= {WRITE_TARGET:.2f} × no capture",
+                    verdict(ratio >= WRITE_TARGET),
+                )
+            )
         else:
             rows.append(Row(figure, result))
     return rows

@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 #: The durable triggers' target: this share of no-trigger throughput with N writers.
 DURABLE_TARGET = 0.70
 
-LABELS = {"none": "no trigger", "durable": "durable triggers (skor-bridge)",
-          "notify": "notify triggers (Skor's), nothing listening"}
+LABELS = {
+    "none": "no trigger",
+    "durable": "durable triggers (skor-bridge)",
+    "notify": "notify triggers (Skor's), nothing listening",
+}
 
 
 def measure(ctx: Context) -> list[Row]:
@@ -39,8 +42,10 @@ def measure(ctx: Context) -> list[Row]:
                 ctx.db.empty_for_write_run()
                 run = ctx.writers.run(clients, options.seconds)
                 runs.setdefault((clients, mode), []).append(run)
-                ctx.progress(f"write cost, round {round_no}/{options.rounds}: {_writers(clients)},"
-                             f" {LABELS[mode]}: {rate(run.tps, 'tps')}")
+                ctx.progress(
+                    f"write cost, round {round_no}/{options.rounds}: {_writers(clients)},"
+                    f" {LABELS[mode]}: {rate(run.tps, 'tps')}"
+                )
     ctx.db.capture("none")
     rows = []
     for clients in clients_list:
@@ -52,14 +57,21 @@ def measure(ctx: Context) -> list[Row]:
             committed = sum(r.committed for r in runs[(clients, mode)])
             result = f"{rate(tps, 'tps')} = {ratio:.2f} × no trigger ({count(committed)} rows)"
             if mode == "durable" and clients == options.writers and clients > 1:
-                rows.append(Row(figure, result, f">= {DURABLE_TARGET:.2f} × no trigger",
-                                verdict(ratio >= DURABLE_TARGET)))
+                rows.append(
+                    Row(
+                        figure,
+                        result,
+                        f">= {DURABLE_TARGET:.2f} × no trigger",
+                        verdict(ratio >= DURABLE_TARGET),
+                    )
+                )
             else:
                 rows.append(Row(figure, result))
     ctx.notes.append(
         f"Write cost: {ctx.writers.kind}, one single-row INSERT per transaction, "
         f"{options.rounds} interleaved round(s) of {options.seconds:g} s per configuration; "
-        "tps is the mean over the rounds.")
+        "tps is the mean over the rounds."
+    )
     return rows
 
 

@@ -33,8 +33,10 @@ PGBENCH_SCRIPT = """\
 \\set c random(1, 100000)
 INSERT INTO {table} (customer, amount, status, note) VALUES (:c, :c * 0.01, 'new', 'benchmark row');
 """
-PY_INSERT = ("INSERT INTO {table} (customer, amount, status, note)"
-             " VALUES (%s, %s * 0.01, 'new', 'benchmark row')")
+PY_INSERT = (
+    "INSERT INTO {table} (customer, amount, status, note)"
+    " VALUES (%s, %s * 0.01, 'new', 'benchmark row')"
+)
 
 #: Rows per transaction of the backlog insert; each row still fires the row trigger.
 BACKLOG_CHUNK = 10_000
@@ -87,15 +89,17 @@ class Writers:
     def kind(self) -> str:
         return "pgbench" if self.pgbench else "Python writer processes (psycopg2)"
 
-    def run(self, clients: int, seconds: float,
-            on_start: Callable[[], None] | None = None) -> WriteRun:
+    def run(
+        self, clients: int, seconds: float, on_start: Callable[[], None] | None = None
+    ) -> WriteRun:
         """Write for `seconds`; `on_start` is called the moment the writers start."""
         if self.pgbench:
             return self._run_pgbench(clients, seconds, on_start)
         return run_python_writers(self.dsn, self.table, clients, seconds, on_start)
 
-    def _run_pgbench(self, clients: int, seconds: float,
-                     on_start: Callable[[], None] | None) -> WriteRun:
+    def _run_pgbench(
+        self, clients: int, seconds: float, on_start: Callable[[], None] | None
+    ) -> WriteRun:
         assert self.pgbench is not None
         if self._script is None:
             handle, self._script = tempfile.mkstemp(prefix="skor-bench-", suffix=".sql")
@@ -104,14 +108,32 @@ class Writers:
         conninfo, env = _libpq_env(self.dsn)
         # -T takes whole seconds; -n: the scratch table needs no vacuum of pgbench's tables.
         whole = max(1, round(seconds))
-        command = [self.pgbench, "-n", "-M", "prepared", "-c", str(clients),
-                   "-j", str(min(clients, 2)), "-T", str(whole), "-f", self._script, conninfo]
+        command = [
+            self.pgbench,
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(whole),
+            "-f",
+            self._script,
+            conninfo,
+        ]
         if on_start is not None:
             on_start()
         # Its own session: a Ctrl-C reaches only the benchmark, which stops pgbench itself.
         process = self.current = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True)
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         try:
             out, err = process.communicate(timeout=whole + 60)
         finally:
@@ -153,15 +175,17 @@ def _flat_out(dsn: str, table: str, start: Any, seconds: float, result: Connecti
     result.send(count)
 
 
-def run_python_writers(dsn: str, table: str, clients: int, seconds: float,
-                       on_start: Callable[[], None] | None = None) -> WriteRun:
+def run_python_writers(
+    dsn: str, table: str, clients: int, seconds: float, on_start: Callable[[], None] | None = None
+) -> WriteRun:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     pipes, processes = [], []
     for _ in range(clients):
         parent, child = context.Pipe()
-        process = context.Process(target=_flat_out, args=(dsn, table, start, seconds, child),
-                                  daemon=True)
+        process = context.Process(
+            target=_flat_out, args=(dsn, table, start, seconds, child), daemon=True
+        )
         process.start()
         pipes.append(parent)
         processes.append(process)
@@ -186,8 +210,15 @@ def run_python_writers(dsn: str, table: str, clients: int, seconds: float,
 # -- the paced writer (latency) ----------------------------------------------------------------
 
 
-def _paced(dsn: str, table: str, rate: float, offset: float, start_at: float, seconds: float,
-           result: Connection) -> None:
+def _paced(
+    dsn: str,
+    table: str,
+    rate: float,
+    offset: float,
+    start_at: float,
+    seconds: float,
+    result: Connection,
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
@@ -214,8 +245,14 @@ def _paced(dsn: str, table: str, rate: float, offset: float, start_at: float, se
     result.send((ids.tobytes(), commits.tobytes()))
 
 
-def run_paced(dsn: str, table: str, rate: float, seconds: float, processes: int = 2,
-              on_start: Callable[[], None] | None = None) -> dict[int, float]:
+def run_paced(
+    dsn: str,
+    table: str,
+    rate: float,
+    seconds: float,
+    processes: int = 2,
+    on_start: Callable[[], None] | None = None,
+) -> dict[int, float]:
     """Insert at `rate` rows per second in total for `seconds`; return row id -> the time
     (epoch seconds) its commit returned. Several processes share the rate, staggered, so
     one slow round trip does not delay the rows behind it."""
@@ -225,8 +262,10 @@ def run_paced(dsn: str, table: str, rate: float, seconds: float, processes: int 
     for n in range(processes):
         parent, child = context.Pipe()
         process = context.Process(
-            target=_paced, daemon=True,
-            args=(dsn, table, rate / processes, n / rate, start_at, seconds, child))
+            target=_paced,
+            daemon=True,
+            args=(dsn, table, rate / processes, n / rate, start_at, seconds, child),
+        )
         process.start()
         pipes.append(parent)
         children.append(process)
@@ -253,8 +292,9 @@ def run_paced(dsn: str, table: str, rate: float, seconds: float, processes: int 
 # -- the backlog --------------------------------------------------------------------------------
 
 
-def insert_backlog(dsn: str, table: str, rows: int,
-                   progress: Callable[[int], None] | None = None) -> None:
+def insert_backlog(
+    dsn: str, table: str, rows: int, progress: Callable[[int], None] | None = None
+) -> None:
     """Insert `rows` rows in transactions of BACKLOG_CHUNK; the row triggers fire for each."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
@@ -266,7 +306,9 @@ def insert_backlog(dsn: str, table: str, rows: int,
                 cur.execute(
                     f"INSERT INTO {table} (customer, amount, status, note)"
                     " SELECT g %% 100000, (g %% 100000) * 0.01, 'new', 'benchmark row'"
-                    " FROM generate_series(1, %s) AS g", (chunk,))
+                    " FROM generate_series(1, %s) AS g",
+                    (chunk,),
+                )
                 done += chunk
                 if progress is not None:
                     progress(done)

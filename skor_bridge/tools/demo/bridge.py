@@ -37,15 +37,25 @@ def demo_config(options: DemoOptions, dsn: str, webhook_url: str) -> Config:
     """The webhook output, and RabbitMQ and Kafka outputs when asked for."""
     outputs = [OutputConfig(f"{OUTPUT_PREFIX}webhook", "webhook", WebhookConfig(webhook_url))]
     if options.amqp:
-        outputs.append(OutputConfig(f"{OUTPUT_PREFIX}amqp", "amqp",
-                                    AmqpConfig(options.amqp, exchange=AMQP_EXCHANGE)))
+        outputs.append(
+            OutputConfig(
+                f"{OUTPUT_PREFIX}amqp", "amqp", AmqpConfig(options.amqp, exchange=AMQP_EXCHANGE)
+            )
+        )
     if options.kafka:
-        outputs.append(OutputConfig(f"{OUTPUT_PREFIX}kafka", "kafka",
-                                    KafkaConfig(options.kafka, topic=KAFKA_TOPIC)))
+        outputs.append(
+            OutputConfig(
+                f"{OUTPUT_PREFIX}kafka", "kafka", KafkaConfig(options.kafka, topic=KAFKA_TOPIC)
+            )
+        )
     # "latest": in a shared database the demo's outputs must not replay its history.
-    return Config(source=SourceConfig(dsn=dsn), outputs=tuple(outputs), start_from="latest",
-                  retention_seconds=KEEP_LOG,
-                  log_level="INFO" if options.verbose else "WARNING")
+    return Config(
+        source=SourceConfig(dsn=dsn),
+        outputs=tuple(outputs),
+        start_from="latest",
+        retention_seconds=KEEP_LOG,
+        log_level="INFO" if options.verbose else "WARNING",
+    )
 
 
 def target(output: OutputConfig, table: str) -> str:
@@ -93,8 +103,9 @@ class BridgeThread:
         try:
             with conn.cursor() as cur:
                 while True:
-                    cur.execute("SELECT count(*) FROM skor.outputs WHERE name = ANY(%s)",
-                                (outputs,))
+                    cur.execute(
+                        "SELECT count(*) FROM skor.outputs WHERE name = ANY(%s)", (outputs,)
+                    )
                     if scalar(cur) == len(outputs):
                         return
                     problem = self.failure()
@@ -102,8 +113,10 @@ class BridgeThread:
                         raise SkorError(problem)
                     waited = time.monotonic() - started
                     if waited > READY_TIMEOUT:
-                        raise SkorError(f"the bridge did not start within {READY_TIMEOUT:g} s; "
-                                        "--verbose shows its log")
+                        raise SkorError(
+                            f"the bridge did not start within {READY_TIMEOUT:g} s; "
+                            "--verbose shows its log"
+                        )
                     if not told and waited > 3:
                         note("still waiting for the bridge's outputs to connect ...")
                         told = True

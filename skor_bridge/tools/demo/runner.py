@@ -50,8 +50,9 @@ class Demo:
         self.screen = Screen(out, max(len("table"), len(f"{SCHEMA}.{options.table}")))
         self.clock = CommitClock()
         self.arrivals: queue.Queue[Arrival] = queue.Queue()
-        self.kinds = ["webhook"] + [k for k, on in (("amqp", options.amqp),
-                                                    ("kafka", options.kafka)) if on]
+        self.kinds = ["webhook"] + [
+            k for k, on in (("amqp", options.amqp), ("kafka", options.kafka)) if on
+        ]
         #: Per output: event ids received, and latency (ms) by change key of the demo's own.
         self.received: dict[str, set[str]] = {kind: set() for kind in self.kinds}
         self.latencies: dict[str, dict[str, float]] = {kind: {} for kind in self.kinds}
@@ -76,8 +77,10 @@ class Demo:
 
     def _run(self, stack: contextlib.ExitStack) -> int:
         options = self.options
-        self.screen.text("skor-bridge demo: PostgreSQL -> triggers -> outbox -> bridge -> "
-                         + ", ".join(self.kinds))
+        self.screen.text(
+            "skor-bridge demo: PostgreSQL -> triggers -> outbox -> bridge -> "
+            + ", ".join(self.kinds)
+        )
         server: EmbeddedPostgres | None = None
         if options.dsn is None:
             server = EmbeddedPostgres()
@@ -110,15 +113,19 @@ class Demo:
         instance = f"{OUTPUT_PREFIX}{socket.gethostname()}-{os.getpid()}"
         config = demo_config(options, dsn, receiver.url)
         self.bridge = bridge = BridgeThread(Bridge(config, instance=instance))
-        self.screen.note("starting the bridge: " + ", ".join(
-            f"{o.kind} -> {target(o, table.name)}" for o in config.outputs))
+        self.screen.note(
+            "starting the bridge: "
+            + ", ".join(f"{o.kind} -> {target(o, table.name)}" for o in config.outputs)
+        )
         started = time.monotonic()
         bridge.start()
         stack.callback(self._quietly, "bridge stopped", bridge.stop)
         bridge.wait_ready(dsn, [o.name for o in config.outputs], self.screen.note)
         pace = EXIT_PACE if options.exit else INTERACTIVE_PACE
-        self.screen.note(f"bridge active after {time.monotonic() - started:.1f} s; "
-                         f"making {options.events} changes (inserts, updates, deletes)")
+        self.screen.note(
+            f"bridge active after {time.monotonic() - started:.1f} s; "
+            f"making {options.events} changes (inserts, updates, deletes)"
+        )
 
         self.writer = writer = Workload(dsn, table, options.events, pace, self.clock)
         stack.callback(writer.stop)
@@ -200,9 +207,11 @@ class Demo:
             if self._lookup is None or self._lookup.closed:
                 self._lookup = connect(self._dsn, "demo")
             with self._lookup.cursor() as cur:
-                cur.execute("SELECT extract(epoch FROM captured_at)::float8 FROM skor.log"
-                            " WHERE pos >= %s AND event_id = %s::uuid",
-                            (self._first_pos, event_id))
+                cur.execute(
+                    "SELECT extract(epoch FROM captured_at)::float8 FROM skor.log"
+                    " WHERE pos >= %s AND event_id = %s::uuid",
+                    (self._first_pos, event_id),
+                )
                 value = scalar(cur)
         except (psycopg2.Error, SkorError):
             return None
@@ -216,14 +225,18 @@ class Demo:
         assert self.writer is not None
         keys = self.writer.keys()
         ops = Counter(op for _, op in self.writer.made)
-        parts = [f"summary: {len(keys)} events ({ops['INSERT']} insert, {ops['UPDATE']} update, "
-                 f"{ops['DELETE']} delete)"]
+        parts = [
+            f"summary: {len(keys)} events ({ops['INSERT']} insert, {ops['UPDATE']} update, "
+            f"{ops['DELETE']} delete)"
+        ]
         for kind in self.kinds:
             latencies = [self.latencies[kind][k] for k in keys if k in self.latencies[kind]]
             part = f"{kind} {len(latencies)}/{len(keys)}"
             if latencies:
-                part += (f" p50 {percentile(latencies, 50):.1f} ms"
-                         f" p99 {percentile(latencies, 99):.1f} ms")
+                part += (
+                    f" p50 {percentile(latencies, 50):.1f} ms"
+                    f" p99 {percentile(latencies, 99):.1f} ms"
+                )
             parts.append(part)
         if not arrived:
             parts.append(f"missing after {self.options.timeout:g} s")
@@ -239,8 +252,10 @@ class Demo:
         self.screen.text(f"     {psql}")
         self.screen.text(f"     INSERT INTO {name} (customer, amount) VALUES ('you', 9.99);")
         self.screen.text(f"     UPDATE {name} SET status = 'paid' WHERE id = {live};")
-        self.screen.note("latency is commit -> receipt; '~' marks changes the demo did not "
-                         "make, timed from their capture")
+        self.screen.note(
+            "latency is commit -> receipt; '~' marks changes the demo did not "
+            "make, timed from their capture"
+        )
         gone = "removes the database" if server is not None else f"drops table {table}"
         self.screen.note(f"Ctrl-C stops the bridge and {gone}")
         self.screen.text("")

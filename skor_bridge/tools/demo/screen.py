@@ -45,8 +45,10 @@ class Screen:
 
     def _columns(self, *cells: str) -> str:
         stamp, output, table, op, row, latency = cells
-        return (f"{stamp:<12}  {output:<7}  {table:<{self.table_width}}  {op:<6}  "
-                f"{row:<{_ROW_WIDTH}}  {latency:>9}")
+        return (
+            f"{stamp:<12}  {output:<7}  {table:<{self.table_width}}  {op:<6}  "
+            f"{row:<{_ROW_WIDTH}}  {latency:>9}"
+        )
 
 
 def summarize(body: bytes) -> tuple[str, str, str]:
@@ -58,8 +60,9 @@ def summarize(body: bytes) -> tuple[str, str, str]:
     data = event.get("data") if isinstance(event, dict) else None
     if not isinstance(data, dict):
         return "?", "?", ""
-    row = " ".join(f"{key}={_cell(value)}" for key, value in data.items()
-                   if key not in _QUIET_COLUMNS)
+    row = " ".join(
+        f"{key}={_cell(value)}" for key, value in data.items() if key not in _QUIET_COLUMNS
+    )
     if len(row) > _ROW_WIDTH:
         row = row[: _ROW_WIDTH - 3] + "..."
     return f"{event.get('schema', '?')}.{event.get('table', '?')}", str(event.get("op")), row

@@ -56,8 +56,9 @@ class AmqpTap:
             channel.basic_consume(queue_name, self._on_message, auto_ack=True)
         except Exception as exc:
             self._close_connection()
-            raise SkorError(f"cannot use RabbitMQ at {redact(self.url)}: "
-                            f"{redact(_innermost(exc))}") from None
+            raise SkorError(
+                f"cannot use RabbitMQ at {redact(self.url)}: {redact(_innermost(exc))}"
+            ) from None
         self._thread.start()
 
     def _on_message(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
@@ -122,19 +123,22 @@ class KafkaTap:
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-            self._consumer = Consumer({
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "skor-demo",  # librdkafka wants one; assign() never joins it
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            })
+            self._consumer = Consumer(
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": "skor-demo",  # librdkafka wants one; assign() never joins it
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,
+                }
+            )
             meta = self._consumer.list_topics(self.topic, timeout=10)
             assigned = []
             for partition in sorted(meta.topics[self.topic].partitions):
                 # Explicit end offsets: OFFSET_END would be resolved later, after the first
                 # records may already have been written.
                 _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=10)
+                    TopicPartition(self.topic, partition), timeout=10
+                )
                 assigned.append(TopicPartition(self.topic, partition, high))
             self._consumer.assign(assigned)
         except Exception as exc:
@@ -142,8 +146,9 @@ class KafkaTap:
                 self._consumer.close()
             error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
             reason = error.str() if isinstance(error, KafkaError) else str(exc)
-            raise SkorError(f"cannot use Kafka at {self.bootstrap}: "
-                            f"{reason or type(exc).__name__}") from None
+            raise SkorError(
+                f"cannot use Kafka at {self.bootstrap}: {reason or type(exc).__name__}"
+            ) from None
         self._thread.start()
 
     def _run(self) -> None:

@@ -80,8 +80,9 @@ def body_key(body: bytes) -> str | None:
 class Workload:
     """Makes the demo's changes, one transaction each, noting when each committed."""
 
-    def __init__(self, dsn: str, table: DemoTable, count: int, pace: float,
-                 clock: CommitClock) -> None:
+    def __init__(
+        self, dsn: str, table: DemoTable, count: int, pace: float, clock: CommitClock
+    ) -> None:
         self.dsn = dsn
         self.table = table
         self.count = count
@@ -130,15 +131,20 @@ class Workload:
             if op == "INSERT":
                 customer = _CUSTOMERS[number % len(_CUSTOMERS)]
                 amount = decimal.Decimal(f"{5 + number * 37 % 95}.{number * 13 % 100:02d}")
-                cur.execute(f"INSERT INTO {table} AS t (customer, amount) VALUES (%s, %s) "
-                            + returning, (customer, amount))
+                cur.execute(
+                    f"INSERT INTO {table} AS t (customer, amount) VALUES (%s, %s) " + returning,
+                    (customer, amount),
+                )
             elif op == "UPDATE":
                 # The least advanced order moves on; the amount changes too, so that no two
                 # of the demo's updates leave the same row.
                 row = min(self.live, key=lambda r: r[1])
                 row[1] = min(row[1] + 1, len(_STATUSES) - 1)
-                cur.execute(f"UPDATE {table} AS t SET status = %s, amount = amount + 1"
-                            " WHERE id = %s " + returning, (_STATUSES[row[1]], row[0]))
+                cur.execute(
+                    f"UPDATE {table} AS t SET status = %s, amount = amount + 1"
+                    " WHERE id = %s " + returning,
+                    (_STATUSES[row[1]], row[0]),
+                )
             else:
                 row = self.live.pop(0)
                 cur.execute(f"DELETE FROM {table} AS t WHERE id = %s " + returning, (row[0],))
@@ -156,4 +162,3 @@ class Workload:
             raise
         self.clock.committed(key, time.time())
         self.made.append((key, op))
-
