@@ -24,6 +24,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check skor_bridge tests
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy skor_bridge
 
 bench: install
