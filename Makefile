@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/skor-bridge demo
 
+# Four tests at a time: most of a test's time is spent waiting on servers and receivers.
+# The few that stop or reconfigure the RabbitMQ every test shares run alone afterwards.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 -m "not serial"
+	$(BIN)/pytest -m serial
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

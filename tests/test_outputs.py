@@ -198,6 +198,7 @@ def test_a_failing_webhook_does_not_hold_up_rabbitmq_and_catches_up_in_order(
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_rabbitmq_stopped_and_started_mid_stream_loses_nothing(
     dsn, capture_table, bridge, make_amqp_queue, amqp_url, tmp_path
 ):

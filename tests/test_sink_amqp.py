@@ -268,6 +268,7 @@ def test_heartbeat_and_blocked_timeout_have_defaults_that_the_url_can_override()
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_events_sent_across_a_broker_restart_all_arrive_at_least_once(amqp_url, make_amqp_queue):
     # Given a durable queue, which survives the restart, and a sink that delivered a batch
     queue = make_amqp_queue(durable=True)
@@ -294,6 +295,7 @@ def test_events_sent_across_a_broker_restart_all_arrive_at_least_once(amqp_url, 
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_broker_that_stops_confirming_makes_send_retry_within_the_confirm_timeout(
     amqp_url, amqp_queue
 ):
@@ -350,6 +352,7 @@ def small_max_message_size():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_message_over_max_message_size_is_rejected_at_once_and_the_rest_go_on(
     amqp_url, amqp_queue, small_max_message_size
 ):
