@@ -14,7 +14,8 @@ Compaction runs as one of the sequencer's own rounds (`compact_round`), because 
 steady writes the outbox is almost never empty (each row waits a few milliseconds for its
 round): LOCK the outbox NOWAIT, which succeeds only at an instant when no writer has an
 open transaction that inserted into it, so every row it holds is committed; move them all
-into the log as any round does; TRUNCATE; COMMIT. Nothing can be lost: no uncommitted row
+into the log as any round does (only when one round's worth is waiting, so the lock is
+held for one round at most); TRUNCATE; COMMIT. Nothing can be lost: no uncommitted row
 exists while the lock is held, and no row can arrive before the commit. NOWAIT means the
 sequencer never queues behind a writer; writers wait at most the milliseconds the round
 takes. The id sequence is kept, so event ids stay unique. A writer that holds the outbox
@@ -98,14 +99,14 @@ def compact_round(cur: cursor, move: Callable[[cursor], list[T]]) -> list[T] | N
     cur.execute("BEGIN")
     try:
         cur.execute("LOCK TABLE skor.outbox IN ACCESS EXCLUSIVE MODE NOWAIT")
-        moved: list[T] = []
-        while True:
-            batch = move(cur)
-            moved += batch
-            cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
-            row = cur.fetchone()
-            if row is None or not row[0]:
-                break
+        moved = move(cur)
+        cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
+        row = cur.fetchone()
+        if row is None or row[0]:
+            # More than one round's worth waits (a backlog): moving it all under the lock
+            # would stall every writer for as long. Undo, and try again once caught up.
+            cur.execute("ROLLBACK")
+            return None
         cur.execute("TRUNCATE skor.outbox")
         cur.execute("COMMIT")
         return moved
