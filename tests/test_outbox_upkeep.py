@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import psycopg2
 import pytest
@@ -85,54 +84,3 @@ def test_dead_outbox_rows_behind_an_old_snapshot_are_reported_and_compacted_away
         assert len(ids) == len(set(ids))
     finally:
         report.close()
-
-
-@pytest.mark.slow
-def test_the_outbox_is_compacted_while_writers_keep_writing(
-    dsn, capture_table, bridge, receiver, tmp_path
-):
-    # Given a bridge and a session holding an old snapshot, and 12,000 dead outbox rows
-    capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
-    config = tmp_path / "skor.toml"
-    config.write_text("retention_interval = 1\n")
-    process = bridge(
-        "--dsn", dsn, "--webhook", f"hook={receiver.url}", "--config", str(config)
-    ).wait_active()
-    report = psycopg2.connect(dsn)
-    report.set_session(isolation_level="REPEATABLE READ")
-    stop = threading.Event()
-    written: list[int] = []
-
-    def write() -> None:
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            row = 100_000
-            while not stop.is_set():
-                row += 1
-                cur.execute("INSERT INTO items VALUES (%s)", (row,))
-                written.append(row)
-        conn.close()
-
-    writer = threading.Thread(target=write)
-    try:
-        with report.cursor() as cur:
-            cur.execute("SELECT count(*) FROM items")
-        execute(dsn, "INSERT INTO items SELECT g FROM generate_series(1, 12000) g")
-        # When a writer commits one row after another, without a pause
-        writer.start()
-        # Then the outbox is still compacted (it is never empty for long, and never unlocked
-        # for long: compaction must catch the moments when it is both)
-        wait_until(
-            lambda: "compacted the outbox" in process.log,
-            timeout=90,
-            message="outbox compacted under continuous writes",
-        )
-    finally:
-        stop.set()
-        if writer.is_alive():
-            writer.join(30)
-        report.close()
-    # And nothing the writer committed was lost
-    expected = set(range(1, 12001)) | set(written)
-    wait_until(lambda: delivered(receiver) >= expected, timeout=90, message="every row")

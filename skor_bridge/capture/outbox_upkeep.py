@@ -7,35 +7,24 @@ steps over them (at 150,000 events the sequencer's idle check went from 0.03 ms 
 
 So the retention pass reports the oldest snapshot's age and the outbox's dead rows (in
 `status`, /metrics and the log, with a warning past `WARN_SNAPSHOT_AGE` /
-`WARN_DEAD_TUPLES`), and the outbox is compacted once it holds `COMPACT_AFTER` dead rows:
-TRUNCATE frees every dead row at once, whatever the snapshots.
-
-Compaction runs as one of the sequencer's own rounds (`compact_round`), because under
-steady writes the outbox is almost never empty (each row waits a few milliseconds for its
-round): LOCK the outbox NOWAIT, which succeeds only at an instant when no writer has an
-open transaction that inserted into it, so every row it holds is committed; move them all
-into the log as any round does (only when one round's worth is waiting, so the lock is
-held for one round at most); TRUNCATE; COMMIT. Nothing can be lost: no uncommitted row
-exists while the lock is held, and no row can arrive before the commit. NOWAIT means the
-sequencer never queues behind a writer; writers wait at most the milliseconds the round
-takes. The id sequence is kept, so event ids stay unique. A writer that holds the outbox
-locked for a long time (inserted and left its transaction open) prevents the compaction;
-that session is also what the warning names.
+`WARN_DEAD_TUPLES`), and compacts the outbox once it holds `COMPACT_AFTER` dead rows:
+TRUNCATE frees every dead row at once, whatever the snapshots, and is safe here because
+it runs only when the outbox is empty and nobody else holds a lock on it (NOWAIT: a
+writer never queues behind it; it holds the lock for the milliseconds TRUNCATE takes).
+It keeps the id sequence, so event ids stay unique. A writer that holds the outbox locked
+for a long time (inserted and left its transaction open) prevents the compaction; that
+session is also what the warning names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import psycopg2.errors
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from psycopg2.extensions import cursor
-
-T = TypeVar("T")
 
 #: Warn when a snapshot in this database is older than this (seconds)...
 WARN_SNAPSHOT_AGE = 300.0
@@ -62,6 +51,7 @@ class OutboxHealth:
     oldest_snapshot_pid: int | None = None
     oldest_snapshot_application: str = ""
     dead_tuples: int = 0
+    compacted: bool = False
 
     @property
     def warning(self) -> str | None:
@@ -92,29 +82,24 @@ def check(cur: cursor) -> OutboxHealth:
     )
 
 
-def compact_round(cur: cursor, move: Callable[[cursor], list[T]]) -> list[T] | None:
-    """Move every outbox row with `move` and TRUNCATE the outbox, in one transaction under
-    an exclusive lock taken NOWAIT (see the module docstring); the rows moved, or None when
-    a writer held the outbox. `cur` must be on an autocommit connection."""
+def compact(cur: cursor) -> bool:
+    """TRUNCATE the outbox if it is empty and unlocked (see the module docstring); True when
+    it did. `cur` must be on an autocommit connection."""
     cur.execute("BEGIN")
     try:
+        cur.execute("SET LOCAL lock_timeout = '50ms'")
         cur.execute("LOCK TABLE skor.outbox IN ACCESS EXCLUSIVE MODE NOWAIT")
-        moved = move(cur)
         cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
         row = cur.fetchone()
         if row is None or row[0]:
-            # More than one round's worth waits (a backlog): moving it all under the lock
-            # would stall every writer for as long. Undo, and try again once caught up.
             cur.execute("ROLLBACK")
-            return None
+            return False
         cur.execute("TRUNCATE skor.outbox")
         cur.execute("COMMIT")
-        return moved
-    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.InFailedSqlTransaction):
-        # A writer holds the outbox (try again next round), or the move hit the failover
-        # overlap it retries outside a transaction: the next ordinary round handles it.
+        return True
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.QueryCanceled):
         cur.execute("ROLLBACK")
-        return None
+        return False
     except BaseException:
         if not cur.connection.closed:
             cur.execute("ROLLBACK")
@@ -122,5 +107,14 @@ def compact_round(cur: cursor, move: Callable[[cursor], list[T]]) -> list[T] | N
 
 
 def upkeep(cur: cursor) -> OutboxHealth:
-    """Report; the sequencer compacts (`compact_round`) when the dead rows call for it."""
-    return check(cur)
+    """Report, and compact when worth it."""
+    found = check(cur)
+    if found.dead_tuples >= COMPACT_AFTER and compact(cur):
+        return OutboxHealth(
+            found.oldest_snapshot_seconds,
+            found.oldest_snapshot_pid,
+            found.oldest_snapshot_application,
+            0,
+            compacted=True,
+        )
+    return found

@@ -227,6 +227,11 @@ class Pruner:
                         found.log_bytes // 10**6,
                         ", ".join(found.holding),
                     )
+                if found.outbox.compacted:
+                    log.info(
+                        "retention: compacted the outbox (its dead rows were piling up "
+                        "behind an old snapshot)"
+                    )
                 warning = found.outbox.warning
                 if warning and self.last.outbox.warning is None:
                     log.warning("%s", warning)

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 import psycopg2.errors
 
 from skor_bridge.backfill.watermark import SUPERSEDED_READS
-from skor_bridge.capture import outbox_upkeep
 from skor_bridge.capture.log_rows import event_from_row
 from skor_bridge.db import Reconnecting, Stopped
 
@@ -49,10 +48,6 @@ IDLE_POLL_MAX = 0.25
 #: Seconds of finding nothing before the poll starts to back off, so that the gaps of a
 #: steady trickle (a change every few milliseconds) never slow it down.
 QUIET = 0.1
-
-#: How often the sequencer looks at the outbox's dead rows (`outbox_upkeep`): rows that a
-#: long transaction keeps VACUUM from removing slow every round down.
-COMPACT_CHECK = 5.0
 
 #: Bytes of moved events kept in memory for outputs that keep up; rows past this in one
 #: round come back without their data and are read from the log by the outputs instead.
@@ -173,18 +168,9 @@ class Sequencer:
         limit = self.config.source.batch_size
         fast = self.config.source.poll_interval
         pause, quiet_since = fast, time.monotonic()
-        compact_due, checked = False, time.monotonic()
         try:
             while not self.stopping.is_set() and not self._stopped.is_set():
-                if time.monotonic() - checked > COMPACT_CHECK:
-                    compact_due = self._db.run(self._outbox_needs_compaction)
-                    checked = time.monotonic()
-                if compact_due:
-                    compacted = self._db.run(lambda cur: self._compact(cur, limit))
-                    compact_due = compacted is None
-                    moved = compacted or []
-                else:
-                    moved = self._db.run(lambda cur: self._round(cur, limit))
+                moved = self._db.run(lambda cur: self._round(cur, limit))
                 if moved:
                     self.captured += len(moved)
                     self._publish(moved)
@@ -199,22 +185,6 @@ class Sequencer:
         except Exception:
             log.exception("sequencer failed")
             self.stopping.set()
-
-    def _outbox_needs_compaction(self, cur: cursor) -> bool:
-        cur.execute(outbox_upkeep.DEAD_TUPLES)
-        row = cur.fetchone()
-        return row is not None and int(row[0] or 0) >= outbox_upkeep.COMPACT_AFTER
-
-    def _compact(self, cur: cursor, limit: int) -> list[ChangeEvent] | None:
-        """A round that also empties the outbox with TRUNCATE; None when a writer held it."""
-        moved = outbox_upkeep.compact_round(cur, lambda c: self._round(c, limit))
-        if moved is not None:
-            log.info(
-                "compacted the outbox (its dead rows were piling up behind an old "
-                "snapshot); %d event(s) moved in the same round",
-                len(moved),
-            )
-        return moved
 
     def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
         if cur.connection is not self._prepared:
