@@ -280,16 +280,29 @@ def test_every_command_help_has_an_example_and_readable_placeholders(command):
     ), command
 
 
-@pytest.mark.slow
-def test_an_unknown_table_to_replay_is_one_line(dsn, capture_table):
-    capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
+def _unknown_table_is_one_line(dsn: str, command: list[str]) -> None:
     runner = CliRunner()
     for table in ("nosuch", "public.nosuch"):
-        result = runner.invoke(
-            app,
-            ["events", "replay", "--dsn", dsn, "--output", "x", "--since", "1h", "--table", table],
-        )
-        assert result.exit_code == 2
+        result = runner.invoke(app, ["events", *command, "--dsn", dsn, "--table", table])
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
         assert result.stderr == (
             f"error: --table: no table {table!r} in this database or its event log\n"
         )
+
+
+# Every `events` subcommand that takes --table checks it (retry has no --table).
+@pytest.mark.slow
+def test_an_unknown_table_to_replay_is_one_line(dsn, capture_table):
+    capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
+    _unknown_table_is_one_line(dsn, ["replay", "--output", "x", "--since", "1h"])
+
+
+@pytest.mark.slow
+def test_an_unknown_table_to_list_is_one_line(dsn, capture_table):
+    capture_table("CREATE TABLE items (id int PRIMARY KEY)", "items")
+    _unknown_table_is_one_line(dsn, ["list"])
+    # A table that exists (here only in the database, with no events yet) is accepted.
+    result = CliRunner().invoke(app, ["events", "list", "--dsn", dsn, "--table", "items"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "no events match\n"

@@ -101,6 +101,7 @@ def list_events(
             limit=limit,
         )
         with database(dsn, "events list") as conn:
+            check_table(conn, flt.table)
             rows = events.list_events(conn, flt)
     if as_json:
         print_json({"events": [row.to_json() for row in rows]})
@@ -253,12 +254,17 @@ SELECT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamesp
                  AND (%(schema)s::text IS NULL OR n.nspname = %(schema)s))
     OR EXISTS (SELECT FROM skor.log WHERE table_name = %(table)s
                  AND (%(schema)s::text IS NULL OR schema_name = %(schema)s))
+    OR EXISTS (SELECT FROM skor.dead_letters WHERE table_name = %(table)s
+                 AND (%(schema)s::text IS NULL OR schema_name = %(schema)s))
+    OR EXISTS (SELECT FROM skor.redeliveries WHERE table_name = %(table)s
+                 AND (%(schema)s::text IS NULL OR schema_name = %(schema)s))
 """
 
 
 def check_table(conn: connection, table: tuple[str | None, str] | None) -> None:
-    """--table must name a table of the database or of the event log: a typo would
-    otherwise match nothing, silently."""
+    """--table must name a table of the database or of the event log (dead letters and
+    parked events included, which outlive retention): a typo would otherwise match nothing,
+    silently. Every `events` command taking --table calls this."""
     if table is None:
         return
     schema, name = table
