@@ -330,6 +330,65 @@ def test_named_outputs_only_receive_the_backfill(dsn, capture_table, bridge, rec
 
 
 @pytest.mark.slow
+def test_replay_never_sends_a_read_to_an_output_it_was_not_addressed_to(
+    dsn, capture_table, bridge, receiver
+):
+    from skor_bridge.tools.receiver import Receiver
+
+    # Given 200 rows backfilled to one of two outputs, then a live change both delivered
+    execute(
+        dsn, TABLE, "INSERT INTO items (id, name) SELECT g, 'n' || g FROM generate_series(1, 200) g"
+    )
+    capture_table("SELECT 1", "items")
+    with Receiver() as other:
+        bridge(
+            "--dsn", dsn, "--webhook", f"chosen={receiver.url}", "--webhook", f"other={other.url}"
+        ).wait_active()
+        wait_until(lambda: len(output_names(dsn)) == 2, message="both outputs started")
+        done = run_backfill(dsn, "--table", "items", "--output", "chosen")
+        assert done.returncode == 0, done.stderr
+        execute(dsn, "UPDATE items SET qty = 1 WHERE id = 1")
+        wait_until(
+            lambda: (
+                scalar(dsn, "SELECT count(*) FROM skor.outbox") == 0
+                and scalar(dsn, "SELECT min(position) FROM skor.outputs")
+                == scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer")
+            ),
+            timeout=90,
+            message="backfill and update delivered to both",
+        )
+        reads = scalar(dsn, "SELECT count(*) FROM skor.log WHERE op = 'READ'")
+        assert reads in (199, 200)  # row 1's READ may be superseded by the update
+        assert [e["op"] for e in bodies(other)] == ["UPDATE"]
+
+        def replay(output):
+            return subprocess.run(
+                [sys.executable, "-m", "skor_bridge", "events", "replay", "--dsn", dsn,
+                 "--output", output, "--since", "1h", "--table", "items"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+
+        # When the other output's events are replayed
+        result = replay("other")
+        # Then only the live change is queued and arrives: no READ meant for `chosen`
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "1 event(s) queued for replay to other"
+        wait_until(lambda: len(bodies(other)) >= 2, timeout=30, message="replay delivered")
+        time.sleep(0.5)
+        assert [e["op"] for e in bodies(other)] == ["UPDATE", "UPDATE"]
+        # And replaying the chosen output queues its READs as well as the change
+        result = replay("chosen")
+        assert result.stdout.strip() == f"{reads + 1} event(s) queued for replay to chosen"
+        # And `events list` does not show the READs as delivered to the other output
+        listed = subprocess.run(
+            [sys.executable, "-m", "skor_bridge", "events", "list", "--dsn", dsn,
+             "--output", "other", "--json", "--limit", "1000"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert [e["op"] for e in json.loads(listed.stdout)["events"]] == ["UPDATE"]
+
+
+@pytest.mark.slow
 def test_tables_that_cannot_be_backfilled_get_one_line(dsn, capture_table):
     capture_table(TABLE, "items")
     execute(

@@ -48,9 +48,12 @@ _EVENT_FILTER = """
 """
 
 # A log event is delivered or pending (by position) unless it is a dead letter that is not
-# (yet) delivered again, or parked (listed from its copy in skor.redeliveries).
+# (yet) delivered again, or parked (listed from its copy in skor.redeliveries). A backfill's
+# READ limited to other outputs (`outputs`) is neither for this one: never listed or
+# replayed to it, as the feeds never sent it there.
 _SETTLED_BY_POSITION = """
-    NOT EXISTS (SELECT 1 FROM skor.dead_letters d WHERE d.output = o.name
+    (e.outputs IS NULL OR o.name = ANY(e.outputs))
+    AND NOT EXISTS (SELECT 1 FROM skor.dead_letters d WHERE d.output = o.name
                 AND d.event_id = e.event_id AND d.status <> 'delivered')
     AND NOT EXISTS (SELECT 1 FROM skor.redeliveries r WHERE r.output = o.name
                     AND r.event_id = e.event_id AND r.reason = 'parked')
