@@ -279,3 +279,46 @@ def test_a_header_value_with_a_line_break_is_refused():
     )
     with pytest.raises(SinkError):
         sink.open()
+
+
+def test_more_events_than_connections_wait_for_a_free_one(serve, sinks):
+    # Given a receiver answering 50 ms late and a sink allowed two connections
+    server = serve(lambda request: (time.sleep(0.05), (OK, False))[1])
+    sink = sinks(server.url, concurrency=2)
+    # When ten events are submitted at once
+    results = sink.send(events(10))
+    # Then all are delivered over the two connections, each event once
+    assert outcomes(results) == [Outcome.DELIVERED] * 10
+    assert server.connections == 2
+    assert sorted(r.header("webhook-id") or "" for r in server.requests) == sorted(
+        f"id-{i}" for i in range(10)
+    )
+
+
+def test_events_waiting_for_a_connection_time_out_by_their_own_deadline(serve, sinks):
+    # Given a receiver that never answers in time, and one connection for three events
+    server = serve(lambda request: (time.sleep(1.0), (OK, False))[1])
+    started = time.monotonic()
+    # When they are submitted together with a 0.3 s timeout
+    results = sinks(server.url, concurrency=1, timeout=0.3).send(events(3))
+    # Then the two that never got the connection time out with the one that did
+    assert outcomes(results) == [Outcome.RETRY] * 3
+    assert {r.error for r in results} == {"timed out after 0.3s"}
+    assert time.monotonic() - started < 0.9
+
+
+def test_the_capture_time_header_is_rfc3339_rounded_as_datetime_rounds():
+    import datetime
+    import random
+
+    from skor_bridge.sinks.base import captured_at_text
+
+    draw = random.Random(7)
+    moments = [draw.uniform(1e9, 2e9) for _ in range(20_000)]
+    # values on and around a half microsecond, where rounding goes either way
+    moments += [round(draw.uniform(1.7e9, 1.8e9), 6) + k * 5e-7 for k in (-1, 1) for _ in range(5)]
+    moments += [1_700_000_000.9999996, 1_700_000_000.0000005]
+    for at in moments:
+        expected = datetime.datetime.fromtimestamp(at, datetime.UTC)
+        event = ChangeEvent("i", 1, "s", "t", "INSERT", "{}", captured_at=at)
+        assert captured_at_text(event) == expected.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), at

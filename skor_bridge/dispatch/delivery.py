@@ -123,6 +123,10 @@ class OutputWorker:
         self.last_error: str | None = None
         self._new_error: str | None = None
         self._delivered_since_commit = 0
+        #: Deliveries, and their capture-to-delivery latencies, not yet in the metrics
+        #: (fed with each commit, not per event: every metric update takes a lock).
+        self._unmetered = 0
+        self._latencies: list[float] = []
         self._last_commit = 0.0
         self._last_empty_fetch = -FETCH_INTERVAL
         self._redelivery_checked = -REDELIVERY_POLL
@@ -425,8 +429,10 @@ class OutputWorker:
         pending.attempts += 1
         event = pending.event
         if result.outcome is Outcome.DELIVERED:
-            self.metrics.delivered(self.name, event)
             self._delivered_since_commit += 1
+            self._unmetered += 1
+            if event.captured_at:
+                self._latencies.append(max(0.0, time.time() - event.captured_at))
             self._succeeded(now, probe)
             self._finish(key, delivered=True)
             return
@@ -524,6 +530,9 @@ class OutputWorker:
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL:
             return
+        if self._unmetered:
+            self.metrics.delivered_many(self.name, self._unmetered, self._latencies)
+            self._unmetered, self._latencies = 0, []
         position = self.window.advance()
         delivered, error = self._delivered_since_commit, self._new_error
         if position is not None and position > self.committed:

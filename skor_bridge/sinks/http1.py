@@ -29,12 +29,17 @@ import base64
 import select
 import ssl
 import urllib.parse
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 import certifi
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    #: What the client tells its owner when a request ends: the token given to `start()`,
+    #: and the answer's status and Retry-After, or the error when there was no answer.
+    Answer = Callable[[int, int, str | None, BaseException | None], None]
 
 #: Most bytes of an answer's body read; the status is all delivery needs.
 MAX_BODY = 64 * 1024
@@ -45,6 +50,10 @@ MAX_HEADERS = 128
 MAX_CHUNK_LINE = 1024
 #: Most interim (1xx) answers before the real one.
 MAX_INTERIM = 8
+#: Bytes read from a socket at once (into one buffer the connections share).
+READ_SIZE = 64 * 1024
+#: A request this close to its deadline when the timer fires is timed out with it.
+DEADLINE_SLACK = 0.001
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
 
@@ -53,14 +62,25 @@ class ProtocolError(Exception):
     """The receiver answered something that is not HTTP/1.x, or broke a limit."""
 
 
-class _Connection(asyncio.Protocol):
+class _Waiter(Protocol):
+    """Who learns how a request ended: a future, or the client's `_Request`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: int, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Connection(asyncio.BufferedProtocol):
     """One kept-alive connection carrying one request at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, scratch: memoryview | None = None) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+        self.waiter: _Waiter | None = None
+        self._scratch = scratch if scratch is not None else memoryview(bytearray(READ_SIZE))
         self.closed = False
         self.reusable = True
         #: Bytes of the current answer received so far (0: the receiver said nothing yet).
@@ -96,7 +116,13 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(exc or ConnectionResetError("connection closed by the receiver"))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._scratch[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.waiter is None or self.waiter.done():
             # Bytes nobody asked for: the connection is out of step; never reuse it.
             self.reusable = False
@@ -112,13 +138,18 @@ class _Connection(asyncio.Protocol):
     # -- requests ---------------------------------------------------------------------------
 
     def request(self, payload: bytes) -> asyncio.Future[int]:
+        """Send one request; its status (or error) comes as the future's result."""
+        future: asyncio.Future[int] = self.loop.create_future()
+        self.send(payload, future)
+        return future
+
+    def send(self, payload: bytes, waiter: _Waiter) -> None:
         assert self.transport is not None
-        self.waiter = self.loop.create_future()
+        self.waiter = waiter
         self.received = 0
         self.buffer.clear()
         self._reset()
         self.transport.write(payload)
-        return self.waiter
 
     def abort(self) -> None:
         self.reusable = False
@@ -292,20 +323,52 @@ class _Connection(asyncio.Protocol):
             self._state, self.reusable = _UNTIL_CLOSE, False
 
 
+class _Request:
+    """One POST on its way: the waiter its connection completes (like a future, without
+    the loop round trip a future's callbacks cost)."""
+
+    __slots__ = ("client", "token", "payload", "deadline", "conn", "reused", "finished")
+
+    def __init__(self, client: Http1Client, token: int, payload: bytes, deadline: float) -> None:
+        self.client = client
+        self.token = token
+        self.payload = payload
+        self.deadline = deadline
+        self.conn: _Connection | None = None
+        self.reused = False
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, status: int) -> None:
+        self.client._answered(self, status, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.client._answered(self, 0, exc)
+
+
 class Http1Client:
     """POSTs bodies to one URL over at most `connections` kept-alive connections.
 
-    `post()` runs in one asyncio loop (the webhook sink's), called from one thread.
+    Driven by the caller's asyncio loop, from one thread: `start()` sends a request at
+    once (or queues it until a connection is free) and never blocks; `on_answer` is called
+    from inside the loop when it ends. No task, future or timer per request: a busy output
+    sends thousands a second, and each of those costs more CPU than the request itself.
     """
 
     def __init__(
         self,
+        loop: asyncio.AbstractEventLoop,
         url: str,
         headers: Sequence[tuple[str, str]],
         connections: int,
         timeout: float,
+        on_answer: Answer,
         ca_file: str | None = None,
     ) -> None:
+        self.loop = loop
+        self.on_answer = on_answer
         self.ca_file = ca_file
         parts = urllib.parse.urlsplit(url)
         self.host = parts.hostname or ""
@@ -330,8 +393,22 @@ class Http1Client:
         ).encode("latin-1")
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[_Connection] = []
-        self._slots: asyncio.Semaphore | None = None
-        self._active = 0
+        #: Requests holding one of the `connections` slots (sending, answered, connecting).
+        self._busy: set[_Request] = set()
+        #: Requests waiting for a slot, oldest first.
+        self._waiting: deque[_Request] = deque()
+        self._connecting: set[asyncio.Task[None]] = set()
+        #: One timer for every deadline: it fires at the earliest and looks at them all.
+        self._timer: asyncio.TimerHandle | None = None
+        self._pump_due = False
+        #: Every connection reads into this one buffer (the loop serves one at a time), so
+        #: an answer costs no allocation of the transport's 256 KiB default read size.
+        self._scratch = memoryview(bytearray(READ_SIZE))
+
+    @property
+    def active(self) -> int:
+        """Requests started and not answered yet."""
+        return len(self._busy) + len(self._waiting)
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -339,80 +416,127 @@ class Http1Client:
             self._ssl = ssl.create_default_context(cafile=self.ca_file or certifi.where())
         return self._ssl
 
-    async def post(self, body: bytes, extra: Sequence[tuple[str, str]]) -> tuple[int, str | None]:
-        """POST one body with extra headers; the answer's status and Retry-After.
+    def start(self, token: int, head: bytes, body: bytes) -> None:
+        """POST `body` with the extra header lines `head` (CRLF-terminated, Latin-1).
 
-        Raises TimeoutError, OSError (ssl.SSLError included) or ProtocolError when there
-        is no answer."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        head = "".join(f"{name}: {value}\r\n" for name, value in extra)
-        payload = b"".join(
-            (self._prefix, head.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body)
-        )
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.connections)
-        if self._active == 0:
+        `on_answer(token, ...)` follows exactly once, within the timeout: the answer's
+        status and Retry-After, or TimeoutError, OSError (ssl.SSLError included) or
+        ProtocolError when there was no answer."""
+        loop = self.loop
+        payload = b"".join((self._prefix, head, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        request = _Request(self, token, payload, loop.time() + self.timeout)
+        if not self._busy:
             self._drop_closed_idle()
-        self._active += 1
-        try:
-            if self._slots.locked():  # every connection busy: wait, within the deadline
-                async with asyncio.timeout_at(deadline):
-                    await self._slots.acquire()
-            else:
-                await self._slots.acquire()
-            try:
-                return await self._post(loop, payload, deadline)
-            finally:
-                self._slots.release()
-        finally:
-            self._active -= 1
+        if self._timer is None:
+            self._timer = loop.call_at(request.deadline, self._expire)
+        if len(self._busy) < self.connections:
+            self._busy.add(request)
+            self._run(request)
+        else:
+            self._waiting.append(request)
 
-    async def _post(
-        self, loop: asyncio.AbstractEventLoop, payload: bytes, deadline: float
-    ) -> tuple[int, str | None]:
+    def _run(self, request: _Request) -> None:
         conn = self._idle.pop() if self._idle else None
         while conn is not None and (conn.closed or not conn.reusable):
             conn.abort()
             conn = self._idle.pop() if self._idle else None
-        if conn is not None:
-            try:
-                return await self._exchange(loop, conn, payload, deadline)
-            except (OSError, ProtocolError) as exc:
-                if conn.received or isinstance(exc, TimeoutError):
-                    raise
-                # A reused connection the receiver had closed: try once on a new one.
-        conn = await self._connect(loop, deadline)
-        return await self._exchange(loop, conn, payload, deadline)
+        if conn is None:
+            self._spawn_connect(request)
+            return
+        request.conn, request.reused = conn, True
+        conn.send(request.payload, request)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
-        async with asyncio.timeout_at(deadline):
-            _, conn = await loop.create_connection(
-                lambda: _Connection(loop),
-                self.host,
-                self.port,
-                ssl=self._context() if self.tls else None,
-                server_hostname=self.host if self.tls else None,
-            )
-        return conn
+    def _spawn_connect(self, request: _Request) -> None:
+        task = self.loop.create_task(self._connect(request))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
 
-    async def _exchange(
-        self, loop: asyncio.AbstractEventLoop, conn: _Connection, payload: bytes, deadline: float
-    ) -> tuple[int, str | None]:
-        waiter = conn.request(payload)
-        timer = loop.call_at(deadline, _time_out, conn, waiter)
+    async def _connect(self, request: _Request) -> None:
+        loop = self.loop
         try:
-            status = await waiter
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            timer.cancel()
-        if conn.reusable and not conn.closed:
-            self._idle.append(conn)
+            async with asyncio.timeout_at(request.deadline):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop, self._scratch),
+                    self.host,
+                    self.port,
+                    ssl=self._context() if self.tls else None,
+                    server_hostname=self.host if self.tls else None,
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is the answer
+            self._answered(request, 0, exc)
+            return
+        if request.finished:  # timed out meanwhile: the connection serves the next one
+            if len(self._idle) < self.connections:
+                self._idle.append(conn)
+            else:
+                conn.abort()
+            return
+        request.conn, request.reused = conn, False
+        conn.send(request.payload, request)
+
+    def _answered(self, request: _Request, status: int, exc: BaseException | None) -> None:
+        if request.finished:
+            return
+        conn = request.conn
+        retry_after = None
+        if conn is not None:
+            if exc is None and conn.reusable and not conn.closed:
+                retry_after = conn.retry_after
+                self._idle.append(conn)
+            else:
+                retry_after = conn.retry_after if exc is None else None
+                conn.abort()
+                if (
+                    exc is not None
+                    and request.reused
+                    and not conn.received
+                    and not isinstance(exc, TimeoutError)
+                ):
+                    # A reused connection the receiver had closed: try once on a new one.
+                    request.conn, request.reused = None, False
+                    self._spawn_connect(request)
+                    return
+        self._end(request)
+        self.on_answer(request.token, status, retry_after, exc)
+
+    def _end(self, request: _Request) -> None:
+        request.finished = True
+        request.payload = b""
+        self._busy.discard(request)
+        if self._waiting and not self._pump_due:
+            # Not at once: we may be inside the parser of the connection just freed.
+            self._pump_due = True
+            self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_due = False
+        while self._waiting and len(self._busy) < self.connections:
+            request = self._waiting.popleft()
+            self._busy.add(request)
+            self._run(request)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        earliest: float | None = None
+        for request in [*self._busy, *self._waiting]:
+            if request.deadline <= now + DEADLINE_SLACK:
+                self._time_out(request)
+            elif earliest is None or request.deadline < earliest:
+                earliest = request.deadline
+        if earliest is not None:
+            self._timer = self.loop.call_at(earliest, self._expire)
+
+    def _time_out(self, request: _Request) -> None:
+        conn = request.conn
+        if request in self._busy:
+            self._end(request)
         else:
-            conn.abort()
-        return status, conn.retry_after
+            request.finished = True
+            self._waiting.remove(request)
+        if conn is not None:
+            conn.abort()  # its waiter is done: what the connection says now is ignored
+        self.on_answer(request.token, 0, None, TimeoutError())
 
     def _drop_closed_idle(self) -> None:
         """Forget idle connections the receiver closed (or wrote to) while we were idle:
@@ -433,14 +557,22 @@ class Http1Client:
             fds.pop(fd).abort()
         self._idle = list(fds.values())
 
-    def close(self) -> None:
-        """Drop every idle connection (the loop's owner then lets it run once)."""
+    async def aclose(self) -> None:
+        """Abandon every request (no answer follows) and drop every connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        requests = [*self._busy, *self._waiting]
+        self._busy, self._waiting = set(), deque()
+        for request in requests:
+            request.finished = True
+            if request.conn is not None:
+                request.conn.abort()
+        tasks, self._connecting = list(self._connecting), set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.abort()
-
-
-def _time_out(conn: _Connection, waiter: asyncio.Future[int]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-    conn.abort()

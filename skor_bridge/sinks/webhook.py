@@ -77,11 +77,10 @@ class WebhookSink(Sink):
         self._key = signing_key(config.secret) if config.secret else None
         self._safe_url = shown_url(config)
         self._headers_fixed: list[tuple[str, str]] = []
+        self._head_fixed = b""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Http1Client | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._done: list[Completion] = []
-        self._wake: asyncio.Event | None = None
 
     def open(self) -> None:
         if self._client is not None:
@@ -100,74 +99,82 @@ class WebhookSink(Sink):
             # Credentials in the URL become the client's Basic authentication; they win.
             headers = [(k, v) for k, v in headers if k.lower() != "authorization"]
         self._headers_fixed = headers
+        self._head_fixed = _head_lines(headers)
         # Headers go with each request (not in the client's fixed prefix), so that an
         # output format's own (e.g. CloudEvents' content type) can replace a fixed one.
-        self._client = Http1Client(
-            self.config.url, (), self.config.concurrency, self.config.timeout, self.config.ca_file
-        )
         self._loop = asyncio.new_event_loop()
-        self._wake = asyncio.Event()
+        self._client = Http1Client(
+            self._loop,
+            self.config.url,
+            (),
+            self.config.concurrency,
+            self.config.timeout,
+            self._answered,
+            self.config.ca_file,
+        )
 
     def submit(self, ticket: int, event: ChangeEvent) -> None:
         if self._client is None:
             self.open()
-        assert self._loop is not None
+        assert self._client is not None
         # The body is built once per event: a huge row is not copied again for signing.
         body = render(event)
-        task = self._loop.create_task(self._post(ticket, body, self._headers(event, body)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._client.start(ticket, self._head(event, body), body)
 
     def poll(self, timeout: float) -> list[Completion]:
-        loop = self._loop
-        if loop is not None and not self._done and self._tasks:
-            loop.run_until_complete(self._wait(timeout))
+        loop, client = self._loop, self._client
+        if loop is not None and client is not None and not self._done and client.active:
+            # Run the loop until the first answer (`_answered` stops it) or the timeout:
+            # every answer already read in that turn comes back together.
+            timer = loop.call_later(timeout, loop.stop) if timeout > 0 else None
+            if timer is None:
+                loop.call_soon(loop.stop)  # one turn: what is ready, nothing waited for
+            try:
+                loop.run_forever()
+            finally:
+                if timer is not None:
+                    timer.cancel()
         done, self._done = self._done, []
         return done
 
-    async def _wait(self, timeout: float) -> None:
-        assert self._wake is not None
-        if timeout <= 0:
-            await asyncio.sleep(0)  # lets new requests start and finished ones report
-            return
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
-        self._wake.clear()
-
-    async def _post(self, ticket: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        assert self._wake is not None and self._client is not None
-        try:
-            status, retry_after = await self._client.post(body, headers)
+    def _answered(
+        self, ticket: int, status: int, retry_after: str | None, exc: BaseException | None
+    ) -> None:
+        if exc is None:
             result = self._result(status, retry_after)
-        except TimeoutError:
+        elif isinstance(exc, TimeoutError):
             result = Result(
                 Outcome.RETRY, f"timed out after {self.config.timeout:g}s", backpressure=True
             )
-        except Exception as exc:  # noqa: BLE001 - any failure is this attempt's answer
+        else:
             result = Result(Outcome.RETRY, _one_line(exc))
         self._done.append((ticket, result))
-        self._wake.set()
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.stop()
 
-    def _headers(self, event: ChangeEvent, body: bytes) -> list[tuple[str, str]]:
-        fixed = self._headers_fixed
+    def _head(self, event: ChangeEvent, body: bytes) -> bytes:
+        """The header lines of one request, past the client's fixed prefix."""
+        fixed = self._head_fixed
         if event.headers:  # the output's format (e.g. CloudEvents' content type) wins
             names = {name.lower() for name, _ in event.headers}
-            fixed = [h for h in fixed if h[0].lower() not in names] + list(event.headers)
-        headers = [
-            *fixed,
-            ("webhook-id", event.id),
-            ("webhook-position", str(event.position)),
-            ("webhook-captured-at", captured_at_text(event)),
-        ]
+            merged = [h for h in self._headers_fixed if h[0].lower() not in names]
+            fixed = _head_lines(merged + list(event.headers))
+        head = b"%swebhook-id: %s\r\nwebhook-position: %d\r\nwebhook-captured-at: %s\r\n" % (
+            fixed,
+            event.id.encode("latin-1"),
+            event.position,
+            captured_at_text(event).encode("ascii"),
+        )
         if self._key is not None:
             timestamp = str(int(time.time()))
             signed = f"{event.id}.{timestamp}.".encode() + body
             digest = hmac.new(self._key, signed, hashlib.sha256).digest()
-            headers.append(("webhook-timestamp", timestamp))
-            headers.append(("webhook-signature", "v1," + base64.b64encode(digest).decode()))
-        return headers
+            head += b"webhook-timestamp: %s\r\nwebhook-signature: v1,%s\r\n" % (
+                timestamp.encode("ascii"),
+                base64.b64encode(digest),
+            )
+        return head
 
     def _result(self, status: int, retry_after: str | None) -> Result:
         outcome = classify(status)
@@ -182,22 +189,22 @@ class WebhookSink(Sink):
 
     def close(self) -> None:
         loop, client, self._loop, self._client = self._loop, self._client, None, None
-        tasks, self._tasks, self._done = self._tasks, set(), []
+        self._done = []
         if loop is None:
             return
         try:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             if client is not None:
-                client.close()
+                loop.run_until_complete(client.aclose())
             # Let the transports run their connection_lost callbacks before the loop goes.
             loop.run_until_complete(asyncio.sleep(0))
         except Exception:  # noqa: BLE001 - close() must not raise; the connections are going
             pass
         finally:
             loop.close()
+
+
+def _head_lines(headers: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
 
 
 def _retry_after(value: str | None) -> float | None:
