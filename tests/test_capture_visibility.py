@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from skor_bridge.cli import app
 from skor_bridge.cli.triggers import changes
-from tests.helpers import execute
+from tests.helpers import bodies, execute
 
 TABLES = """
 CREATE TABLE orders (id int PRIMARY KEY, status text, note text);
@@ -142,3 +142,51 @@ def test_run_warns_when_nothing_is_captured(dsn, bridge, receiver, tmp_path):
     process = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
     assert "nothing is captured: this database has no capture trigger" in process.log
     assert process.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_table_renamed_while_the_bridge_is_down_is_delivered_under_its_configured_name(
+    dsn, bridge, receiver, tmp_path
+):
+    # Given a table captured by triggers, and a run that delivered a change of it
+    execute(dsn, TABLES)
+    assert (
+        cli("triggers", "install", write(tmp_path, [{"table": "orders"}]), "--dsn", dsn).exit_code
+        == 0
+    )
+    first = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    execute(dsn, "INSERT INTO orders VALUES (1, 'new', '')")
+    assert receiver.wait_for(1, timeout=60)
+    assert first.stop() == 0
+    # When the table is renamed while the bridge is down, and changed under its new name
+    execute(dsn, "ALTER TABLE orders RENAME TO purchases")
+    for n in range(1, 4):
+        execute(
+            dsn,
+            f"UPDATE purchases SET note = '{n}' WHERE id = 1",
+            f"INSERT INTO purchases VALUES ({n + 1}, 'new', '')",
+        )
+    execute(dsn, "DELETE FROM purchases WHERE id = 1")
+    second = bridge("--dsn", dsn, "--webhook", receiver.url).wait_active()
+    # Then every change arrives under the configured name, in each row's order
+    assert receiver.wait_for(1 + 3 * 2 + 1, timeout=60), second.log
+    got = [(e["table"], e["op"], e["data"]["id"], e["data"]["note"]) for e in bodies(receiver)]
+    assert {table for table, *_ in got} == {"orders"}
+    assert [(op, note) for _, op, row, note in got if row == 1] == [
+        ("INSERT", ""),
+        ("UPDATE", "1"),
+        ("UPDATE", "2"),
+        ("UPDATE", "3"),
+        ("DELETE", "3"),
+    ]
+    # And the rename is said once at start-up, and `triggers list` reports it (not as a
+    # dropped table, nor the renamed one as a stranger)
+    assert second.log.count("was renamed to public.purchases") == 1, second.log
+    tables = listed(dsn)
+    assert list(tables) == ["public.orders"]
+    assert tables["public.orders"]["ops"] == ["insert", "update", "delete"]
+    assert tables["public.orders"]["problems"] == [
+        "table was renamed to public.purchases: still captured, its events keep the name "
+        "public.orders; update triggers.json and install again"
+    ]
+    assert cli("triggers", "list", "--dsn", dsn).exit_code == 1

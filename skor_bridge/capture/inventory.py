@@ -42,8 +42,11 @@ WHERE p.pubname = 'skor_capture' ORDER BY 1, 2
 """
 
 _RECORDED = """
-SELECT schema_name, table_name, mode, ops, columns, update_columns, condition, key_columns
-FROM skor.captured_tables ORDER BY 1, 2
+SELECT r.schema_name, r.table_name, r.mode, r.ops, r.columns, r.update_columns, r.condition,
+       r.key_columns, c.oid::regclass::text, n.nspname, c.relname
+FROM skor.captured_tables r
+LEFT JOIN pg_class c ON c.oid = r.relid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY 1, 2
 """
 
 
@@ -84,7 +87,10 @@ def record(cur: cursor, specs: Sequence[TableSpec], mode: str) -> None:
 
 
 def captured(cur: cursor) -> list[Captured]:
-    """Every captured table, from the catalog and the record, with its problems."""
+    """Every captured table, from the catalog and the record, with its problems.
+
+    A table renamed since install (found by its recorded OID) is listed under its
+    configured name, the name its events carry, with the rename as a problem."""
     tables: dict[tuple[str, str], Captured] = {}
     disabled: dict[tuple[str, str], list[str]] = {}
     cur.execute(_TRIGGERS)
@@ -95,6 +101,11 @@ def captured(cur: cursor) -> list[Captured]:
                 (entry.ops if enabled != "D" else disabled.setdefault((schema, table), [])).append(
                     op
                 )
+    cur.execute(_WAL)
+    published = {
+        (schema, table): [op for op, on in zip(_OP_BITS, flags, strict=True) if on]
+        for schema, table, *flags in cur.fetchall()
+    }
     cur.execute("SELECT to_regclass('skor.captured_tables') IS NOT NULL")
     row = cur.fetchone()
     recorded = []
@@ -102,18 +113,37 @@ def captured(cur: cursor) -> list[Captured]:
         cur.execute(_RECORDED)
         recorded = cur.fetchall()
     seen = set()
-    for schema, table, mode, ops, columns, _update_columns, condition, key in recorded:
-        seen.add((schema, table))
+    for schema, table, mode, ops, columns, _update_columns, condition, key, rel, *now in recorded:
+        # What the catalog shows under the table's current name is this table.
+        current = (now[0], now[1]) if now[0] is not None else (schema, table)
+        seen.update({(schema, table), current})
+        found = tables.pop(current, None)
         entry = tables.setdefault((schema, table), Captured(schema, table, mode))
+        if found is not None:
+            entry.ops, entry.mode = found.ops, found.mode
         entry.columns, entry.condition = dict(columns), condition
-        entry.problems += _problems(cur, entry, list(ops), disabled.get((schema, table), []))
+        if current != (schema, table):
+            entry.problems.append(
+                f"table was renamed to {current[0]}.{current[1]}: still captured, its events "
+                f"keep the name {schema}.{table}; update triggers.json and install again"
+            )
+        if mode == "wal":
+            in_publication = published.pop(current, None)
+            entry.ops = [op for op in ops if in_publication and op in in_publication]
+            if rel is None:
+                entry.problems.append(_GONE)
+            elif in_publication is None:
+                entry.problems.append(
+                    "not in publication skor_capture (removed by hand?): nothing is "
+                    "captured; install again"
+                )
+            continue
+        entry.problems += _problems(cur, entry, rel, list(ops), disabled.get(current, []))
         if key is not None and _GONE not in entry.problems:
-            entry.problems += _key_problems(cur, entry, list(key))
-    cur.execute(_WAL)
-    for schema, table, insert, update, delete in cur.fetchall():
+            entry.problems += _key_problems(cur, entry, rel, list(key))
+    for (schema, table), ops in published.items():
         entry = tables.setdefault((schema, table), Captured(schema, table, "wal"))
-        entry.ops = [op for op, on in zip(_OP_BITS, (insert, update, delete), strict=True) if on]
-        seen.add((schema, table))
+        entry.ops = ops
     for key, entry in tables.items():
         if key not in seen:
             entry.problems.append(
@@ -124,12 +154,17 @@ def captured(cur: cursor) -> list[Captured]:
     return sorted(tables.values(), key=lambda e: (e.schema, e.table))
 
 
-def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str]) -> list[str]:
-    cur.execute(
-        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (entry.schema, entry.table)
-    )
-    row = cur.fetchone()
-    if not row or row[0] is None:
+def _problems(
+    cur: cursor, entry: Captured, rel: str | None, ops: list[str], disabled: list[str]
+) -> list[str]:
+    if rel is None:  # recorded before OIDs were: by name
+        cur.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::text",
+            (entry.schema, entry.table),
+        )
+        row = cur.fetchone()
+        rel = row[0] if row else None
+    if rel is None:
         return [_GONE]
     problems = [f"{op} trigger is disabled" for op in disabled]
     problems += [
@@ -138,7 +173,7 @@ def _problems(cur: cursor, entry: Captured, ops: list[str], disabled: list[str])
     cur.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
         " AND NOT attisdropped",
-        (row[0],),
+        (rel,),
     )
     existing = {name for (name,) in cur.fetchall()}
     wanted = sorted({c for cols in entry.columns.values() if cols for c in cols} - existing)
@@ -162,16 +197,15 @@ SELECT ARRAY(SELECT a.attname::text FROM pg_index i
 """
 
 
-def _key_problems(cur: cursor, entry: Captured, key: list[str]) -> list[str]:
+def _key_problems(cur: cursor, entry: Captured, rel: str | None, key: list[str]) -> list[str]:
     """The primary key changed since install (events stay keyed by the old one), or was
     made DEFERRABLE (per-row order no longer holds)."""
-    cur.execute(
-        _KEY,
-        {
-            "rel": f'"{entry.schema.replace(chr(34), chr(34) * 2)}".'
+    if rel is None:
+        rel = (
+            f'"{entry.schema.replace(chr(34), chr(34) * 2)}".'
             f'"{entry.table.replace(chr(34), chr(34) * 2)}"'
-        },
-    )
+        )
+    cur.execute(_KEY, {"rel": rel})
     row = cur.fetchone()
     assert row is not None
     current, deferrable = list(row[0]), row[1]

@@ -140,9 +140,10 @@ END"""
     return f"DO {dollar_quote(block)};\n"
 
 
-def _record(specs: Sequence[TableSpec], mode: Mode) -> str:
+def record_sql(specs: Sequence[TableSpec], mode: Mode) -> str:
     """SQL recording what is installed in skor.captured_tables (read by `inventory`), in
-    the script itself, so that an install applied with psql is recorded too."""
+    the script itself, so that an install applied with psql is recorded too. The table's
+    OID is recorded with it: a renamed table is still captured and still recognised."""
     keep = ", ".join(f"({quote_literal(s.schema)}, {quote_literal(s.table)})" for s in specs)
     text = (
         "DELETE FROM skor.captured_tables"
@@ -157,7 +158,7 @@ def _record(specs: Sequence[TableSpec], mode: Mode) -> str:
         update_columns = "ARRAY[" + ", ".join(map(quote_literal, spec.update_columns)) + "]::text[]"
         text += f"""\
 INSERT INTO skor.captured_tables AS c (schema_name, table_name, mode, ops, columns,
-                                       update_columns, condition, key_columns)
+                                       update_columns, condition, key_columns, relid)
 SELECT {quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{mode}',
        ARRAY[{", ".join(f"'{op}'" for op in spec.ops)}]::text[], {quote_literal(columns)}::jsonb,
        {update_columns}, {quote_literal(spec.when) if spec.when is not None else "NULL"},
@@ -165,14 +166,16 @@ SELECT {quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{mode}',
              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
              WHERE i.indrelid = to_regclass({quote_literal(spec.qualified)}) AND i.indisprimary
-             ORDER BY k.n)
+             ORDER BY k.n),
+       to_regclass({quote_literal(spec.qualified)})::oid
 ON CONFLICT (schema_name, table_name) DO UPDATE SET
     mode = excluded.mode, ops = excluded.ops, columns = excluded.columns,
     update_columns = excluded.update_columns, condition = excluded.condition,
-    key_columns = excluded.key_columns, installed_at = now()
-WHERE (c.mode, c.ops, c.columns, c.update_columns, c.condition, c.key_columns)
+    key_columns = excluded.key_columns, relid = excluded.relid, installed_at = now()
+WHERE (c.mode, c.ops, c.columns, c.update_columns, c.condition, c.key_columns, c.relid)
       IS DISTINCT FROM (excluded.mode, excluded.ops, excluded.columns,
-                        excluded.update_columns, excluded.condition, excluded.key_columns);
+                        excluded.update_columns, excluded.condition, excluded.key_columns,
+                        excluded.relid);
 """
     return text
 
@@ -200,7 +203,7 @@ def _steps(specs: Sequence[TableSpec], mode: Mode) -> list[tuple[TableSpec | Non
     render = durable_block if mode == "durable" else notify_block
     steps: list[tuple[TableSpec | None, str]] = [(None, _drop_functions(_functions(specs, mode)))]
     steps += [(spec, f"\n-- {sql_comment(describe_spec(spec))}\n{render(spec)}") for spec in specs]
-    steps.append((None, _record(specs, mode)))
+    steps.append((None, record_sql(specs, mode)))
     return steps
 
 
@@ -384,8 +387,10 @@ def uninstall(dsn: str, purge: bool = False, lock_wait: float = LOCK_WAIT) -> in
                     cur.execute("DROP SCHEMA IF EXISTS skor CASCADE")
                 else:
                     cur.execute(
+                        # WAL capture's rows go with its slot (wal.install.uninstall).
                         "DO $skor$ BEGIN IF to_regclass('skor.captured_tables') IS NOT"
-                        " NULL THEN DELETE FROM skor.captured_tables; END IF; END $skor$"
+                        " NULL THEN DELETE FROM skor.captured_tables WHERE mode <> 'wal';"
+                        " END IF; END $skor$"
                     )
             except psycopg2.errors.LockNotAvailable:
                 raise _LockBusy(None) from None

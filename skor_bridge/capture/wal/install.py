@@ -21,6 +21,7 @@ import psycopg2
 
 from skor_bridge.capture.schema import _DDL_LOCK, ensure_schema
 from skor_bridge.capture.trigger_sql import quote_ident
+from skor_bridge.capture.triggers import record_sql
 from skor_bridge.capture.wal.batch import when_sql
 from skor_bridge.capture.wal.slot import PUBLICATION, slot_name
 from skor_bridge.db import connect, describe
@@ -175,6 +176,9 @@ def install(dsn: str, specs: Sequence[TableSpec]) -> str:
                     " publication = EXCLUDED.publication, updated_at = now()",
                     (slot, PUBLICATION, _entries(specs)),
                 )
+                # What `triggers list` shows, and each table's OID: the reader knows a
+                # table renamed while the bridge was down by it.
+                cur.execute(record_sql(specs, "wal"))
             except psycopg2.Error as exc:
                 raise _failure(exc) from None
         conn.commit()
@@ -265,7 +269,9 @@ def _drop(conn: connection, slot: str, drop_slot: bool = True) -> None:
         cur.execute(f"DROP PUBLICATION IF EXISTS {PUBLICATION}")
         cur.execute(
             "DO $$ BEGIN IF to_regclass('skor.wal_state') IS NOT NULL THEN"
-            " DELETE FROM skor.wal_state; END IF; END $$"
+            " DELETE FROM skor.wal_state; END IF;"
+            " IF to_regclass('skor.captured_tables') IS NOT NULL THEN"
+            " DELETE FROM skor.captured_tables WHERE mode = 'wal'; END IF; END $$"
         )
 
 

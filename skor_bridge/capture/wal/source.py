@@ -213,16 +213,29 @@ class WalReader(Sequencer):
         self._specs = {(s.schema, s.table): s for s in parse_config(state.tables)}
 
         def oids(cur: cursor) -> dict[int, TableSpec]:
+            # The OIDs recorded at install: a table renamed since, even while the bridge
+            # was down, keeps its OID and is still captured, as its triggers would.
+            cur.execute(
+                "SELECT r.schema_name, r.table_name, r.relid, n.nspname, c.relname"
+                " FROM skor.captured_tables r JOIN pg_class c ON c.oid = r.relid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.mode = 'wal'"
+            )
+            recorded = {}
+            for schema, table, relid, now_schema, now_table in cur.fetchall():
+                recorded[(schema, table)] = int(relid)
+                # Renamed already: the start-up's "capture needs a look" says it once.
+                self._warned.add(f"renamed {schema}.{table} {now_schema}.{now_table}")
             found = {}
-            for spec in self._specs.values():
-                cur.execute("SELECT to_regclass(%s)::oid", (spec.qualified,))
-                row = cur.fetchone()
-                if row and row[0] is not None:
-                    found[int(row[0])] = spec
+            for key, spec in self._specs.items():
+                relid = recorded.get(key)
+                if relid is None:  # installed by a release that did not record OIDs
+                    cur.execute("SELECT to_regclass(%s)::oid", (spec.qualified,))
+                    row = cur.fetchone()
+                    relid = int(row[0]) if row and row[0] is not None else None
+                if relid is not None:
+                    found[relid] = spec
             return found
 
-        # A table renamed since install keeps its OID: it is still captured, under its
-        # new name, as the triggers would capture it.
         self._spec_oids = self._db.run(oids)
         super().start()
 
@@ -446,14 +459,25 @@ class WalReader(Sequencer):
             self._pending_bytes += len(event.data)
 
     def _relation(self, message: protocol.Relation) -> None:
-        spec = self._specs.get((message.schema, message.table))
-        if spec is not None:
-            self._spec_oids.setdefault(message.relid, spec)
-        else:
-            spec = self._spec_oids.get(message.relid)
+        # By OID first: a renamed table keeps it (and its place in the publication).
+        spec = self._spec_oids.get(message.relid)
+        if spec is None:
+            spec = self._specs.get((message.schema, message.table))
+            if spec is not None:
+                self._spec_oids[message.relid] = spec
         if spec is None:
             self._tables.pop(message.relid, None)
             return
+        if (message.schema, message.table) != (spec.schema, spec.table):
+            self._warn_once(
+                f"renamed {spec.schema}.{spec.table} {message.schema}.{message.table}",
+                "table %s was renamed to %s.%s: still captured, and its events keep the name "
+                "%s as in trigger mode; update triggers.json and install again to change it",
+                spec,
+                message.schema,
+                message.table,
+                spec,
+            )
         self._catalog.load(c.type_oid for c in message.columns)
         types = tuple(self._catalog.get(c.type_oid) for c in message.columns)
 
@@ -505,12 +529,14 @@ class WalReader(Sequencer):
                     change.outputs,
                 )
             else:
-                relation = change.table.relation  # (the root of a partition)
+                # The configured name (a partition's root), whatever the table is called
+                # now: trigger mode's triggers carry it as a constant too.
+                spec = change.table.spec
                 chunk.add(
                     derived,
                     commit_time,
-                    relation.schema,
-                    relation.table,
+                    spec.schema,
+                    spec.table,
                     change.op,
                     render.key(change),
                     render.data(change),
