@@ -83,6 +83,9 @@ class SourceConfig:
     poll_interval: float = 0.002
     #: Events moved from the outbox to the log, and read per output, in one round trip.
     batch_size: int = 2000
+    #: Dead outbox rows (left by long transactions, or faster than autovacuum) past which
+    #: the sequencer compacts the outbox (see `capture.outbox_upkeep`).
+    compact_after: int = 10_000
     #: LISTEN channel of notify mode; Skor's triggers use "skor".
     channel: str = "skor"
     #: WAL mode: bytes of WAL the slot may hold back before /readyz fails (1 GiB).
@@ -100,6 +103,8 @@ class SourceConfig:
             raise ConfigError("poll_interval: must be positive")
         if self.batch_size < 1:
             raise ConfigError("batch_size: must be at least 1")
+        if self.compact_after < 1:
+            raise ConfigError("compact_after: must be at least 1")
 
     @property
     def safe_dsn(self) -> str:

@@ -504,6 +504,18 @@ OPTIONS: tuple[Option, ...] = (
         key="batch_size",
     ),
     Option(
+        "outbox_compact_after",
+        integer(1),
+        "Durable mode: dead outbox rows (VACUUM held back by a long transaction) past which "
+        "the bridge compacts the outbox.",
+        "N",
+        "10000",
+        10_000,
+        TUNING,
+        key="outbox_compact_after",
+        hidden=True,
+    ),
+    Option(
         "max_in_flight",
         integer(1),
         "Events held in memory per output.",

@@ -173,6 +173,7 @@ def build_config(
             mode=value("mode"),
             poll_interval=value("poll_interval"),
             batch_size=value("batch_size"),
+            compact_after=value("outbox_compact_after"),
             max_slot_lag=value("max_slot_lag"),
         ),
     )

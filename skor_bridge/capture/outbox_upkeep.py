@@ -5,33 +5,59 @@ session holding an old snapshot (a long report, an idle-in-transaction session) 
 VACUUM from removing them: the dead index entries pile up and every look at the outbox
 steps over them (at 150,000 events the sequencer's idle check went from 0.03 ms to 4.6 ms).
 
-So the retention pass reports the oldest snapshot's age and the outbox's dead rows (in
+The retention pass reports the oldest snapshot's age and the outbox's dead rows (in
 `status`, /metrics and the log, with a warning past `WARN_SNAPSHOT_AGE` /
-`WARN_DEAD_TUPLES`), and compacts the outbox once it holds `COMPACT_AFTER` dead rows:
-TRUNCATE frees every dead row at once, whatever the snapshots, and is safe here because
-it runs only when the outbox is empty and nobody else holds a lock on it (NOWAIT: a
-writer never queues behind it; it holds the lock for the milliseconds TRUNCATE takes).
-It keeps the id sequence, so event ids stay unique. A writer that holds the outbox locked
-for a long time (inserted and left its transaction open) prevents the compaction; that
+`WARN_DEAD_TUPLES`). The sequencer compacts the outbox (TRUNCATE frees every dead row at
+once, whatever the snapshots) once it holds `SourceConfig.compact_after` dead rows, in one
+of its own rounds (`compact_round`), because under steady writes the outbox is never empty
+and unlocked at once for long (each row waits a few milliseconds for its round):
+
+    BEGIN; SET LOCAL lock_timeout = LOCK_TIMEOUT;
+    LOCK skor.outbox IN ACCESS EXCLUSIVE MODE;   -- waits for writers' open transactions
+    at most one round's worth in the outbox?     -- else ROLLBACK: an ordinary round instead
+    the ordinary move (same statement, same numbering);
+    TRUNCATE skor.outbox; COMMIT;
+
+Nothing is missed or moved twice: once the lock is held no transaction has an uncommitted
+outbox row (every writer that inserted has ended) and none can insert until COMMIT, so the
+move's snapshot sees every row the outbox will ever hold up to the TRUNCATE, moves them all
+(at most one round's worth, checked under the lock), numbered by id as in any round, and
+the TRUNCATE removes only dead rows. It keeps the id sequence, so event ids stay unique.
+
+What it costs writers: while the LOCK waits, new writers queue behind it, so the wait is
+bounded by `LOCK_TIMEOUT` (tens of milliseconds), and once held, the lock lasts one round
+and a TRUNCATE. The short timeout also breaks a would-be deadlock (a writer holding the
+outbox waits on a row lock of a writer queued behind us) long before deadlock_timeout.
+When the lock is not had in time (a writer's transaction stays open), the sequencer does an
+ordinary round at once and tries again later (`CompactionSchedule`), so capture never
+starves; a writer that keeps the outbox locked for long prevents compaction, and that
 session is also what the warning names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg2.errors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from psycopg2.extensions import cursor
+
+T = TypeVar("T")
 
 #: Warn when a snapshot in this database is older than this (seconds)...
 WARN_SNAPSHOT_AGE = 300.0
 #: ... or when the outbox holds this many dead rows.
 WARN_DEAD_TUPLES = 100_000
-#: Dead rows past which the retention pass tries to compact the outbox.
-COMPACT_AFTER = 10_000
+#: Longest the compaction waits for the outbox's lock (module docstring).
+LOCK_TIMEOUT = "30ms"
+#: Seconds between two looks at the dead rows, and between two compactions.
+COMPACT_EVERY = 1.0
+#: Longest pause after failed attempts (it doubles from COMPACT_EVERY per failure).
+COMPACT_BACKOFF_MAX = 8.0
 
 #: The oldest snapshot held in this database by another session: age, pid, application.
 OLDEST_SNAPSHOT = """
@@ -51,7 +77,6 @@ class OutboxHealth:
     oldest_snapshot_pid: int | None = None
     oldest_snapshot_application: str = ""
     dead_tuples: int = 0
-    compacted: bool = False
 
     @property
     def warning(self) -> str | None:
@@ -82,39 +107,68 @@ def check(cur: cursor) -> OutboxHealth:
     )
 
 
-def compact(cur: cursor) -> bool:
-    """TRUNCATE the outbox if it is empty and unlocked (see the module docstring); True when
-    it did. `cur` must be on an autocommit connection."""
+def compact_round(cur: cursor, limit: int, move: Callable[[cursor], list[T]]) -> list[T] | None:
+    """Move the outbox's rows with `move` (the ordinary round, moving up to `limit`) and
+    TRUNCATE it, in one transaction holding its exclusive lock (see the module docstring).
+    The rows moved, or None when nothing was done: the lock was not had within LOCK_TIMEOUT,
+    more than `limit` rows were waiting, or the move needs what an ordinary round does
+    outside a transaction. `cur` must be on an autocommit connection."""
     cur.execute("BEGIN")
     try:
-        cur.execute("SET LOCAL lock_timeout = '50ms'")
-        cur.execute("LOCK TABLE skor.outbox IN ACCESS EXCLUSIVE MODE NOWAIT")
-        cur.execute("SELECT EXISTS (SELECT FROM skor.outbox)")
+        cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        cur.execute("LOCK TABLE skor.outbox IN ACCESS EXCLUSIVE MODE")
+        cur.execute("SELECT count(*) FROM (SELECT FROM skor.outbox LIMIT %s) o", (limit + 1,))
         row = cur.fetchone()
-        if row is None or row[0]:
+        if row is None or int(row[0]) > limit:
+            # A backlog: moving it all under the lock would stall every writer for as long.
             cur.execute("ROLLBACK")
-            return False
+            return None
+        moved = move(cur)
         cur.execute("TRUNCATE skor.outbox")
         cur.execute("COMMIT")
-        return True
-    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.QueryCanceled):
+        return moved
+    except _GAVE_UP:
         cur.execute("ROLLBACK")
-        return False
+        return None
     except BaseException:
         if not cur.connection.closed:
             cur.execute("ROLLBACK")
         raise
 
 
-def upkeep(cur: cursor) -> OutboxHealth:
-    """Report, and compact when worth it."""
-    found = check(cur)
-    if found.dead_tuples >= COMPACT_AFTER and compact(cur):
-        return OutboxHealth(
-            found.oldest_snapshot_seconds,
-            found.oldest_snapshot_pid,
-            found.oldest_snapshot_application,
-            0,
-            compacted=True,
-        )
-    return found
+#: Errors after which compaction gives up for now: a lock not had in time (the outbox, or
+#: the counter row held by an instance being replaced), a deadlock, or a position with no
+#: log partition (that same overlap: the ordinary round catches up outside a transaction).
+_GAVE_UP = (
+    psycopg2.errors.LockNotAvailable,
+    psycopg2.errors.DeadlockDetected,
+    psycopg2.errors.CheckViolation,
+)
+
+
+class CompactionSchedule:
+    """When the sequencer looks at the dead rows and tries to compact: at most every
+    COMPACT_EVERY seconds, backing off (doubling up to COMPACT_BACKOFF_MAX) after attempts
+    that failed, and never while a backlog waits (the caller checks the last round). Each
+    failed attempt costs writers up to LOCK_TIMEOUT, so a long writer transaction that
+    keeps failing them costs at most LOCK_TIMEOUT / COMPACT_BACKOFF_MAX of their time."""
+
+    def __init__(self, compact_after: int, now: float) -> None:
+        self.compact_after = compact_after
+        self._next = now + COMPACT_EVERY
+        self._pause = COMPACT_EVERY
+
+    def due(self, now: float) -> bool:
+        """Time to look at the dead rows."""
+        return now >= self._next
+
+    def worth_it(self, dead_tuples: int) -> bool:
+        return dead_tuples >= self.compact_after
+
+    def looked(self, now: float, compacted: bool | None) -> None:
+        """After a look: None when not worth it, else whether the compaction succeeded."""
+        if compacted is False:
+            self._pause = min(COMPACT_BACKOFF_MAX, self._pause * 2)
+        else:
+            self._pause = COMPACT_EVERY
+        self._next = now + self._pause

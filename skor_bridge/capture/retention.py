@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import psycopg2
 
-from skor_bridge.capture.outbox_upkeep import OutboxHealth, upkeep
+from skor_bridge.capture.outbox_upkeep import OutboxHealth, check
 from skor_bridge.db import Reconnecting, Stopped, describe
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class Pruner:
             try:
                 found = self._db.run(lambda cur: prune(cur, self.retention, self.retention_bytes))
                 if self.durable:
-                    found = replace(found, outbox=self._db.run(upkeep))
+                    found = replace(found, outbox=self._db.run(check))
             except Stopped:
                 return
             except psycopg2.Error as exc:
@@ -226,11 +226,6 @@ class Pruner:
                         "for output(s) %s, which have not delivered its oldest events",
                         found.log_bytes // 10**6,
                         ", ".join(found.holding),
-                    )
-                if found.outbox.compacted:
-                    log.info(
-                        "retention: compacted the outbox (its dead rows were piling up "
-                        "behind an old snapshot)"
                     )
                 warning = found.outbox.warning
                 if warning and self.last.outbox.warning is None:

@@ -16,6 +16,11 @@ What it costs the user's database, and why it is shaped this way:
   `poll_interval` (2 ms) to `IDLE_POLL_MAX`, doubling per empty look, and polls fast again
   as soon as a round finds something: the first change after a quiet period waits at most
   `IDLE_POLL_MAX` longer than usual.
+- Dead outbox rows that VACUUM cannot remove (a long transaction holds an old snapshot)
+  slow every look; past `SourceConfig.compact_after` of them, and only when no backlog
+  waits, one round is a compaction (`outbox_upkeep.compact_round`: the same move under the
+  outbox's lock, then TRUNCATE), at most once a second. An attempt that does not get the
+  lock at once is followed by an ordinary round at once, so capture never waits on it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING
 import psycopg2.errors
 
 from skor_bridge.backfill.watermark import SUPERSEDED_READS
+from skor_bridge.capture import outbox_upkeep
 from skor_bridge.capture.log_rows import event_from_row
 from skor_bridge.db import Reconnecting, Stopped
 
@@ -48,6 +54,9 @@ IDLE_POLL_MAX = 0.25
 #: Seconds of finding nothing before the poll starts to back off, so that the gaps of a
 #: steady trickle (a change every few milliseconds) never slow it down.
 QUIET = 0.1
+
+#: Seconds between two "compacted the outbox" lines (the count in between is said).
+COMPACTION_LOG_EVERY = 60.0
 
 #: Bytes of moved events kept in memory for outputs that keep up; rows past this in one
 #: round come back without their data and are read from the log by the outputs instead.
@@ -107,6 +116,11 @@ class Sequencer:
         self._recent_bytes = 0
         #: Events moved so far by this process; fed to metrics.
         self.captured = 0
+        #: Outbox compactions done, and attempts that gave up (lock not had in time...).
+        self.compactions = 0
+        self.compactions_failed = 0
+        self._compactions_said = 0
+        self._compaction_said_at = -COMPACTION_LOG_EVERY
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -168,9 +182,16 @@ class Sequencer:
         limit = self.config.source.batch_size
         fast = self.config.source.poll_interval
         pause, quiet_since = fast, time.monotonic()
+        schedule = outbox_upkeep.CompactionSchedule(self.config.source.compact_after, quiet_since)
+        backlog = False
         try:
             while not self.stopping.is_set() and not self._stopped.is_set():
-                moved = self._db.run(lambda cur: self._round(cur, limit))
+                moved = None
+                if not backlog and schedule.due(time.monotonic()):
+                    moved = self._db.run(lambda cur: self._compaction(cur, limit, schedule))
+                if moved is None:  # not due, or gave up: an ordinary round at once
+                    moved = self._db.run(lambda cur: self._round(cur, limit))
+                backlog = len(moved) >= limit
                 if moved:
                     self.captured += len(moved)
                     self._publish(moved)
@@ -186,12 +207,50 @@ class Sequencer:
             log.exception("sequencer failed")
             self.stopping.set()
 
-    def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
+    def _compaction(
+        self, cur: cursor, limit: int, schedule: outbox_upkeep.CompactionSchedule
+    ) -> list[ChangeEvent] | None:
+        """A compaction round if the dead rows call for one: the events moved, or None when
+        it was not due or gave up (the caller then runs an ordinary round)."""
+        cur.execute(outbox_upkeep.DEAD_TUPLES)
+        row = cur.fetchone()
+        dead = int(row[0] or 0) if row else 0
+        if not schedule.worth_it(dead):
+            schedule.looked(time.monotonic(), None)
+            return None
+        self._prepare(cur, limit)  # outside the transaction: PREPARE, partitions
+        moved = outbox_upkeep.compact_round(cur, limit, lambda c: self._move(c, limit))
+        schedule.looked(time.monotonic(), moved is not None)
+        if moved is None:
+            self.compactions_failed += 1
+            log.debug("outbox compaction gave up (a writer held the outbox, or a backlog)")
+            return None
+        self.compactions += 1
+        now = time.monotonic()
+        if now - self._compaction_said_at >= COMPACTION_LOG_EVERY:
+            log.info(
+                "compacted the outbox: %d dead rows VACUUM could not remove yet (a long "
+                "transaction, or more than autovacuum keeps up with) are gone; %d "
+                "compaction(s) since the last such line",
+                dead,
+                self.compactions - self._compactions_said,
+            )
+            self._compactions_said, self._compaction_said_at = self.compactions, now
+        return moved
+
+    def _prepare(self, cur: cursor, limit: int) -> None:
         if cur.connection is not self._prepared:
             cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
             self._prepared = cur.connection
         if self._head + 1 + limit > self._covered_until:
             self._ensure_partitions(cur, self._head + 1, self._head + 1 + limit)
+
+    def _move(self, cur: cursor, limit: int) -> list[ChangeEvent]:
+        cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
+        return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
+
+    def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
+        self._prepare(cur, limit)
         try:
             cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
         except psycopg2.errors.CheckViolation:
