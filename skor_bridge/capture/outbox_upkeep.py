@@ -21,8 +21,11 @@ and unlocked at once for long (each row waits a few milliseconds for its round):
 Nothing is missed or moved twice: once the lock is held no transaction has an uncommitted
 outbox row (every writer that inserted has ended) and none can insert until COMMIT, so the
 move's snapshot sees every row the outbox will ever hold up to the TRUNCATE, moves them all
-(at most one round's worth, checked under the lock), numbered by id as in any round, and
+(at most one round's worth, checked under the lock), numbered by id after the round before
+and before the round after, as any round (so per-row order holds, `capture.schema`), and
 the TRUNCATE removes only dead rows. It keeps the id sequence, so event ids stay unique.
+The sequencer publishes the moved events to memory only after the COMMIT, as it does for
+an ordinary round.
 
 What it costs writers: while the LOCK waits, new writers queue behind it, so the wait is
 bounded by `LOCK_TIMEOUT` (tens of milliseconds), and once held, the lock lasts one round
@@ -30,8 +33,10 @@ and a TRUNCATE. The short timeout also breaks a would-be deadlock (a writer hold
 outbox waits on a row lock of a writer queued behind us) long before deadlock_timeout.
 When the lock is not had in time (a writer's transaction stays open), the sequencer does an
 ordinary round at once and tries again later (`CompactionSchedule`), so capture never
-starves; a writer that keeps the outbox locked for long prevents compaction, and that
-session is also what the warning names.
+starves. A session that keeps any lock on the outbox for long prevents compaction: a
+writer that inserted and stays in its transaction (that session is also what the warning
+names), or one that read the outbox in a long transaction, such as pg_dump of the whole
+database; then each attempt costs writers up to LOCK_TIMEOUT every COMPACT_BACKOFF_MAX.
 """
 
 from __future__ import annotations
