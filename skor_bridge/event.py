@@ -35,6 +35,9 @@ class ChangeEvent:
     headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     #: The outputs this event is for (a backfill limited to some); None for every output.
     outputs: tuple[str, ...] | None = None
+    #: An UPDATE's row before the change, rendered like `data` (same columns); None when
+    #: not known, and for INSERT, DELETE and READ. Only the envelope format sends it.
+    old: str | None = None
 
     def is_for(self, output: str) -> bool:
         return self.outputs is None or output in self.outputs

@@ -45,7 +45,7 @@ def _string(value: str | None) -> str:
 
 
 def envelope(event: ChangeEvent) -> bytes:
-    old = getattr(event, "old", None)
+    old = event.old
     parts = [
         f'"id": {_string(event.id)}',
         f'"op": {_string(event.op)}',

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -22,7 +24,7 @@ from skor_bridge.routing import Routed, matcher, route
 from skor_bridge.sinks.base import DELIVERED, Sink
 from skor_bridge.tools.receiver import Receiver
 from tests.fixtures_kafka import consume
-from tests.helpers import execute, wait_delivered
+from tests.helpers import bodies, execute, scalar, wait_delivered
 
 ROW = '{"id":7,"price":12.50,"big":9007199254740993,"name":"caf\\u00e9"}'
 EVENT = ChangeEvent(
@@ -255,3 +257,125 @@ def test_rabbitmq_gets_envelopes_and_kafka_binary_cloudevents(
     assert all(
         e["type"] == "skor.insert" and e["source"].startswith("postgresql://") for e in events
     )
+
+
+# -- the envelope's "old": the row before an UPDATE ---------------------------------------------
+
+OLD_DDL = (
+    "CREATE TYPE pair AS (a int, b text);"
+    "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, p pair, big text,"
+    " secret text);"
+    "ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;"  # TOASTed, uncompressed
+    "CREATE TABLE notes (body text)"  # no primary key
+)
+#: Restricted columns: `secret` must never reach an envelope, in `data` or in `old`.
+OLD_TRIGGERS = [
+    {"table": "items", "columns": ["id", "name", "price", "p", "big"]},
+    {"table": "notes"},
+]
+ITEM_COLUMNS = "id, name, price, p, big"
+
+
+def _row_json(dsn: str, sql: str) -> str:
+    """row_to_json of one row, as text: what `data` and `old` must splice in unchanged."""
+    return scalar(dsn, f"SELECT row_to_json(r)::text FROM ({sql}) r")
+
+
+def _position(body: bytes) -> int:
+    return int(json.loads(body)["position"])
+
+
+def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
+    execute(dsn, OLD_DDL)
+    big = "".join(f"{n:08x}" for n in range(2500))  # 20 kB, stored out of line
+    execute(
+        dsn,
+        "INSERT INTO items VALUES (1, 'a', 9.90, ROW(1, 'x'), %(big)s, 's1')",
+        "INSERT INTO notes VALUES ('first')",
+        params={"big": big},
+    )
+    triggers_file = tmp_path / "triggers.json"
+    triggers_file.write_text(json.dumps(OLD_TRIGGERS))
+    installed = subprocess.run(
+        [sys.executable, "-m", "skor_bridge", "triggers", "install", str(triggers_file)]
+        + ["--dsn", dsn, "--mode", mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    config = tmp_path / "skor.toml"
+    with Receiver() as envelopes, Receiver() as skor:
+        config.write_text(
+            f'[[outputs]]\ntype = "webhook"\nname = "env"\nurl = "{envelopes.url}"\n'
+            'format = "envelope"\n'
+            f'[[outputs]]\ntype = "webhook"\nname = "skor"\nurl = "{skor.url}"\n'
+        )
+        process = bridge("--dsn", dsn, "--config", str(config), "--start-from", "earliest")
+        process.wait_active()
+        before = _row_json(dsn, f"SELECT {ITEM_COLUMNS} FROM items WHERE id = 1")
+        # (the composite's old value first appears here, in the old row: WAL mode asks the
+        # server to render it)
+        execute(
+            dsn,
+            "UPDATE items SET name = 'b', price = 10.00, p = ROW(3, 'z'), secret = 's2'"
+            " WHERE id = 1",
+        )
+        middle = _row_json(dsn, f"SELECT {ITEM_COLUMNS} FROM items WHERE id = 1")
+        execute(dsn, "UPDATE items SET p = ROW(2, 'y') WHERE id = 1")  # only the composite
+        after = _row_json(dsn, f"SELECT {ITEM_COLUMNS} FROM items WHERE id = 1")
+        note = _row_json(dsn, "SELECT body FROM notes")
+        execute(
+            dsn,
+            "UPDATE notes SET body = 'second'",
+            "INSERT INTO items VALUES (2, 'n', 1, NULL, NULL, 's')",
+            "UPDATE items SET id = 3 WHERE id = 2",  # a key change: DELETE then INSERT
+            "DELETE FROM items WHERE id = 3",
+        )
+        assert envelopes.wait_for(7, timeout=60), process.log
+        assert skor.wait_for(7, timeout=60), process.log
+        time.sleep(0.3)
+        # Rows are delivered in parallel lanes: put them in log order
+        sent = sorted((r.body for r in envelopes.delivered()), key=lambda b: _position(b))
+        documents = [json.loads(body) for body in sent]
+        ops = [(d["table"], d["op"]) for d in documents]
+        assert ops == [
+            ("items", "UPDATE"),
+            ("items", "UPDATE"),
+            ("notes", "UPDATE"),
+            ("items", "INSERT"),
+            ("items", "DELETE"),
+            ("items", "INSERT"),
+            ("items", "DELETE"),
+        ]
+        # An UPDATE's "old" is row_to_json of the row before it, with the configured
+        # columns only, spliced in byte for byte (9.90 stays 9.90, the TOASTed value whole)
+        assert f'"data": {middle}, "old": {before}, '.encode() in sent[0]
+        assert f'"data": {after}, "old": {middle}, '.encode() in sent[1]
+        assert documents[0]["old"]["big"] == big and "secret" not in documents[0]["old"]
+        assert documents[0]["old"]["p"] == {"a": 1, "b": "x"}
+        assert documents[1]["old"]["p"] == {"a": 3, "b": "z"}
+        assert documents[2]["old"] == json.loads(note) == {"body": "first"}
+        assert documents[2]["data"] == {"body": "second"}
+        # INSERT and DELETE carry no "old" (a DELETE's `data` is the old row), nor do the
+        # two halves of a key change
+        assert all("old" not in d for d in documents[3:])
+        assert list(documents[0]) == [
+            "id", "op", "schema", "table", "data", "old", "committed_at", "position"
+        ]  # fmt: skip
+        # Skor's body is unchanged: no "old" there
+        for body in bodies(skor):
+            assert list(body) == ["data", "table", "schema", "op"]
+        updates = [b["data"] for b in bodies(skor) if b["table"] == "items" and b["op"] == "UPDATE"]
+        assert updates == [json.loads(middle), json.loads(after)]
+        assert process.stop() == 0
+
+
+@pytest.mark.slow
+def test_an_update_envelope_carries_the_old_row_in_trigger_mode(dsn, bridge, tmp_path):
+    _old_scenario(dsn, bridge, tmp_path, "durable")
+
+
+@pytest.mark.slow
+def test_an_update_envelope_carries_the_old_row_in_wal_mode(wal_dsn, bridge, tmp_path):
+    _old_scenario(wal_dsn, bridge, tmp_path, "wal")

@@ -154,9 +154,16 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
         capture_output=True,
     )
     # Then changes keep flowing through the running bridge, captured by the new triggers
+    # (which replaced the 0.1.0 functions in place), an UPDATE with its old row for the
+    # envelope format, while Skor's body stays as it was
+    before = scalar(dsn, "SELECT row_to_json(a)::text FROM accounts a WHERE id = 7")
     execute(dsn, "UPDATE accounts SET note = 'after upgrade' WHERE id = 7")
     assert receiver.wait_for(24)
     assert bodies(receiver)[-1]["data"]["note"] == "after upgrade"
+    assert list(bodies(receiver)[-1]) == ["data", "table", "schema", "op"]
+    assert scalar(dsn, "SELECT old FROM skor.log ORDER BY pos DESC LIMIT 1") == before
+    # and the events the 0.1.0 triggers captured have no old row: NULL, not made up
+    assert scalar(dsn, "SELECT count(*) FROM skor.log WHERE old IS NOT NULL") == 1
     assert process.stop() == 0
 
     # And `status` reads the upgraded database

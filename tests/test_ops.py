@@ -400,3 +400,52 @@ def test_iso_times_keep_their_offset_and_naive_ones_are_local_time():
     )
     naive = ops_events.parse_time("2025-01-02 03:04:05")
     assert naive == datetime(2025, 1, 2, 3, 4, 5).astimezone()
+
+
+@pytest.mark.slow
+def test_a_retried_or_replayed_update_envelope_keeps_its_old_row(dsn, capture_table, bridge):
+    # Given an envelope output whose receiver refuses UPDATEs (400: a dead letter at once)
+    capture_table(TABLE, "items")
+    refusing = threading.Event()
+    refusing.set()
+
+    def respond(request) -> int:
+        return 400 if refusing.is_set() and json.loads(request.body)["op"] == "UPDATE" else 200
+
+    with Receiver(respond=respond) as receiver:
+        bridge("--dsn", dsn, "--webhook", f"env={receiver.url}", "--format", "envelope")
+        started = datetime.now(UTC) - timedelta(seconds=1)
+        execute(dsn, "INSERT INTO items VALUES (1, 'a')", "UPDATE items SET name = 'b'")
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.dead_letters") == 1,
+            timeout=20,
+            message="the update dead-lettered",
+        )
+        # Then the dead letter keeps the old row
+        assert scalar(dsn, "SELECT old FROM skor.dead_letters") == '{"id":1,"name":"a"}'
+
+        # When the receiver is fixed and the dead letter retried
+        refusing.clear()
+        assert cli("events", "retry", "--dsn", dsn, "--all-dead").exit_code == 0
+        assert receiver.wait_for(2, timeout=10)
+        # Then it is sent with the same old row as the first time
+        retried = json.loads(receiver.delivered()[-1].body)
+        assert (retried["op"], retried["data"], retried["old"]) == (
+            "UPDATE",
+            {"id": 1, "name": "b"},
+            {"id": 1, "name": "a"},
+        )
+        wait_until(
+            lambda: scalar(dsn, "SELECT count(*) FROM skor.redeliveries") == 0,
+            timeout=10,
+            message="redeliveries finished",
+        )
+
+        # And a replay sends both events again, the UPDATE with its old row
+        result = cli(
+            "events", "replay", "--dsn", dsn, "--output", "env", "--since", started.isoformat()
+        )
+        assert result.stdout.strip() == "2 event(s) queued for replay to env", result.output
+        assert receiver.wait_for(4, timeout=10)
+        insert, update = (json.loads(r.body) for r in receiver.delivered()[-2:])
+        assert "old" not in insert and update["old"] == {"id": 1, "name": "a"}

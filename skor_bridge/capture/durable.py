@@ -23,16 +23,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes of row data one fetch returns at most (always at least one event), so a run of
-#: huge rows cannot balloon the bridge's memory.
+#: Bytes of row data (`data` and `old`) one fetch returns at most (always at least one
+#: event), so a run of huge rows cannot balloon the bridge's memory.
 FETCH_BYTES = 8 * 1024 * 1024
 
 # The running sum streams under the LIMIT, so the scan still stops after `limit` rows.
 _SELECT_EVENTS = f"""
 SELECT {EVENT_COLUMNS}, outputs FROM (
-    SELECT *, sum(octet_length(data)) OVER (ORDER BY pos) AS running
+    SELECT *, octet_length(data) + coalesce(octet_length(old), 0) AS size,
+           sum(octet_length(data) + coalesce(octet_length(old), 0)) OVER (ORDER BY pos)
+               AS running
     FROM skor.log WHERE pos > $1 ORDER BY pos LIMIT $2
-) fetched WHERE running - octet_length(data) < $3 ORDER BY pos
+) fetched WHERE running - size < $3 ORDER BY pos
 """
 
 

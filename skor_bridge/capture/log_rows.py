@@ -7,15 +7,17 @@ from typing import Any
 
 from skor_bridge.event import ChangeEvent
 
-#: Selected in this order and turned into a ChangeEvent by `event_from_row`.
+#: Selected in this order and turned into a ChangeEvent by `event_from_row`. All three
+#: tables have `old` (migration v070): a dead letter or parked UPDATE sent again carries
+#: the same "old" as the first time.
 EVENT_COLUMNS = (
     "coalesce(pos, 0), event_id::text, extract(epoch FROM captured_at)::float8,"
-    " schema_name, table_name, op, row_key, data"
+    " schema_name, table_name, op, row_key, data, old"
 )
 
 
 def event_from_row(row: tuple[Any, ...], outputs: list[str] | None = None) -> ChangeEvent:
-    pos, event_id, captured_at, schema, table, op, key, data = row
+    pos, event_id, captured_at, schema, table, op, key, data, old = row
     return ChangeEvent(
         id=event_id,
         position=pos,
@@ -26,4 +28,5 @@ def event_from_row(row: tuple[Any, ...], outputs: list[str] | None = None) -> Ch
         key=key,
         captured_at=captured_at,
         outputs=tuple(outputs) if outputs is not None else None,
+        old=old,
     )

@@ -169,8 +169,8 @@ def record_delivered(
 def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, error: str) -> None:
     cur.execute(
         "INSERT INTO skor.dead_letters (output, pos, event_id, captured_at, schema_name,"
-        " table_name, op, row_key, data, attempts, last_error)"
-        " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s)"
+        " table_name, op, row_key, data, old, attempts, last_error)"
+        " VALUES (%s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (output, event_id) DO UPDATE SET attempts = excluded.attempts,"
         " last_error = excluded.last_error, status = 'dead', dead_at = now()",
         (
@@ -183,6 +183,7 @@ def dead_letter(cur: cursor, output: str, event: ChangeEvent, attempts: int, err
             event.op,
             event.key,
             event.data,
+            event.old,
             attempts,
             error,
         ),
@@ -216,12 +217,12 @@ def park(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
 def _park_chunk(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int]:
     cur.execute(
         "INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at,"
-        " schema_name, table_name, op, row_key, data)"
+        " schema_name, table_name, op, row_key, data, old)"
         " SELECT %s, 'parked', e.pos, e.event_id::uuid, to_timestamp(e.captured_at),"
-        " e.schema_name, e.table_name, e.op, e.row_key, e.data"
+        " e.schema_name, e.table_name, e.op, e.row_key, e.data, e.old"
         " FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::text[], %s::text[],"
-        " %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
-        " AS e(pos, event_id, captured_at, schema_name, table_name, op, row_key, data, n)"
+        " %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
+        " AS e(pos, event_id, captured_at, schema_name, table_name, op, row_key, data, old, n)"
         " ORDER BY e.n RETURNING id, pos",
         (
             output,
@@ -233,6 +234,7 @@ def _park_chunk(cur: cursor, output: str, events: list[ChangeEvent]) -> list[int
             [e.op for e in events],
             [e.key for e in events],
             [e.data for e in events],
+            [e.old for e in events],
         ),
     )
     # Ids follow the insert's order; mapped by position all the same (a row's log events

@@ -58,8 +58,9 @@ QUIET = 0.1
 #: Seconds between two "compacted the outbox" lines (the count in between is said).
 COMPACTION_LOG_EVERY = 60.0
 
-#: Bytes of moved events kept in memory for outputs that keep up; rows past this in one
-#: round come back without their data and are read from the log by the outputs instead.
+#: Bytes of moved events (`data` and `old`) kept in memory for outputs that keep up; rows
+#: past this in one round come back without their data and are read from the log by the
+#: outputs instead.
 RECENT_BYTES = 8 * 1024 * 1024
 
 # $1 limit, $2 install id, $3 bytes of data to return. `seq` locks the counter only when
@@ -78,20 +79,24 @@ WITH seq AS (
     RETURNING *
 ), {SUPERSEDED_READS}, ins AS (
     INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data,
-                          outputs)
+                          old, outputs)
     SELECT (SELECT next_pos FROM seq) - 1 + row_number() OVER (ORDER BY id),
            coalesce(event_id, md5($2 || '.' || id)::uuid), captured_at, schema_name,
-           table_name, op, row_key, data, outputs
+           table_name, op, row_key, data, old, outputs
     FROM moved WHERE id NOT IN (SELECT id FROM superseded)
-    RETURNING pos, event_id, captured_at, schema_name, table_name, op, row_key, data, outputs
+    RETURNING pos, event_id, captured_at, schema_name, table_name, op, row_key, data, old,
+              outputs
 ), bump AS (
     UPDATE skor.sequencer SET next_pos = (SELECT next_pos FROM seq) + (SELECT count(*) FROM ins)
     WHERE EXISTS (SELECT FROM ins)
 )
 SELECT pos, event_id::text, extract(epoch FROM captured_at)::float8, schema_name, table_name,
-       op, row_key,
-       CASE WHEN sum(octet_length(data)) OVER (ORDER BY pos) <= $3 THEN data END, outputs
-FROM ins ORDER BY pos
+       op, row_key, CASE WHEN kept THEN data END, CASE WHEN kept THEN old END, outputs
+FROM (
+    SELECT *, sum(octet_length(data) + coalesce(octet_length(old), 0)) OVER (ORDER BY pos)
+              <= $3 AS kept
+    FROM ins
+) sized ORDER BY pos
 """
 
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
@@ -273,14 +278,18 @@ class Sequencer:
                     self._recent_bytes = 0
                     break
                 recent.append(event)
-                self._recent_bytes += len(event.data)
+                self._recent_bytes += _size(event)
             while recent and self._recent_bytes > RECENT_BYTES:
-                self._recent_bytes -= len(recent.popleft().data)
+                self._recent_bytes -= _size(recent.popleft())
             self._head = moved[-1].position
             self._moved.notify_all()
 
     def _ensure_partitions(self, cur: cursor, base: int, until: int) -> None:
         self._covered_until = ensure_partitions(cur, base, until, self.config.partition_size)
+
+
+def _size(event: ChangeEvent) -> int:
+    return len(event.data) + (len(event.old) if event.old is not None else 0)
 
 
 def ensure_partitions(cur: cursor, base: int, until: int, size: int) -> int:

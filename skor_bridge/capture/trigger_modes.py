@@ -32,15 +32,17 @@ if TYPE_CHECKING:
 # -- durable mode --------------------------------------------------------------------------
 
 
-def _insert(spec: TableSpec, rows: list[tuple[str, str, str]]) -> str:
+def _insert(spec: TableSpec, rows: list[tuple[str, str, str]], old: str | None = None) -> str:
+    """INSERT of outbox rows (op, key expression, data expression); `old`, the expression
+    of an UPDATE's previous row, goes with a single row."""
+    assert old is None or len(rows) == 1
     values = ",\n            ".join(
-        f"({quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{op}', {key}, {data})"
+        f"({quote_literal(spec.schema)}, {quote_literal(spec.table)}, '{op}', {key}, {data}"
+        + (f", {old})" if old is not None else ")")
         for op, key, data in rows
     )
-    return (
-        "INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data)\n"
-        f"        VALUES {values};"
-    )
+    columns = "schema_name, table_name, op, row_key, data" + (", old" if old is not None else "")
+    return f"INSERT INTO skor.outbox ({columns})\n        VALUES {values};"
 
 
 def _durable_body(spec: TableSpec, partitioned: bool) -> str:
@@ -51,6 +53,10 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
     the new one: with the key in the partition key, that is exactly a key change. When the
     config does not capture DELETE or INSERT, those triggers exist anyway on a partitioned
     table and record only moves, which statement triggers mark in a transaction setting.
+
+    An UPDATE also records the row before it in `old`, with the update's columns, for the
+    envelope format; a key change's DELETE and INSERT do not (the DELETE's data is the old
+    row). The OLD row's JSON is built once and serves the key, `old` and a key change.
     """
     cols = dict(spec.columns)
     update = cols.get("update", cols.get("insert", cols.get("delete")))
@@ -90,8 +96,9 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
                 "UPDATE",
                 [
                     "n := row_to_json(NEW);",
+                    "o := row_to_json(OLD);",
                     f"nk := {NEW_KEY};",
-                    f"IF nk IS NOT NULL THEN o := row_to_json(OLD); ok := {OLD_KEY}; END IF;",
+                    f"IF nk IS NOT NULL THEN ok := {OLD_KEY}; END IF;",
                     "IF nk IS DISTINCT FROM ok THEN",
                     "    "
                     + _insert(
@@ -102,7 +109,10 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
                         ],
                     ),
                     "ELSE",
-                    "    " + _insert(spec, [("UPDATE", "nk", json_data("n", update))]),
+                    "    "
+                    + _insert(
+                        spec, [("UPDATE", "nk", json_data("n", update))], json_data("o", update)
+                    ),
                     "END IF;",
                 ],
             )

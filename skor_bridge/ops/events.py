@@ -120,8 +120,9 @@ WITH chosen AS (
     RETURNING d.*
 )
 INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at, schema_name,
-                               table_name, op, row_key, data)
-SELECT output, 'retry', pos, event_id, captured_at, schema_name, table_name, op, row_key, data
+                               table_name, op, row_key, data, old)
+SELECT output, 'retry', pos, event_id, captured_at, schema_name, table_name, op, row_key, data,
+       old
 FROM chosen ORDER BY output, pos NULLS LAST, captured_at
 """
 
@@ -139,9 +140,9 @@ WITH chunk AS (
     ORDER BY e.pos LIMIT %(chunk)s
 ), queued AS (
     INSERT INTO skor.redeliveries (output, reason, pos, event_id, captured_at, schema_name,
-                                   table_name, op, row_key, data)
+                                   table_name, op, row_key, data, old)
     SELECT %(output)s, 'replay', pos, event_id, captured_at, schema_name, table_name, op,
-           row_key, data
+           row_key, data, old
     FROM chunk ORDER BY pos
     RETURNING pos
 )

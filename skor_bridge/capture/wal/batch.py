@@ -121,10 +121,16 @@ class Renderer:
             table = change.table
             if not table.server_columns:
                 continue
+            rows = [change.row]
+            if change.op == "UPDATE" and change.old is not None:
+                rows.append(change.old)  # rendered too, as the event's `old`
             for i in table.server_columns:
-                pg_type, value = table.types[i], change.row[i]
-                if pg_type.category == "server" and isinstance(value, str):
-                    if (pg_type.oid, value) not in self._server:
+                pg_type = table.types[i]
+                if pg_type.category != "server":
+                    continue
+                for row in rows:
+                    value = row[i]
+                    if isinstance(value, str) and (pg_type.oid, value) not in self._server:
                         wanted.setdefault(pg_type.oid, (pg_type, set()))[1].add(value)
         if len(self._server) > 100_000:  # a cache, not a store: keep it small
             self._server.clear()
@@ -170,6 +176,15 @@ class Renderer:
     def data(self, change: Change) -> str:
         """The event's `data`, as row_to_json writes it."""
         return self._object(change.table, change.row, change.table.columns_for(change.op))
+
+    def old(self, change: Change) -> str | None:
+        """An UPDATE's row before the change, with the update's columns, rendered like
+        `data`; None for other events, and when the WAL did not carry the whole old row
+        (REPLICA IDENTITY changed from FULL after install). Under FULL the old row is
+        complete: PostgreSQL logs its TOASTed values inline."""
+        if change.op != "UPDATE" or change.old is None:
+            return None
+        return self._object(change.table, change.old, change.table.columns_for("UPDATE"))
 
     def key(self, change: Change) -> str | None:
         """The primary key as compact JSON, `{"id":42}`, as trigger mode builds it."""

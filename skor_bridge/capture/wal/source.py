@@ -540,6 +540,7 @@ class WalReader(Sequencer):
                     change.op,
                     render.key(change),
                     render.data(change),
+                    old=render.old(change),
                 )
         del changes
         # Everything read so far is in this chunk: an open transaction's row messages up

@@ -117,6 +117,7 @@ class Chunk:
         key: str | None,
         data: str,
         outputs: tuple[str, ...] | None = None,
+        old: str | None = None,
     ) -> None:
         if captured_at != self._stamp_of:  # one transaction's events share their time
             self._stamp_of = captured_at
@@ -132,6 +133,7 @@ class Chunk:
                 op,
                 _copy_field(key),
                 _copy_field(data),
+                _copy_field(old),
             )
         )
         if outputs is not None and not self._outputs:
@@ -164,7 +166,7 @@ class Chunk:
         extra = ", outputs" if self._outputs else ""
         cur.copy_expert(
             "COPY skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,"
-            f" data{extra}) FROM STDIN",
+            f" data, old{extra}) FROM STDIN",
             self._buffer,
         )
 
