@@ -151,6 +151,7 @@ def test_status_and_events_list_report_pending_delivered_and_dead_events_exactly
             10,
         ]
         assert len(listed(dsn, "--table", "public.items", "--since", "1h")) == 16
+        execute(dsn, "CREATE TABLE other (id int)")  # (an unknown table is an error)
         assert listed(dsn, "--table", "other") == []
         future = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
         assert listed(dsn, "--since", future) == []
@@ -404,8 +405,10 @@ def test_iso_times_keep_their_offset_and_naive_ones_are_local_time():
 
 @pytest.mark.slow
 def test_a_retried_or_replayed_update_envelope_keeps_its_old_row(dsn, capture_table, bridge):
-    # Given an envelope output whose receiver refuses UPDATEs (400: a dead letter at once)
+    # Given a table captured with its old rows, and an envelope output whose receiver
+    # refuses UPDATEs (400: a dead letter at once)
     capture_table(TABLE, "items")
+    triggers.install(dsn, triggers.parse_config([{"table": "items", "old": True}]), "durable")
     refusing = threading.Event()
     refusing.set()
 
