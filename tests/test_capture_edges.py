@@ -568,3 +568,45 @@ def test_upgrading_revokes_what_earlier_releases_granted_writers(db, dsn, writer
         )
         == []
     )
+
+
+@pytest.mark.slow
+def test_turning_old_on_replaces_the_function_in_place_without_waiting_on_the_application(db, dsn):
+    # Given a table captured without "old", whose UPDATE records no old row
+    execute(db, "CREATE TABLE a (id int PRIMARY KEY, v text, secret text)")
+    install_config(dsn, [{"table": "a", "columns": ["id", "v"]}])
+    execute(db, "INSERT INTO a VALUES (1, 'x', 's'), (2, 'y', 's')")
+    execute(db, "UPDATE a SET v = 'x1' WHERE id = 1")
+    assert execute(db, "SELECT old FROM skor.outbox WHERE op = 'UPDATE'") == [(None,)]
+    # When "old" is turned on while the application holds an open write on the table
+    app = psycopg2.connect(dsn)
+    execute(app, "UPDATE a SET v = 'y1' WHERE id = 2")  # uncommitted: ROW EXCLUSIVE on a
+    try:
+        started = time.monotonic()
+        install_config(dsn, [{"table": "a", "columns": ["id", "v"], "old": True}])
+        # Then the install did not wait for it (only the function changed, no trigger)
+        assert time.monotonic() - started < 5
+        app.commit()
+    finally:
+        app.close()
+    # And UPDATEs record the old row, with the configured columns only
+    execute(db, "UPDATE a SET v = 'x2', secret = 't' WHERE id = 1")
+    assert execute(db, "SELECT op, data, old FROM skor.outbox ORDER BY id")[-2:] == [
+        ("UPDATE", '{"id":2,"v":"y1"}', None),  # committed after the install: old function
+        ("UPDATE", '{"id":1,"v":"x2"}', '{"id":1,"v":"x1"}'),
+    ]
+    # And a key change stays a DELETE and an INSERT, without old
+    execute(db, "UPDATE a SET id = 3 WHERE id = 1")
+    assert execute(db, "SELECT op, old FROM skor.outbox ORDER BY id")[-2:] == [
+        ("DELETE", None),
+        ("INSERT", None),
+    ]
+
+
+def test_old_must_be_a_boolean_and_needs_updates_captured():
+    with pytest.raises(ConfigError, match='"old" must be true or false, got a string'):
+        triggers.parse_config([{"table": "t", "old": "yes"}])
+    with pytest.raises(ConfigError, match='"old" needs the update operation to be captured'):
+        triggers.parse_config([{"table": "t", "columns": {"insert": "*"}, "old": True}])
+    assert triggers.parse_config([{"table": "t", "old": True}])[0].old is True
+    assert triggers.parse_config([{"table": "t"}])[0].old is False

@@ -266,12 +266,14 @@ OLD_DDL = (
     "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, p pair, big text,"
     " secret text);"
     "ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;"  # TOASTed, uncompressed
-    "CREATE TABLE notes (body text)"  # no primary key
+    "CREATE TABLE notes (body text);"  # no primary key
+    "CREATE TABLE plain (id int PRIMARY KEY, v int)"
 )
 #: Restricted columns: `secret` must never reach an envelope, in `data` or in `old`.
 OLD_TRIGGERS = [
-    {"table": "items", "columns": ["id", "name", "price", "p", "big"]},
-    {"table": "notes"},
+    {"table": "items", "columns": ["id", "name", "price", "p", "big"], "old": True},
+    {"table": "notes", "old": True},
+    {"table": "plain"},  # without "old": its UPDATEs have none
 ]
 ITEM_COLUMNS = "id, name, price, p, big"
 
@@ -292,6 +294,7 @@ def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
         dsn,
         "INSERT INTO items VALUES (1, 'a', 9.90, ROW(1, 'x'), %(big)s, 's1')",
         "INSERT INTO notes VALUES ('first')",
+        "INSERT INTO plain VALUES (1, 1)",
         params={"big": big},
     )
     triggers_file = tmp_path / "triggers.json"
@@ -304,6 +307,7 @@ def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
         timeout=120,
     )
     assert installed.returncode == 0, installed.stderr
+    assert "public.items: insert, update, delete; old row on update" in installed.stdout
     config = tmp_path / "skor.toml"
     with Receiver() as envelopes, Receiver() as skor:
         config.write_text(
@@ -331,9 +335,10 @@ def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
             "INSERT INTO items VALUES (2, 'n', 1, NULL, NULL, 's')",
             "UPDATE items SET id = 3 WHERE id = 2",  # a key change: DELETE then INSERT
             "DELETE FROM items WHERE id = 3",
+            "UPDATE plain SET v = 2",
         )
-        assert envelopes.wait_for(7, timeout=60), process.log
-        assert skor.wait_for(7, timeout=60), process.log
+        assert envelopes.wait_for(8, timeout=60), process.log
+        assert skor.wait_for(8, timeout=60), process.log
         time.sleep(0.3)
         # Rows are delivered in parallel lanes: put them in log order
         sent = sorted((r.body for r in envelopes.delivered()), key=lambda b: _position(b))
@@ -347,6 +352,7 @@ def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
             ("items", "DELETE"),
             ("items", "INSERT"),
             ("items", "DELETE"),
+            ("plain", "UPDATE"),
         ]
         # An UPDATE's "old" is row_to_json of the row before it, with the configured
         # columns only, spliced in byte for byte (9.90 stays 9.90, the TOASTed value whole)
@@ -358,7 +364,7 @@ def _old_scenario(dsn: str, bridge, tmp_path, mode: str) -> None:
         assert documents[2]["old"] == json.loads(note) == {"body": "first"}
         assert documents[2]["data"] == {"body": "second"}
         # INSERT and DELETE carry no "old" (a DELETE's `data` is the old row), nor do the
-        # two halves of a key change
+        # two halves of a key change, nor an UPDATE of a table without "old" in its config
         assert all("old" not in d for d in documents[3:])
         assert list(documents[0]) == [
             "id", "op", "schema", "table", "data", "old", "committed_at", "position"

@@ -134,10 +134,10 @@ def test_a_first_release_database_is_upgraded_and_delivers_its_pending_events_on
     # and the schema was brought up to date on the way
     assert scalar(dsn, "SELECT max(version) FROM skor.migrations") == migrations.latest()
 
-    # When the triggers are reinstalled from the same file with this release
+    # When the triggers are reinstalled with this release, asking for old rows
     triggers_file = tmp_path / "triggers.json"
     triggers_file.write_text(
-        json.dumps([{"table": "accounts"}, {"table": "audit", "columns": ["msg"]}])
+        json.dumps([{"table": "accounts", "old": True}, {"table": "audit", "columns": ["msg"]}])
     )
     subprocess.run(
         [

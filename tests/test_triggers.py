@@ -650,7 +650,7 @@ MALFORMED = [
     (
         '[{"table": "a"}, {"table": "b", "colums": "*"}]',
         "triggers.json entry 2: unknown key "
-        '"colums" (expected table, schema, columns, update_columns, when)',
+        '"colums" (expected table, schema, columns, update_columns, when, old)',
     ),
     (
         '[{"table": "a"}, {"table": "b", "columns": 42}]',

@@ -1,6 +1,6 @@
 """Skor's triggers.json, validated into TableSpec before any SQL is written.
 
-The file is Skor's format plus two keys of ours ("update_columns", "when"). Everything is
+The file is Skor's format plus three keys of ours ("update_columns", "when", "old"). Everything is
 checked here, up front, so a bad file fails as one ConfigError naming the entry and key,
 instead of as a PostgreSQL error halfway through an install. What only the database can
 know (does the table exist, is `when` valid SQL) is checked by the generated script.
@@ -21,8 +21,9 @@ Op = Literal["insert", "update", "delete"]
 #: The operations a table can capture, in the order specs and scripts list them.
 OPS: tuple[Op, ...] = ("insert", "update", "delete")
 
-#: Keys a triggers.json entry may have; "update_columns" and "when" are ours, not Skor's.
-ENTRY_KEYS = ("table", "schema", "columns", "update_columns", "when")
+#: Keys a triggers.json entry may have; "update_columns", "when" and "old" are ours, not
+#: Skor's.
+ENTRY_KEYS = ("table", "schema", "columns", "update_columns", "when", "old")
 
 _COLUMNS_SHAPE = '"columns" must be "*", a list of column names or a map of insert/update/delete'
 
@@ -34,7 +35,9 @@ class TableSpec:
     `columns` holds the captured operations in insert, update, delete order, each with the
     columns its events carry; None carries every column (Skor's "*"). With
     `update_columns`, an UPDATE is captured only when one of those columns changed; `when`
-    is an SQL condition added to every trigger's WHEN clause.
+    is an SQL condition added to every trigger's WHEN clause. With `old`, an UPDATE also
+    records the row before it (the envelope format's "old"); off by default because it
+    adds to every captured UPDATE's cost (README, "The row before an UPDATE").
     """
 
     table: str
@@ -42,6 +45,7 @@ class TableSpec:
     columns: tuple[tuple[Op, tuple[str, ...] | None], ...] = tuple((op, None) for op in OPS)
     update_columns: tuple[str, ...] = ()
     when: str | None = None
+    old: bool = False
 
     def __post_init__(self) -> None:
         _check_name("table", self.table)
@@ -56,6 +60,8 @@ class TableSpec:
             _check_columns("update_columns", self.update_columns)
             if "update" not in ops:
                 raise ConfigError('"update_columns" needs the update operation to be captured')
+        if self.old and "update" not in ops:
+            raise ConfigError('"old" needs the update operation to be captured')
         if self.when is not None:
             problem = _condition_problem(self.when)
             if problem:
@@ -139,6 +145,9 @@ def _parse_entry(entry: object) -> TableSpec:
     when = entry.get("when")
     if "when" in entry and not isinstance(when, str):
         raise ConfigError('"when" must be a string holding an SQL condition')
+    old = entry.get("old", False)
+    if not isinstance(old, bool):
+        raise ConfigError(f'"old" must be true or false, got {_json_type(old)}')
     return TableSpec(
         table=_check_name("table", entry["table"]),
         schema=_check_name("schema", entry.get("schema", "public")),
@@ -149,6 +158,7 @@ def _parse_entry(entry: object) -> TableSpec:
             else ()
         ),
         when=when,
+        old=old,
     )
 
 

@@ -54,9 +54,11 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
     config does not capture DELETE or INSERT, those triggers exist anyway on a partitioned
     table and record only moves, which statement triggers mark in a transaction setting.
 
-    An UPDATE also records the row before it in `old`, with the update's columns, for the
-    envelope format; a key change's DELETE and INSERT do not (the DELETE's data is the old
-    row). The OLD row's JSON is built once and serves the key, `old` and a key change.
+    With `old` in the config, an UPDATE also records the row before it in `old`, with the
+    update's columns, for the envelope format; a key change's DELETE and INSERT do not
+    (the DELETE's data is the old row). The OLD row's JSON is built once and serves the
+    key, `old` and a key change. Without it the body is what it was before `old` existed,
+    so a reinstall of an unchanged config replaces nothing.
     """
     cols = dict(spec.columns)
     update = cols.get("update", cols.get("insert", cols.get("delete")))
@@ -91,14 +93,22 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
         insert = _insert(spec, [("INSERT", NEW_KEY, json_data("n", as_insert))])
         branches.append(("INSERT", [*guard, "n := row_to_json(NEW);", insert]))
     if "update" in cols:
+        if spec.old:
+            old_lines = [
+                "o := row_to_json(OLD);",
+                f"IF nk IS NOT NULL THEN ok := {OLD_KEY}; END IF;",
+            ]
+            old_data: str | None = json_data("o", update)
+        else:
+            old_lines = [f"IF nk IS NOT NULL THEN o := row_to_json(OLD); ok := {OLD_KEY}; END IF;"]
+            old_data = None
         branches.append(
             (
                 "UPDATE",
                 [
                     "n := row_to_json(NEW);",
-                    "o := row_to_json(OLD);",
                     f"nk := {NEW_KEY};",
-                    f"IF nk IS NOT NULL THEN ok := {OLD_KEY}; END IF;",
+                    *old_lines,
                     "IF nk IS DISTINCT FROM ok THEN",
                     "    "
                     + _insert(
@@ -109,10 +119,7 @@ def _durable_body(spec: TableSpec, partitioned: bool) -> str:
                         ],
                     ),
                     "ELSE",
-                    "    "
-                    + _insert(
-                        spec, [("UPDATE", "nk", json_data("n", update))], json_data("o", update)
-                    ),
+                    "    " + _insert(spec, [("UPDATE", "nk", json_data("n", update))], old_data),
                     "END IF;",
                 ],
             )

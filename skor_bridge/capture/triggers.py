@@ -181,8 +181,9 @@ WHERE (c.mode, c.ops, c.columns, c.update_columns, c.condition, c.key_columns, c
 
 
 def describe_spec(spec: TableSpec) -> str:
-    """One summary line, `public.orders: insert, update, delete`."""
-    return f"{spec}: {', '.join(spec.ops)}"
+    """One summary line, `public.orders: insert, update, delete` (`; old row on update`
+    when the table is captured with "old")."""
+    return f"{spec}: {', '.join(spec.ops)}" + ("; old row on update" if spec.old else "")
 
 
 def _functions(specs: Sequence[TableSpec], mode: Mode) -> list[tuple[str, str]]:

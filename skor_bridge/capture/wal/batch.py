@@ -122,7 +122,7 @@ class Renderer:
             if not table.server_columns:
                 continue
             rows = [change.row]
-            if change.op == "UPDATE" and change.old is not None:
+            if change.op == "UPDATE" and change.old is not None and table.spec.old:
                 rows.append(change.old)  # rendered too, as the event's `old`
             for i in table.server_columns:
                 pg_type = table.types[i]
@@ -179,10 +179,10 @@ class Renderer:
 
     def old(self, change: Change) -> str | None:
         """An UPDATE's row before the change, with the update's columns, rendered like
-        `data`; None for other events, and when the WAL did not carry the whole old row
-        (REPLICA IDENTITY changed from FULL after install). Under FULL the old row is
-        complete: PostgreSQL logs its TOASTed values inline."""
-        if change.op != "UPDATE" or change.old is None:
+        `data`, for a table configured with "old"; None for other events, and when the WAL
+        did not carry the whole old row (REPLICA IDENTITY changed from FULL after install).
+        Under FULL the old row is complete: PostgreSQL logs its TOASTed values inline."""
+        if change.op != "UPDATE" or change.old is None or not change.table.spec.old:
             return None
         return self._object(change.table, change.old, change.table.columns_for("UPDATE"))
 

@@ -146,6 +146,8 @@ def _entries(specs: Sequence[TableSpec]) -> str:
             entry["update_columns"] = list(spec.update_columns)
         if spec.when is not None:
             entry["when"] = spec.when
+        if spec.old:
+            entry["old"] = True
         entries.append(entry)
     return json.dumps(entries)
 
