@@ -126,7 +126,7 @@ class WebhookConfig:
     timeout: float = 10.0
     #: Most requests in flight at once (each on its own kept-alive connection); the
     #: engine adapts below it to the receiver's latency and pushback.
-    concurrency: int = 256
+    concurrency: int = 512
     #: PEM file of the CA(s) that sign an https receiver's certificate, instead of the
     #: public bundle (certifi): for receivers behind a private CA.
     ca_file: str | None = None
