@@ -1,17 +1,23 @@
-"""One backfill: the table's rows, chunk by chunk in primary-key order, into the outbox.
+"""One backfill: the table's rows, chunk by chunk in primary-key order, into the log.
 
-Each chunk is ONE statement, hence one snapshot and one transaction: it notes the log head
-(the watermark), reads up to `chunk_size` rows after the last key sent, inserts a READ row
-per table row into `skor.outbox`, and records the new last key in `skor.backfills`. A kill
-at any moment therefore loses nothing and repeats nothing: the next run continues after
-the last chunk that committed. READ event ids are derived from the backfill's id and the
-row key, so even a chunk sent twice (a backfill started over with `skor.backfills` edited
-by hand) repeats the same ids.
+Each chunk is one transaction: it takes the log's counter row (`skor.sequencer`, FOR UPDATE,
+as the sequencer and the WAL reader do), then ONE statement reads up to `chunk_size` rows
+after the last key sent, appends a READ event per row to `skor.log` at the next positions,
+moves the counter and records the new last key in `skor.backfills`. A kill at any moment
+therefore loses nothing and repeats nothing: the next run continues after the last chunk
+that committed. READ event ids are derived from the backfill's id and the row key, so even
+a chunk sent twice (a backfill started over with `skor.backfills` edited by hand) repeats
+the same ids. See `watermark` for why this keeps every row's last event equal to the table.
 
-The running bridge's sequencer moves the READ rows into the log like any captured change
-(see `watermark` for why that keeps every row's last event equal to the table). The next
-chunk waits until at most one chunk is still in the outbox: the bridge sets the pace, the
-outbox stays small, and so does the log range the sequencer checks.
+The rows go from table to log inside the database, never through Python, and not through
+the outbox: no outbox row to write, move and vacuum per table row, and the bridge's
+sequencer does no work per READ (a NOTIFY tells it the log grew; the outputs read the
+READ events from the log like any backlog).
+
+Pacing: the next chunk waits until an output the backfill is for has delivered up to
+`LEAD` positions behind the last READ sent. The outputs set the pace, the log ahead of
+them stays short, and the backfill never outruns a stopped bridge (nor starts before an
+output exists to deliver it).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import psycopg2
 
 from skor_bridge.backfill.table import Table, resolve
 from skor_bridge.capture.schema import ensure_schema
-from skor_bridge.capture.sequencer import ensure_partitions
+from skor_bridge.capture.sequencer import LOG_GREW, ensure_partitions
 from skor_bridge.config import check_dsn
 from skor_bridge.db import connect, describe
 from skor_bridge.errors import ConfigError, DatabaseError
@@ -48,6 +54,15 @@ _EVENT_ID = "md5(%(install_id)s || '.read.' || %(backfill)s || '.' || row_key)::
 
 #: Seconds without progress of the bridge before the command says what it waits for.
 WAIT_NOTICE = 5.0
+
+#: READ events the backfill may have in the log beyond what its fastest output delivered
+#: (as saved in skor.outputs, every 0.2 s while busy): enough to keep a webhook output at
+#: 10,000 events/s fed between two saves, little enough that the log stays short and
+#: the database does not race ahead of the outputs.
+LEAD = 20_000
+
+#: Seconds between looks at the outputs' positions while waiting.
+PACE_POLL = 0.01
 
 
 @dataclass
@@ -127,16 +142,14 @@ def _run(
         "outputs": list(outputs) or None,
         "limit": request.chunk_size,
     }
+    sent_upto = 0  # the position of the last READ sent, 0 before the first
     while not progress.finished and not stop.is_set():
+        if not _wait_for_outputs(cur, outputs, sent_upto - LEAD, waiting, stop):
+            break
         sql = following if progress.rows_sent else first
-        if table.mode == "wal":
-            row = _send_to_log(cur, sql, params)
-        else:
-            _wait_for_bridge(cur, request.chunk_size, waiting, stop)
-            cur.execute(sql, params)
-            row = cur.fetchone()
-        assert row is not None
+        row = _send_to_log(cur, sql, params, table.mode == "durable")
         progress.rows_sent, progress.finished = int(row[0]), row[1] == "finished"
+        sent_upto = max(sent_upto, int(row[2]))
         report(progress)
     return progress
 
@@ -179,21 +192,33 @@ def _start(cur: cursor, table: Table, outputs: tuple[str, ...]) -> Progress:
 
 def _chunk_sql(table: Table, after_last: bool) -> str:
     """The chunk statement; `after_last` for every chunk but the first. (Two statements
-    rather than `last IS NULL OR ...`, which would keep the planner from the key's index.)"""
+    rather than `last IS NULL OR ...`, which would keep the planner from the key's index.)
+    Runs with the counter row held; %(base)s is its next_pos."""
     names = [f"k{n}" for n in range(1, len(table.key) + 1)]
     keys = ", ".join(names)
     picked = ", ".join(
         f"{value} AS {name}"
         for value, name in zip(table.key_values().split(", "), names, strict=True)
     )
+    pending = _PENDING if table.mode == "durable" else ""
     return f"""
 WITH chunk AS MATERIALIZED (
     SELECT {picked}, {table.row_key()} AS row_key, {table.data()}::text AS data
     FROM {table.source()}
     {"WHERE " + table.after() if after_last else ""}
     ORDER BY {table.key_values()} LIMIT %(limit)s
-), {(_LOG_INSERT if table.mode == "wal" else _OUTBOX_INSERT).replace("{keys}", keys)}, counted AS (
-    SELECT count(*) AS n FROM sent
+), sent AS (
+    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,
+                          data, outputs)
+    SELECT %(base)s - 1 + row_number() OVER (ORDER BY {keys}), {_EVENT_ID},
+           clock_timestamp(), %(schema)s, %(table)s, 'READ', row_key, data,
+           %(outputs)s::text[]
+    FROM chunk {pending}
+    RETURNING 1
+), counted AS (
+    SELECT (SELECT count(*) FROM chunk) AS n, (SELECT count(*) FROM sent) AS inserted
+), moved AS (
+    UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT inserted FROM counted)
 )
 UPDATE skor.backfills SET
     last_key = coalesce((SELECT ARRAY[{", ".join(f"{name}::text" for name in names)}]
@@ -204,81 +229,69 @@ UPDATE skor.backfills SET
     finished_at = CASE WHEN (SELECT n FROM counted) < %(limit)s THEN now() END,
     updated_at = now()
 WHERE id = %(backfill)s
-RETURNING rows_sent, status
+RETURNING rows_sent, status, %(base)s - 1 + (SELECT inserted FROM counted)
 """.replace("%(last)s", "(SELECT last_key FROM skor.backfills WHERE id = %(backfill)s)")
 
 
-# Trigger mode: into the outbox, with the watermark, for the sequencer to move.
-_OUTBOX_INSERT = (
-    """sent AS (
-    INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data, watermark, event_id,
-                             outputs)
-    SELECT %(schema)s, %(table)s, 'READ', row_key, data,
-           (SELECT next_pos - 1 FROM skor.sequencer), """
-    + _EVENT_ID
-    + """,
-           %(outputs)s::text[]
-    FROM chunk ORDER BY {keys}
-    RETURNING 1
-)"""
-)
-
-# WAL mode: straight into the log, numbered from the counter row the transaction holds
-# (see `watermark` for why no watermark is needed there).
-_LOG_INSERT = (
-    """sent AS (
-    INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key,
-                          data, outputs)
-    SELECT %(base)s - 1 + row_number() OVER (ORDER BY {keys}), """
-    + _EVENT_ID
-    + """,
-           clock_timestamp(), %(schema)s, %(table)s, 'READ', row_key, data,
-           %(outputs)s::text[]
-    FROM chunk
-    RETURNING 1
-), moved AS (
-    UPDATE skor.sequencer SET next_pos = %(base)s + (SELECT count(*) FROM sent)
-)"""
-)
+# Trigger mode: a row with a change still in the outbox (committed before this chunk's
+# snapshot, not numbered yet) gets no READ: that change is numbered after this chunk and
+# carries the row as it is now, or newer (see `watermark`).
+_PENDING = """WHERE NOT EXISTS (
+        SELECT FROM skor.outbox o WHERE o.row_key = chunk.row_key
+        AND o.table_name = %(table)s AND o.schema_name = %(schema)s)"""
 
 
-def _send_to_log(cur: cursor, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    """One WAL-mode chunk: hold the log's counter row, read the chunk, append it."""
+def _send_to_log(cur: cursor, sql: str, params: dict[str, Any], durable: bool) -> tuple[Any, ...]:
+    """One chunk: hold the log's counter row, read the chunk, append it. In trigger mode
+    (`durable`), tell a running sequencer that the log grew (it would not know otherwise)."""
     try:
-        cur.execute("BEGIN; SELECT next_pos FROM skor.sequencer FOR UPDATE")
+        # The outbox before the counter row, in the order the sequencer's rounds (and its
+        # compaction, which locks the outbox whole) take them: no lock cycle.
+        outbox = "LOCK TABLE skor.outbox IN ACCESS SHARE MODE; " if durable else ""
+        cur.execute(f"BEGIN; {outbox}SELECT next_pos FROM skor.sequencer FOR UPDATE")
         base = int(_first(cur))
         ensure_partitions(cur, base, base + int(params["limit"]), PARTITION_SIZE)
         cur.execute(sql, {**params, "base": base})
         row = cur.fetchone()
+        if durable:
+            cur.execute(f"NOTIFY {LOG_GREW}")
         cur.execute("COMMIT")
     except BaseException:
         if not cur.connection.closed:
             cur.execute("ROLLBACK")
         raise
-    return row
+    assert row is not None
+    return tuple(row)
 
 
-def _wait_for_bridge(
-    cur: cursor, chunk_size: int, waiting: Callable[[str], None], stop: threading.Event
-) -> None:
-    """Wait until at most one chunk of READ rows is still in the outbox."""
+def _wait_for_outputs(
+    cur: cursor,
+    outputs: tuple[str, ...],
+    position: int,
+    waiting: Callable[[str], None],
+    stop: threading.Event,
+) -> bool:
+    """Wait until an output the backfill is for has delivered up to `position` (and one
+    exists at all); False when stopped meanwhile."""
     started = time.monotonic()
     noticed = False
     while not stop.is_set():
         cur.execute(
-            "SELECT count(*) FROM (SELECT FROM skor.outbox WHERE watermark IS NOT NULL"
-            " LIMIT %s) pending",
-            (chunk_size,),
+            "SELECT max(position) FROM skor.outputs"
+            " WHERE %(outputs)s::text[] IS NULL OR name = ANY(%(outputs)s::text[])",
+            {"outputs": list(outputs) or None},
         )
-        if _first(cur) < chunk_size:
-            return
+        delivered = _first(cur)
+        if delivered is not None and delivered >= position:
+            return True
         if not noticed and time.monotonic() - started > WAIT_NOTICE:
             noticed = True
             waiting(
-                "waiting for a running bridge (`skor-bridge run`) to move the sent rows "
-                "into the log"
+                "waiting for a running bridge (`skor-bridge run`) to deliver the rows sent"
+                + ("" if delivered is not None else "; no output has started yet")
             )
-        stop.wait(0.01)
+        stop.wait(PACE_POLL)
+    return False
 
 
 def _first(cur: cursor) -> Any:

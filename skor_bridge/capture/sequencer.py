@@ -58,6 +58,10 @@ QUIET = 0.1
 #: Seconds between two "compacted the outbox" lines (the count in between is said).
 COMPACTION_LOG_EVERY = 60.0
 
+#: Channel `skor-bridge backfill` notifies after appending READ events to the log itself
+#: (holding the counter row, as a round does): the log grew without the sequencer.
+LOG_GREW = "skor_log_grew"
+
 #: Bytes of moved events (`data` and `old`) kept in memory for outputs that keep up; rows
 #: past this in one round come back without their data and are read from the log by the
 #: outputs instead.
@@ -126,6 +130,10 @@ class Sequencer:
         self.compactions_failed = 0
         self._compactions_said = 0
         self._compaction_said_at = -COMPACTION_LOG_EVERY
+        #: Whether to read the head after the next round, and the head a round read
+        #: (the log grew by a backfill's appends; see LOG_GREW).
+        self._grew = False
+        self._grown_to: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -201,9 +209,13 @@ class Sequencer:
                     self.captured += len(moved)
                     self._publish(moved)
                     pause, quiet_since = fast, time.monotonic()
-                    if len(moved) >= limit:
-                        continue  # a backlog: the next round at once
-                elif time.monotonic() - quiet_since > QUIET:
+                if self._grown_to is not None:
+                    if self._advance(self._grown_to):
+                        pause, quiet_since = fast, time.monotonic()
+                    self._grown_to = None
+                if backlog:
+                    continue  # a backlog: the next round at once
+                if not moved and time.monotonic() - quiet_since > QUIET:
                     pause = min(IDLE_POLL_MAX, pause * 2)
                 self._stopped.wait(pause)
         except Stopped:
@@ -246,7 +258,9 @@ class Sequencer:
     def _prepare(self, cur: cursor, limit: int) -> None:
         if cur.connection is not self._prepared:
             cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+            cur.execute(f"LISTEN {LOG_GREW}")
             self._prepared = cur.connection
+            self._grew = True  # a new session may have missed a notification: look once
         if self._head + 1 + limit > self._covered_until:
             self._ensure_partitions(cur, self._head + 1, self._head + 1 + limit)
 
@@ -264,7 +278,23 @@ class Sequencer:
             head, _ = self._read_state(cur)
             self._ensure_partitions(cur, head + 1, head + 1 + limit)
             cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
-        return [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
+        moved = [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
+        if cur.connection.notifies or self._grew:
+            cur.connection.notifies.clear()
+            self._grew = False
+            self._grown_to, _ = self._read_state(cur)
+        return moved
+
+    def _advance(self, head: int) -> bool:
+        """The log grew to `head` without us (a backfill): outputs read it from the log."""
+        with self._moved:
+            if head <= self._head:
+                return False
+            self._recent.clear()
+            self._recent_bytes = 0
+            self._head = head
+            self._moved.notify_all()
+            return True
 
     def _publish(self, moved: list[ChangeEvent]) -> None:
         with self._moved:
