@@ -53,6 +53,16 @@ def bench(
             show_default=False,
         ),
     ] = False,
+    backfill_rows: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Rows of the table the backfill section sends. \\[default: 100000; "
+            "1000000 with --big-backlog]",
+            show_default=False,
+        ),
+    ] = None,
     writers: Annotated[
         int,
         typer.Option(
@@ -168,6 +178,7 @@ def bench(
         writer=writer,
         output=output,
         update_readme=update_readme,
+        backfill_rows=backfill_rows,
     )
     try:
         code = run(options)

@@ -21,11 +21,15 @@ SECTIONS = (
     "slow",
     "memory",
     "database",
+    "backfill",
     "wal",
 )
 
 #: The backlog of the --big-backlog run.
 BIG_BACKLOG = 1_000_000
+
+#: Rows of the table the backfill section sends: the issue's million with --big-backlog.
+BACKFILL_ROWS, BIG_BACKFILL_ROWS = 100_000, 1_000_000
 
 WRITER_KINDS = ("auto", "pgbench", "python")
 
@@ -55,6 +59,15 @@ class BenchOptions:
     writer: str = "auto"
     output: Path | None = None
     update_readme: Path | None = None
+    #: Rows the backfill section sends; None: BIG_BACKFILL_ROWS with big_backlog, else
+    #: BACKFILL_ROWS.
+    backfill_rows: int | None = None
+
+    @property
+    def backfill_table_rows(self) -> int:
+        if self.backfill_rows is not None:
+            return self.backfill_rows
+        return BIG_BACKFILL_ROWS if self.big_backlog else BACKFILL_ROWS
 
     def runs(self, section: str) -> bool:
         return section not in self.skip

@@ -47,8 +47,11 @@ class Summary:
 
 
 class _Log:
-    def __init__(self, count: Any) -> None:
+    def __init__(self, count: Any, below: Any) -> None:
         self.count = count
+        #: Requests for row ids up to `limit` (a backfill's rows), counted live.
+        self.below = below
+        self.limit = -1
         self.ids = array.array("q")
         self.times = array.array("d")
         #: Seconds every answer waits, and the share of answers that wait `slow_delay`.
@@ -61,6 +64,8 @@ class _Log:
         self.ids = array.array("q")
         self.times = array.array("d")
         self.count.value = 0
+        self.below.value = 0
+        self.limit = -1
 
 
 class _Connection(asyncio.Protocol):
@@ -93,7 +98,10 @@ class _Connection(asyncio.Protocol):
             if len(buffer) < total:
                 break
             found = _ROW_ID.search(buffer, end + 4, total)
-            log.ids.append(int(found[1]) if found else -1)
+            row_id = int(found[1]) if found else -1
+            log.ids.append(row_id)
+            if 0 <= row_id <= log.limit:
+                log.below.value += 1
             log.times.append(now)
             answered += 1
             start = total
@@ -114,11 +122,11 @@ class _Connection(asyncio.Protocol):
             self.transport.write(RESPONSE)
 
 
-def _serve(pipe: Connection, count: Any) -> None:
+def _serve(pipe: Connection, count: Any, below: Any) -> None:
     # Ctrl-C reaches the whole process group; the parent stops us in its own order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = asyncio.new_event_loop()
-    log = _Log(count)
+    log = _Log(count, below)
     connections: set[_Connection] = set()
 
     def listen(port: int) -> asyncio.Server:
@@ -162,6 +170,10 @@ def _serve(pipe: Connection, count: Any) -> None:
             pipe.send(True)
         elif command == "up":
             loop.create_task(_up())
+        elif isinstance(command, tuple) and command[0] == "watch":
+            log.limit = command[1]
+            log.below.value = 0
+            pipe.send(True)
         elif isinstance(command, tuple) and command[0] == "delay":
             log.delay, log.slow_share, log.slow_delay = command[1:]
             pipe.send(True)
@@ -192,9 +204,13 @@ class FastReceiver:
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._count: Synchronized[int] = context.RawValue("q", 0)
+        self._below: Synchronized[int] = context.RawValue("q", 0)
         self._pipe, child = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(child, self._count), name="bench-receiver", daemon=True
+            target=_serve,
+            args=(child, self._count, self._below),
+            name="bench-receiver",
+            daemon=True,
         )
         self.port = 0
 
@@ -218,6 +234,16 @@ class FastReceiver:
     @property
     def count(self) -> int:
         return int(self._count.value)
+
+    def watch(self, limit: int) -> None:
+        """Count, from now on, the requests for row ids 0..`limit` (see `below`)."""
+        self._pipe.send(("watch", limit))
+        self._pipe.recv()
+
+    @property
+    def below(self) -> int:
+        """Requests for row ids up to the watched limit since `watch`; live."""
+        return int(self._below.value)
 
     def _ask(self, command: str) -> Any:
         self._pipe.send(command)

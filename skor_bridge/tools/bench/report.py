@@ -88,7 +88,10 @@ the bridge's user+system CPU time and VmHWM from `/proc`. *Database cost*: the C
 (from `/proc`) of the bridge's own PostgreSQL sessions (application_name `skor-bridge ...`)
 while it idles, while paced writers insert at `--rate`, and while writers insert flat out,
 per event delivered; log bytes per event are the log partitions' size on disk over their
-rows. The webhook receiver is an
+rows. *Backfill*: rows written before capture, `skor-bridge backfill` run as its own
+process, timed from its start until the receiver has a READ of every row, while four paced
+writers insert 500 rows/s in all; their rate and commit latency (from each write's due
+time) are compared with a `--seconds` run without the backfill. The webhook receiver is an
 asyncio process of the benchmark's own; its ceiling is measured with its load client
 sharing the same cores.
 """

@@ -155,6 +155,10 @@ def _sections(ctx: Context, stack: contextlib.ExitStack) -> tuple[list[Row], str
         rows += memory.measure(ctx)
     if options.runs("database"):
         rows += footprint.measure(ctx)
+    if options.runs("backfill"):
+        from skor_bridge.tools.bench import backfill
+
+        rows += backfill.measure(ctx)
     if options.runs("wal"):
         from skor_bridge.tools.bench import wal
 
@@ -256,5 +260,6 @@ def _header(ctx: Context) -> str:
         f"this machine. Options: --seconds {options.seconds:g} --backlog {options.backlog} "
         f"--writers {options.writers} --flat-out-writers {options.flat_out_writers} "
         f"--rounds {options.rounds}"
-        f"{' --big-backlog' if options.big_backlog else ''}."
+        f"{' --big-backlog' if options.big_backlog else ''}"
+        f" --backfill-rows {options.backfill_table_rows}."
     )

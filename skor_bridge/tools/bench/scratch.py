@@ -146,6 +146,19 @@ class ScratchDatabase:
         triggers.install(self.dsn, [self._spec], "durable")
         self.execute("VACUUM ANALYZE")
 
+    def fresh_with_existing_rows(self, rows: int) -> None:
+        """As `fresh_bridge_state`, but with `rows` rows (ids 1..rows) written before the
+        triggers were installed: rows no event carried, for a backfill to send."""
+        triggers.uninstall(self.dsn, purge=True)
+        self.execute(
+            f"TRUNCATE {TABLE} RESTART IDENTITY",
+            f"INSERT INTO {TABLE} (customer, amount, status, note)"
+            f" SELECT g % 100000, (g % 100000) * 0.01, 'new', 'existing row'"
+            f" FROM generate_series(1, {int(rows)}) AS g",
+        )
+        triggers.install(self.dsn, [self._spec], "durable")
+        self.execute("VACUUM ANALYZE")
+
     def server_version(self) -> str:
         return str(self.scalar("SHOW server_version"))
 

@@ -289,6 +289,120 @@ def run_paced(
                 process.terminate()
 
 
+# -- paced writers that run until stopped (the backfill section) --------------------------------
+
+
+def _paced_until(
+    dsn: str, table: str, rate: float, offset: float, stop: Any, result: Connection
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    sql = PY_INSERT.format(table=table)
+    result.send("ready")  # connected: the schedule starts when every writer is
+    start_at = float(result.recv())
+    dues, commits = array.array("d"), array.array("d")
+    with conn.cursor() as cur:
+        i = 0
+        while not stop.is_set():
+            due = start_at + offset + i / rate
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            cur.execute(sql, (i % 100_000, i % 100_000))
+            dues.append(due)
+            commits.append(time.time())
+            i += 1
+    conn.close()
+    result.send((dues.tobytes(), commits.tobytes()))
+
+
+@dataclass(frozen=True)
+class PacedRun:
+    """When each write was due (its schedule) and when its commit returned, epoch seconds.
+    Latency is counted from the due time, so a writer that falls behind its schedule shows
+    it (no coordinated omission)."""
+
+    dues: list[float]
+    commits: list[float]
+
+    def window(self, start: float, end: float) -> tuple[float, list[float]]:
+        """(commits per second in [start, end), sorted latencies in ms of the writes due
+        in it)."""
+        done = sum(1 for at in self.commits if start <= at < end)
+        latencies = sorted(
+            (c - d) * 1000 for d, c in zip(self.dues, self.commits, strict=True) if start <= d < end
+        )
+        return done / max(end - start, 1e-9), latencies
+
+
+class PacedWriters:
+    """`processes` writers inserting `rate` rows per second in total, staggered, from
+    `start()` until `stop()`."""
+
+    def __init__(self, dsn: str, table: str, rate: float, processes: int) -> None:
+        self.dsn, self.table, self.rate, self.processes = dsn, table, rate, processes
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._context = context
+        self._pipes: list[Connection] = []
+        self._children: list[Any] = []
+        self.started_at = 0.0
+
+    def start(self) -> float:
+        """Start the writers, connected; returns the epoch time of the first write."""
+        for n in range(self.processes):
+            parent, child = self._context.Pipe()
+            process = self._context.Process(
+                target=_paced_until,
+                daemon=True,
+                args=(
+                    self.dsn,
+                    self.table,
+                    self.rate / self.processes,
+                    n / self.rate,
+                    self._stop,
+                    child,
+                ),
+            )
+            process.start()
+            self._pipes.append(parent)
+            self._children.append(process)
+        for pipe in self._pipes:
+            if not pipe.poll(60):
+                raise RuntimeError("a paced writer did not start")
+            pipe.recv()
+        self.started_at = time.time() + 0.05
+        for pipe in self._pipes:
+            pipe.send(self.started_at)
+        return self.started_at
+
+    def stop(self) -> PacedRun:
+        self._stop.set()
+        runs: list[tuple[float, float]] = []
+        try:
+            for pipe in self._pipes:
+                if not pipe.poll(60):
+                    raise RuntimeError("a paced writer did not finish")
+                raw_dues, raw_commits = pipe.recv()
+                dues, commits = array.array("d"), array.array("d")
+                dues.frombytes(raw_dues)
+                commits.frombytes(raw_commits)
+                runs.extend(zip(dues, commits, strict=True))
+        finally:
+            self.close()
+        runs.sort()
+        return PacedRun([d for d, _ in runs], [c for _, c in runs])
+
+    def close(self) -> None:
+        self._stop.set()
+        for process in self._children:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+        self._pipes, self._children = [], []
+
+
 # -- the backlog --------------------------------------------------------------------------------
 
 
