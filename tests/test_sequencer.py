@@ -64,3 +64,20 @@ def test_an_idle_bridge_backs_its_poll_off_and_comes_back_when_changes_arrive(
         if json.loads(r.body)["data"]["id"] >= 2
     ]
     assert statistics.median(latency) < 0.12, sorted(latency)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 1000])
+def test_the_events_held_in_memory_are_sliced_the_same_from_either_end(size):
+    # (pure logic) the window an output fetches from the sequencer's memory is walked from
+    # the nearer end; whichever end, it is exactly the slice asked for
+    import random
+    from collections import deque
+
+    from skor_bridge.capture.sequencer import _window
+
+    held = deque(range(size))
+    draw = random.Random(size)
+    asks = [(0, 5), (size, 3), (max(0, size - 1), 10)]
+    asks += [(draw.randrange(size + 1), draw.randrange(1, size + 50)) for _ in range(500)]
+    for start, limit in asks:
+        assert _window(held, start, limit) == list(held)[start : start + limit], (start, limit)
