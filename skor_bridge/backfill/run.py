@@ -11,8 +11,8 @@ the same ids. See `watermark` for why this keeps every row's last event equal to
 
 The rows go from table to log inside the database, never through Python, and not through
 the outbox: no outbox row to write, move and vacuum per table row, and the bridge's
-sequencer does no work per READ (a NOTIFY tells it the log grew; the outputs read the
-READ events from the log like any backlog).
+sequencer does no work per READ (the chunk tells the running bridge that the log grew,
+see `_announcement`; the outputs read the READ events from the log like any backlog).
 
 Pacing: the next chunk waits until an output the backfill is for has delivered up to
 `LEAD` positions behind the last READ sent. The outputs set the pace, the log ahead of
@@ -60,6 +60,9 @@ WAIT_NOTICE = 5.0
 #: 10,000 events/s fed between two saves, little enough that the log stays short and
 #: the database does not race ahead of the outputs.
 LEAD = 20_000
+
+#: Prefix of the logical message a WAL-mode chunk ends with (see `_announcement`).
+WAL_MESSAGE = "skor.backfill"
 
 #: Seconds between looks at the outputs' positions while waiting.
 PACE_POLL = 0.01
@@ -142,12 +145,13 @@ def _run(
         "outputs": list(outputs) or None,
         "limit": request.chunk_size,
     }
+    announce = _announcement(cur, table.mode)
     sent_upto = 0  # the position of the last READ sent, 0 before the first
     while not progress.finished and not stop.is_set():
         if not _wait_for_outputs(cur, outputs, sent_upto - LEAD, waiting, stop):
             break
         sql = following if progress.rows_sent else first
-        row = _send_to_log(cur, sql, params, table.mode == "durable")
+        row = _send_to_log(cur, sql, params, table.mode == "durable", announce)
         progress.rows_sent, progress.finished = int(row[0]), row[1] == "finished"
         sent_upto = max(sent_upto, int(row[2]))
         report(progress)
@@ -241,9 +245,27 @@ _PENDING = """WHERE NOT EXISTS (
         AND o.table_name = %(table)s AND o.schema_name = %(schema)s)"""
 
 
-def _send_to_log(cur: cursor, sql: str, params: dict[str, Any], durable: bool) -> tuple[Any, ...]:
-    """One chunk: hold the log's counter row, read the chunk, append it. In trigger mode
-    (`durable`), tell a running sequencer that the log grew (it would not know otherwise)."""
+def _announcement(cur: cursor, mode: str) -> str:
+    """The statement that tells the running bridge the log grew (it would not know
+    otherwise): a NOTIFY its sequencer listens for, or in WAL mode a transactional logical
+    message, on which the WAL reader writes (nothing) and reads the log's new head. Without
+    the right to emit one, the READs go out with the next captured change."""
+    if mode == "durable":
+        return f"NOTIFY {LOG_GREW}"
+    # (PostgreSQL 17 added a fourth, optional argument: look the function up by name.)
+    cur.execute(
+        "SELECT coalesce(bool_or(has_function_privilege(oid, 'EXECUTE')), false)"
+        " FROM pg_proc WHERE proname = 'pg_logical_emit_message'"
+    )
+    if not _first(cur):
+        return ""
+    return f"SELECT pg_logical_emit_message(true, '{WAL_MESSAGE}', ''::text)"
+
+
+def _send_to_log(
+    cur: cursor, sql: str, params: dict[str, Any], durable: bool, announce: str
+) -> tuple[Any, ...]:
+    """One chunk: hold the log's counter row, read the chunk, append it, announce it."""
     try:
         # The outbox before the counter row, in the order the sequencer's rounds (and its
         # compaction, which locks the outbox whole) take them: no lock cycle.
@@ -253,8 +275,8 @@ def _send_to_log(cur: cursor, sql: str, params: dict[str, Any], durable: bool) -
         ensure_partitions(cur, base, base + int(params["limit"]), PARTITION_SIZE)
         cur.execute(sql, {**params, "base": base})
         row = cur.fetchone()
-        if durable:
-            cur.execute(f"NOTIFY {LOG_GREW}")
+        if announce:
+            cur.execute(announce)
         cur.execute("COMMIT")
     except BaseException:
         if not cur.connection.closed:
