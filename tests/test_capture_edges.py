@@ -610,3 +610,23 @@ def test_old_must_be_a_boolean_and_needs_updates_captured():
         triggers.parse_config([{"table": "t", "columns": {"insert": "*"}, "old": True}])
     assert triggers.parse_config([{"table": "t", "old": True}])[0].old is True
     assert triggers.parse_config([{"table": "t"}])[0].old is False
+
+
+def test_old_on_a_partitioned_table_a_move_between_partitions_is_a_key_change(db, dsn):
+    execute(
+        db,
+        "CREATE TABLE p (region int, id int, v text, PRIMARY KEY (region, id))"
+        " PARTITION BY LIST (region);"
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1);"
+        "CREATE TABLE p2 PARTITION OF p FOR VALUES IN (2)",
+    )
+    install_config(dsn, [{"table": "p", "old": True}])
+    execute(db, "INSERT INTO p VALUES (1, 1, 'a')")
+    execute(db, "UPDATE p SET v = 'b'")  # within its partition: an UPDATE with old
+    execute(db, "UPDATE p SET region = 2")  # to the other partition: DELETE then INSERT
+    assert execute(db, "SELECT op, table_name, data, old FROM skor.outbox ORDER BY id") == [
+        ("INSERT", "p", '{"region":1,"id":1,"v":"a"}', None),
+        ("UPDATE", "p", '{"region":1,"id":1,"v":"b"}', '{"region":1,"id":1,"v":"a"}'),
+        ("DELETE", "p", '{"region":1,"id":1,"v":"b"}', None),
+        ("INSERT", "p", '{"region":2,"id":1,"v":"b"}', None),
+    ]

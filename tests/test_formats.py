@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -62,6 +63,23 @@ def test_envelope_has_every_documented_field_and_keeps_the_row_text():
     assert (document["schema"], document["table"], document["position"]) == ("public", "orders", 42)
     assert document["committed_at"] == "2023-11-14T22:13:20.123456Z"
     assert b'"data": ' + ROW.encode() in body  # spliced: 12.50 and 2^53+1 stay as written
+
+
+def test_an_envelope_splices_old_after_data_only_when_known():
+    old_row = '{"id":7,"price":12.00,"name":"caf\\u00e9"}'
+    body = formats.render(replace(EVENT, old=old_row), "envelope", "webhook", SOURCE).body()
+    document = json.loads(body)
+    assert list(document) == [
+        "id", "op", "schema", "table", "data", "old", "committed_at", "position"
+    ]  # fmt: skip
+    assert f'"data": {ROW}, "old": {old_row}, '.encode() in body  # 12.00 stays as written
+    # Neither Skor's body nor CloudEvents carry it
+    skor = json.loads(replace(EVENT, old=old_row).body())
+    assert list(skor) == ["data", "table", "schema", "op"] and skor["data"] == json.loads(ROW)
+    cloud = json.loads(
+        formats.render(replace(EVENT, old=old_row), "cloudevents", "webhook", SOURCE).body()
+    )
+    assert "old" not in cloud and cloud["data"] == json.loads(ROW)
 
 
 def test_cloudevents_structured_mode_against_the_specification():
