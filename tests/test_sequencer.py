@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from skor_bridge.capture.sequencer import _MOVE, ensure_partitions
 from tests.helpers import execute
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
@@ -81,3 +82,32 @@ def test_the_events_held_in_memory_are_sliced_the_same_from_either_end(size):
     asks += [(draw.randrange(size + 1), draw.randrange(1, size + 50)) for _ in range(500)]
     for start, limit in asks:
         assert _window(held, start, limit) == list(held)[start : start + limit], (start, limit)
+
+
+def test_a_round_locks_only_the_log_partition_it_writes(dsn, capture_table):
+    """A round's cost must not grow with the partitions retention keeps: its plan once held
+    a scan of every log partition (for backfill's superseded-READ check), locked and set
+    up by every round, backfill or not (issue 17)."""
+    # Given a log of 20 partitions and one captured change waiting in the outbox
+    capture_table(TABLE, "items")
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        ensure_partitions(cur, 1, 20 * 10, 10)
+        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
+        install_id = cur.fetchone()[0]
+        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        execute(dsn, "INSERT INTO items VALUES (1, 'one')")
+        # When a round moves it (in a transaction here, so its locks can be seen)
+        cur.execute("BEGIN")
+        cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
+        assert len(cur.fetchall()) == 1
+        cur.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_inherits i ON i.inhrelid = l.relation"
+            " WHERE l.pid = pg_backend_pid() AND i.inhparent = 'skor.log'::regclass"
+        )
+        locked = cur.fetchone()[0]
+        cur.execute("ROLLBACK")
+    conn.close()
+    # Then it locked the one partition it wrote to, not all twenty
+    assert locked == 1

@@ -44,11 +44,12 @@ from __future__ import annotations
 #: CTE for the sequencer's move, placed after `moved` (the DELETE ... RETURNING of the
 #: outbox rows): the ids of READ rows (from an older `backfill`, see above) superseded by a
 #: newer change of the same row. Rows without a watermark (every captured change) are
-#: never in it.
+#: never in it. The log is read through `skor.log_changes_after` (migration 72), so that
+#: a round's plan holds no scan of every log partition: the function returns at once when
+#: the round moves no READ row, as it almost always does.
 SUPERSEDED_READS = """superseded AS (
     SELECT r.id FROM moved r JOIN (
-        SELECT schema_name, table_name, row_key, pos FROM skor.log
-        WHERE pos > (SELECT min(watermark) FROM moved) AND op <> 'READ'
+        SELECT * FROM skor.log_changes_after((SELECT min(watermark) FROM moved))
         UNION ALL
         SELECT schema_name, table_name, row_key, NULL FROM moved WHERE watermark IS NULL
     ) c ON c.row_key = r.row_key AND c.table_name = r.table_name
