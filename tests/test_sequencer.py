@@ -111,3 +111,40 @@ def test_a_round_locks_only_the_log_partition_it_writes(dsn, capture_table):
     conn.close()
     # Then it locked the one partition it wrote to, not all twenty
     assert locked == 1
+
+
+def test_reads_an_older_backfill_left_in_the_outbox_are_still_dropped_when_superseded(
+    dsn, capture_table
+):
+    """The superseded-READ check reads the log through skor.log_changes_after (migration
+    72): a READ is still dropped when the log, or the same round, holds a newer change of
+    its row, and kept otherwise."""
+    capture_table(TABLE, "items")
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
+        install_id = cur.fetchone()[0]
+        ensure_partitions(cur, 1, 1000, 100_000)
+        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        # Given a change of row 1 already in the log (after watermark 0)...
+        execute(dsn, "INSERT INTO items VALUES (1, 'one')")
+        cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
+        assert len(cur.fetchall()) == 1
+        # ... and in the outbox: a change of row 3, then READs (watermark 0) of rows 1, 2, 3
+        execute(dsn, "INSERT INTO items VALUES (3, 'three')")
+        cur.execute(
+            "INSERT INTO skor.outbox (schema_name, table_name, op, row_key, data, watermark)"
+            " SELECT schema_name, table_name, 'READ', row_key, data, 0 FROM skor.log"
+            " UNION ALL SELECT schema_name, table_name, 'READ', row_key, data, 0"
+            " FROM skor.outbox"
+            " UNION ALL SELECT 'public', 'items', 'READ', 'not-a-changed-row', '{}', 0"
+        )
+        # When a round moves them
+        cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
+        moved = [(row[5], row[6]) for row in cur.fetchall()]
+    conn.close()
+    # Then the READs of rows 1 (newer change in the log) and 3 (in the same round) are
+    # dropped; the READ of a row with no newer change is kept
+    assert [op for op, _ in moved] == ["INSERT", "READ"]
+    assert moved[1][1] == "not-a-changed-row"
