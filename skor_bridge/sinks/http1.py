@@ -2,8 +2,9 @@
 
 Why hand-written: measured in one run against the benchmark's receiver, aiohttp's client
 cost 1.5-2.0 CPU-s per 10,000 POSTs and drained 4,300-6,000 events/s; this client costs
-about 0.5 CPU-s and drains 13,000-22,000 events/s (README, dependency notes). It drives
-kept-alive connections from the caller's asyncio loop and parses only what delivery
+about 0.5 CPU-s and drains 13,000-22,000 events/s; driving requests by callbacks over one
+shared read buffer later halved its cost again (README, dependency notes). It
+drives kept-alive connections from the caller's asyncio loop and parses only what delivery
 needs: the status line, Content-Length, Transfer-Encoding and Connection.
 
 It treats the receiver as untrusted. Every line of an answer is capped (status line,
