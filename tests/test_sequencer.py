@@ -148,3 +148,47 @@ def test_reads_an_older_backfill_left_in_the_outbox_are_still_dropped_when_super
     # dropped; the READ of a row with no newer change is kept
     assert [op for op, _ in moved] == ["INSERT", "READ"]
     assert moved[1][1] == "not-a-changed-row"
+
+
+def test_a_round_finds_the_outbox_by_its_index_never_by_a_sequential_scan(dsn, capture_table):
+    """The outbox is written and emptied a thousand times a second: between two VACUUMs it
+    has many dead or empty pages, and a sequential scan of them in every round (to see
+    whether it is empty, and to join the batch back) was a large part of a round's cost
+    (issue 17)."""
+    capture_table(TABLE, "items")
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
+        install_id = cur.fetchone()[0]
+        ensure_partitions(cur, 1, 1000, 100_000)
+        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        # Given an outbox through which 5,000 changes went (its pages now mostly dead rows,
+        # as between two VACUUMs under steady writes)
+        cur.execute("INSERT INTO items SELECT -g, 'bulk' FROM generate_series(1, 5000) g")
+        for _ in range(5):
+            cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
+            assert len(cur.fetchall()) == 1000
+        # When rounds look at it, empty or holding rows (in one transaction, so that the
+        # backend's table counters are not flushed meanwhile)
+        scans = (
+            "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+            " WHERE relid = 'skor.outbox'::regclass"
+        )
+        cur.execute("BEGIN")
+        cur.execute(scans)
+        seq_before, index_before = cur.fetchone()
+        moved = 0
+        for round_ in range(8):
+            if round_ % 2:
+                cur.execute("INSERT INTO items VALUES (%s, 'x')", (round_,))
+            cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
+            moved += len(cur.fetchall())
+        cur.execute(scans)
+        seq_after, index_after = cur.fetchone()
+        cur.execute("ROLLBACK")
+    conn.close()
+    # Then every round used the primary key, none read the table through
+    assert moved == 4
+    assert seq_after - seq_before == 0
+    assert index_after - index_before >= 8

@@ -84,12 +84,18 @@ RECENT_BYTES = 8 * 1024 * 1024
 # outbox row is numbered once.
 # Backfill's READ rows carry their own event id and outputs, and a READ superseded by a
 # newer change of its row is dropped here (the argument is in backfill.watermark).
+# The outbox is found by its primary key only (the batch's ids, then `id = ANY` of them):
+# a table written and emptied a thousand times a second has many dead or empty pages
+# between two VACUUMs, and sequential scans of them (one to see whether it is empty, one
+# to join the batch back) were a large part of every round's cost.
 _MOVE = f"""
-WITH seq AS (
-    SELECT next_pos FROM skor.sequencer WHERE EXISTS (SELECT FROM skor.outbox) FOR UPDATE
+WITH batch AS (
+    SELECT id FROM skor.outbox ORDER BY id LIMIT $1
+), seq AS (
+    SELECT next_pos FROM skor.sequencer WHERE EXISTS (SELECT FROM batch) FOR UPDATE
 ), moved AS (
     DELETE FROM skor.outbox
-    WHERE id IN (SELECT id FROM skor.outbox WHERE EXISTS (SELECT FROM seq) ORDER BY id LIMIT $1)
+    WHERE id = ANY (ARRAY(SELECT id FROM batch WHERE EXISTS (SELECT FROM seq)))
     RETURNING *
 ), {SUPERSEDED_READS}, ins AS (
     INSERT INTO skor.log (pos, event_id, captured_at, schema_name, table_name, op, row_key, data,
