@@ -157,6 +157,71 @@ def test_event_ids_are_stable_uuids_per_place_in_a_transaction():
     )
 
 
+def test_event_ids_are_the_md5_of_their_place_as_earlier_releases_derived_them():
+    # A backlog re-read after an upgrade keeps its ids: the derivation is pinned.
+    import hashlib
+
+    for args in [("install", 100, 3, 0), ("i", 2**40 + 7, 12345, 1), ("install", 101, 3, 0)]:
+        digest = hashlib.md5("{}.wal.{}.{}.{}".format(*args).encode()).hexdigest()
+        want = f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+        assert event_id(*args) == want
+
+
+def _json_number(text):
+    def refuse(constant):
+        raise ValueError(constant)
+
+    try:
+        return isinstance(json.loads(text, parse_constant=refuse), int | float)
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("oid", "category", "texts"),
+    [
+        (
+            1184,
+            "timestamptz",
+            [
+                "2024-01-01 10:00:00+00",
+                "2024-01-01 10:00:00.123456+00",
+                "12024-01-01 10:00:00+00",
+                "0044-03-15 12:00:00+00 BC",
+                "2024-01-01 10:00:00+05:30",
+                "infinity",
+                "-infinity",
+            ],
+        ),
+        (
+            1114,
+            "timestamp",
+            ["2024-01-01 10:00:00", "12024-01-01 10:00:00.5", "0044-03-15 12:00:00 BC", "infinity"],
+        ),
+        (
+            1700,
+            "number",
+            ["0", "-1.50", "12345678901234567890.000001", "NaN", "Infinity", "-Infinity"],
+        ),
+        (701, "number", ["1e+20", "-1.5e-05", "-0", "NaN", "Infinity", "-Infinity"]),
+    ],
+)
+def test_each_columns_renderer_agrees_with_the_general_rules(oid, category, texts):
+    # (the per-column renderers take shortcuts for the common forms)
+    def server(pg_type, text):
+        raise AssertionError("not a server type")
+
+    pg_type = PgType(oid, category)
+    column = renderer(pg_type, server)
+    for text in texts:
+        general = render(pg_type, text, server)
+        assert column(text) == general
+        if category == "number":  # a JSON number as it is, anything else a string
+            assert column(text) == (text if _json_number(text) else quote(text))
+    if category == "timestamptz":
+        assert column("2024-01-01 10:00:00.5+00") == '"2024-01-01T10:00:00.5+00:00"'
+
+
 def test_sizes_read_like_postgresql_settings():
     assert size("1GB") == 1024**3 and size("512MB") == 512 * 1024**2 and size("100") == 100
     with pytest.raises(ValueError):

@@ -53,6 +53,9 @@ class Table:
     #: The captured operations (lower case), and the columns only the server renders.
     ops: frozenset[str] = frozenset()
     server_columns: tuple[int, ...] = ()
+    #: Column list -> the function rendering those columns as JSON (batch.object_renderer),
+    #: made on first use: they belong to this description of the table.
+    object_renderers: dict[tuple[int, ...], Callable[[Row], str]] = field(default_factory=dict)
 
     @classmethod
     def build(

@@ -220,7 +220,8 @@ _UNPACK_I32 = _I32.unpack_from
 
 def _read_tuple(data: bytes, pos: int) -> tuple[Tuple, int]:
     """TupleData from `pos`: (values, position after). The hot path: every row goes
-    through here, so it indexes bytes directly instead of calling the reader's methods."""
+    through here, so it indexes bytes directly instead of calling the reader's methods,
+    and checks the end once, after the loop (a slice past the end is only shorter)."""
     try:
         (count,) = _UNPACK_I16(data, pos)
         pos += 2
@@ -228,33 +229,44 @@ def _read_tuple(data: bytes, pos: int) -> tuple[Tuple, int]:
         append = values.append
         for _ in range(count):
             kind = data[pos]
-            pos += 1
             if kind == 116:  # 't': text; in the server's encoding, which must be UTF-8
-                (size,) = _UNPACK_I32(data, pos)
-                pos += 4
-                end = pos + size
-                if end > len(data):
-                    raise ProtocolError("message ends early")
-                append(data[pos:end].decode("utf-8"))
-                pos = end
+                start = pos + 5
+                pos = start + _UNPACK_I32(data, pos + 1)[0]
+                append(data[start:pos].decode("utf-8"))
             elif kind == 110:  # 'n'
                 append(None)
+                pos += 1
             elif kind == 117:  # 'u': unchanged TOASTed value, not sent
                 append(UNCHANGED)
+                pos += 1
             elif kind == 98:  # 'b': binary
-                (size,) = _UNPACK_I32(data, pos)
-                pos += 4
-                append(data[pos : pos + size])
-                pos += size
+                start = pos + 5
+                pos = start + _UNPACK_I32(data, pos + 1)[0]
+                append(data[start:pos])
             else:
                 raise ProtocolError(f"unknown column kind {chr(kind)!r}")
     except (struct.error, IndexError):
         raise ProtocolError("message ends early") from None
+    if pos > len(data):
+        raise ProtocolError("message ends early")
     return tuple(values), pos
+
+
+_UNPACK_U32 = _U32.unpack_from
+
+
+def _parse_insert(data: bytes) -> Insert:
+    """The hot path of `parse`: most messages of a backlog are INSERTs."""
+    if len(data) < 6 or data[5] != 78:  # 'N'
+        raise ProtocolError("Insert without a new tuple")
+    new, _ = _read_tuple(data, 6)
+    return Insert(_UNPACK_U32(data, 1)[0], new)
 
 
 def parse(data: bytes) -> Decoded:
     """One pgoutput message."""
+    if data[:1] == b"I":
+        return _parse_insert(data)
     r = _Reader(data)
     kind = r.byte()
     if kind == "B":
@@ -262,11 +274,6 @@ def parse(data: bytes) -> Decoded:
     if kind == "C":
         r.i8()  # flags, unused
         return Commit(commit_lsn=r.u64(), end_lsn=r.u64(), commit_time=pg_time(r.i64()))
-    if kind == "I":
-        relid = r.u32()
-        if r.byte() != "N":
-            raise ProtocolError("Insert without a new tuple")
-        return Insert(relid=relid, new=r.tuple())
     if kind == "U":
         relid = r.u32()
         tag = r.byte()

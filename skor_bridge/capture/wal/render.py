@@ -165,6 +165,10 @@ def _timestamptz(text: str) -> str:
 
 
 def _number(text: str) -> str:
+    # numeric and float output is a JSON number but for NaN and [-]Infinity: a text that
+    # starts and ends with a digit needs no closer look.
+    if "0" <= text[-1] <= "9" and ("0" <= text[0] <= "9" or text[0] == "-"):
+        return text
     return text if _IS_NUMBER(text) else quote(text)
 
 
@@ -181,10 +185,16 @@ def _raw(text: str) -> str:
 
 
 def _stamp(text: str) -> str:
+    if text[10:11] == " " and text[4:5] == "-":  # a 4-digit year: nothing to escape
+        return '"' + text[:10] + "T" + text[11:] + '"'
     return quote(text.replace(" ", "T", 1))
 
 
 def _stamptz(text: str) -> str:
+    # The walsender's TimeZone is UTC: `2026-01-02 03:04:05.123456+00`, a 4-digit year
+    # AD, is by far the most common form, and needs no escaping.
+    if text[-3:] == "+00" and text[10:11] == " " and text[4:5] == "-":
+        return '"' + text[:10] + "T" + text[11:] + ':00"'
     return quote(_timestamptz(text))
 
 
@@ -200,6 +210,10 @@ _SIMPLE: dict[str, Callable[[str], str]] = {
     "timestamp": _stamp,
     "timestamptz": _stamptz,
 }
+
+
+#: Renderers that return the text unchanged (so a caller may skip calling them).
+PASS_THROUGH: frozenset[Callable[[str], str]] = frozenset({_integer, _raw})
 
 
 def renderer(pg_type: PgType, server: Callable[[PgType, str], str]) -> Callable[[str], str]:

@@ -38,7 +38,14 @@ from skor_bridge.capture.wal.batch import Renderer
 from skor_bridge.capture.wal.changes import Change, MessageEvent, Table, changes_of
 from skor_bridge.capture.wal.render import SESSION_SETTINGS, TYPE_QUERY, TypeCatalog, renderer
 from skor_bridge.capture.wal.slot import SlotError, SlotStatus, slot_lost, slot_status
-from skor_bridge.capture.wal.writer import Chunk, WalState, event_id, load_state, write_chunk
+from skor_bridge.capture.wal.writer import (
+    Chunk,
+    WalState,
+    derived_id,
+    id_prefix,
+    load_state,
+    write_chunk,
+)
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
 from skor_bridge.errors import DatabaseError, StartupError
 
@@ -380,7 +387,9 @@ class WalReader(Sequencer):
     # -- messages --------------------------------------------------------------------------
 
     def _handle(self, message: protocol.Decoded, size: int = 0) -> None:
-        if isinstance(message, protocol.Begin):
+        if message.__class__ is protocol.Insert:  # most messages: checked first
+            self._row(message, size)
+        elif isinstance(message, protocol.Begin):
             assert self._state is not None
             # A transaction whose commit precedes the recorded end is already in the log.
             skip = message.final_lsn < self._state.lsn
@@ -514,9 +523,12 @@ class WalReader(Sequencer):
         del pending
         render = self._renderer
         chunk = Chunk(self._head + 1)
+        prefix_lsn, prefix = -1, None
         for change in changes:
             commit_lsn, commit_time = change.commit
-            derived = event_id(self._install_id, commit_lsn, change.message, change.sub)
+            if commit_lsn != prefix_lsn:  # (event_id, hashing the shared part once)
+                prefix_lsn, prefix = commit_lsn, id_prefix(self._install_id, commit_lsn)
+            derived = derived_id(prefix, change.message, change.sub)
             if isinstance(change, MessageEvent):
                 chunk.add(
                     change.event_id or derived,
