@@ -5,7 +5,8 @@ them. The bridge runs with the webhook; paced writers insert at WRITER_RATE, fir
 `--seconds` without a backfill, then while `skor-bridge backfill` runs as its own process
 (as users run it), from its start until the receiver holds a READ of every row. The rate
 figure is N over that time; the writers' figure compares their achieved rate and commit
-latency in the two windows.
+latency in the two windows. (The command also sends the rows the writers inserted before
+it reached them, as a backfill should, and so ends a little after that moment.)
 
 Why paced writers: on a small machine PostgreSQL, the bridge, the receiver and the writers
 share the cores, so writers inserting flat out lose throughput to any other work, a backfill
@@ -46,6 +47,9 @@ WRITER_SHARE = 0.90
 
 POLL = 0.005
 
+#: Seconds the command gets, once the writers stopped, to catch up with their rows.
+COMMAND_GRACE = 120.0
+
 #: Seconds between looks at the bridge's and the command's PostgreSQL sessions' CPU.
 SAMPLE = 0.5
 
@@ -81,6 +85,17 @@ def _start_backfill(ctx: Context) -> subprocess.Popen[bytes]:
             env=env,
             start_new_session=True,
         )
+
+
+def _finish(command: subprocess.Popen[bytes]) -> int | None:
+    """The command's exit code; None when it was still running after COMMAND_GRACE s (then
+    stopped). It also reads the rows the writers inserted while it ran (as it should: they
+    exist), so it ends a little after the table's first rows have all arrived."""
+    try:
+        return command.wait(COMMAND_GRACE)
+    except subprocess.TimeoutExpired:
+        stop_process(command, 5)
+        return None
 
 
 def _micros(seconds: float, events: int) -> str:
@@ -134,7 +149,7 @@ def measure(ctx: Context) -> list[Row]:
         sessions_used = backends.used()
         events = ctx.receiver.count - events_before
         run: PacedRun = writers.stop()
-        exit_code = command.wait(60)
+        exit_code = _finish(command)
     finally:
         writers.close()
         stop_process(command, 5)
@@ -143,7 +158,12 @@ def measure(ctx: Context) -> list[Row]:
     elapsed = end - started
     during_rate, during_latencies = run.window(started, end)
     backfill_rate = rows_n / elapsed if finished else 0.0
-    if finished is None or exit_code != 0:
+    if exit_code is None:
+        ctx.notes.append(
+            f"backfill: the command, still reading rows the writers inserted meanwhile, was "
+            f"stopped {COMMAND_GRACE:g} s after the last of the {count(rows_n)} rows arrived."
+        )
+    if finished is None or exit_code not in (0, None):
         ctx.notes.append(
             f"backfill: did not complete ({count(received)} of {count(rows_n)} READ events "
             f"arrived, command exit code {exit_code}); see the logs in {ctx.workdir}"
