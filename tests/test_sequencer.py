@@ -192,3 +192,41 @@ def test_a_round_finds_the_outbox_by_its_index_never_by_a_sequential_scan(dsn, c
     assert moved == 4
     assert seq_after - seq_before == 0
     assert index_after - index_before >= 8
+
+
+def test_two_sessions_creating_the_same_log_partition_both_succeed(dsn, capture_table):
+    """A backfill chunk creates a log partition inside its transaction while the sequencer
+    creates the same one outside: the second must wait and find it, not fail with
+    "relation already exists" (seen in `make bench`: the backfill command died on it)."""
+    import threading
+
+    capture_table(TABLE, "items")
+    first = psycopg2.connect(dsn)
+    first.autocommit = True
+    second = psycopg2.connect(dsn)
+    second.autocommit = True
+    failures: list[BaseException] = []
+    covered: list[int] = []
+    with first.cursor() as a:
+        # Given a transaction that created partitions and has not committed yet
+        a.execute("BEGIN")
+        ensure_partitions(a, 10_000_001, 10_000_011, 5)
+
+        def create_the_same() -> None:
+            try:
+                with second.cursor() as b:
+                    covered.append(ensure_partitions(b, 10_000_001, 10_000_011, 5))
+            except BaseException as error:  # noqa: BLE001 - the test reports it
+                failures.append(error)
+
+        # When another session needs the same partitions meanwhile
+        other = threading.Thread(target=create_the_same)
+        other.start()
+        time.sleep(0.5)
+        a.execute("COMMIT")
+        other.join(30)
+    first.close()
+    second.close()
+    # Then both succeed and the partitions exist once
+    assert not failures, failures
+    assert covered and covered[0] >= 10_000_011

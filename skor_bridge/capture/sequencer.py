@@ -121,6 +121,9 @@ FROM (
 ) sized ORDER BY pos
 """
 
+#: Advisory lock key serialising the creation of log partitions ("skpt").
+PARTITION_LOCK = 0x736B7074
+
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
 
@@ -383,9 +386,14 @@ def ensure_partitions(cur: cursor, base: int, until: int, size: int) -> int:
     # all), so new ones start no lower than the next position.
     upper = max(upper, base)
     while upper < until:
+        # IF NOT EXISTS alone races: a backfill chunk or the WAL writer creates partitions
+        # inside its transaction while the sequencer creates the same one outside, and the
+        # second fails with "already exists". The advisory lock (held to the end of the
+        # creator's transaction) makes the second wait, then find the partition.
         cur.execute(
-            f"CREATE TABLE IF NOT EXISTS skor.log_{upper:019d} PARTITION OF skor.log"
-            f" FOR VALUES FROM ({upper}) TO ({upper + size})"
+            f"DO $$ BEGIN PERFORM pg_advisory_xact_lock({PARTITION_LOCK});"
+            f" CREATE TABLE IF NOT EXISTS skor.log_{upper:019d} PARTITION OF skor.log"
+            f" FOR VALUES FROM ({upper}) TO ({upper + size}); END $$"
         )
         upper += size
     return upper
