@@ -338,8 +338,14 @@ class Sequencer:
         self._covered_until = ensure_partitions(cur, base, until, self.config.partition_size)
 
 
+#: What an event held in memory costs beyond its data: the ChangeEvent, its id, key and
+#: the strings' headers. Counted so that RECENT_BYTES bounds memory for small rows too
+#: (8 MB of 40-byte rows would otherwise be 200,000 events and ~100 MB).
+EVENT_OVERHEAD = 400
+
+
 def _size(event: ChangeEvent) -> int:
-    return len(event.data) + (len(event.old) if event.old is not None else 0)
+    return EVENT_OVERHEAD + len(event.data) + (len(event.old) if event.old is not None else 0)
 
 
 class Pace:
