@@ -31,7 +31,7 @@ import psycopg2.extras
 
 from skor_bridge.backoff import backoff_delay
 from skor_bridge.capture.durable import DurableSource
-from skor_bridge.capture.sequencer import RECENT_BYTES, Sequencer
+from skor_bridge.capture.sequencer import Sequencer
 from skor_bridge.capture.trigger_config import parse_config
 from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.batch import Renderer
@@ -44,12 +44,10 @@ from skor_bridge.capture.wal.writer import (
     derived_id,
     id_prefix,
     load_state,
-    logged_time,
     write_chunk,
 )
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
 from skor_bridge.errors import DatabaseError, StartupError
-from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -525,10 +523,6 @@ class WalReader(Sequencer):
         del pending
         render = self._renderer
         chunk = Chunk(self._head + 1)
-        # The events also go to memory, as the sequencer's do, so outputs that keep up take
-        # them from there instead of reading the log back: a query per fetch was most of
-        # WAL mode's database cost per event and a millisecond of its latency.
-        kept: list[ChangeEvent] | None = [] if self._pending_bytes <= RECENT_BYTES else None
         prefix_lsn, prefix = -1, None
         for change in changes:
             commit_lsn, commit_time = change.commit
@@ -536,45 +530,30 @@ class WalReader(Sequencer):
                 prefix_lsn, prefix = commit_lsn, id_prefix(self._install_id, commit_lsn)
             derived = derived_id(prefix, change.message, change.sub)
             if isinstance(change, MessageEvent):
-                event = ChangeEvent(
-                    id=change.event_id or derived,
-                    position=0,
-                    schema=change.schema,
-                    table=change.table,
-                    op=change.op,
-                    data=change.data,
-                    key=change.key,
-                    captured_at=commit_time,
-                    outputs=change.outputs,
+                chunk.add(
+                    change.event_id or derived,
+                    commit_time,
+                    change.schema,
+                    change.table,
+                    change.op,
+                    change.key,
+                    change.data,
+                    change.outputs,
                 )
             else:
                 # The configured name (a partition's root), whatever the table is called
                 # now: trigger mode's triggers carry it as a constant too.
                 spec = change.table.spec
-                event = ChangeEvent(
-                    id=derived,
-                    position=0,
-                    schema=spec.schema,
-                    table=spec.table,
-                    op=change.op,
-                    data=render.data(change),
-                    key=render.key(change),
-                    captured_at=commit_time,
+                chunk.add(
+                    derived,
+                    commit_time,
+                    spec.schema,
+                    spec.table,
+                    change.op,
+                    render.key(change),
+                    render.data(change),
                     old=render.old(change),
                 )
-            chunk.add(
-                event.id,
-                commit_time,
-                event.schema,
-                event.table,
-                event.op,
-                event.key,
-                event.data,
-                event.outputs,
-                event.old,
-            )
-            if kept is not None:
-                kept.append(event)
         del changes
         # Everything read so far is in this chunk: an open transaction's row messages up
         # to here are in the log once it commits.
@@ -583,24 +562,9 @@ class WalReader(Sequencer):
         lsn = self._completed_lsn
         next_pos = self._db.run(lambda cur: self._write(cur, chunk, lsn, partial))
         self.captured += chunk.count
-        if kept:
-            base = next_pos - len(kept)  # (renumbered if a backfill took positions first)
-            stamps: dict[float, float] = {}
-            self._publish(
-                [
-                    dataclasses.replace(
-                        event,
-                        position=base + i,
-                        captured_at=stamps.get(event.captured_at)
-                        or stamps.setdefault(event.captured_at, logged_time(event.captured_at)),
-                    )
-                    for i, event in enumerate(kept)
-                ]
-            )
-        else:
-            with self._moved:
-                self._head = next_pos - 1
-                self._moved.notify_all()
+        with self._moved:
+            self._head = next_pos - 1
+            self._moved.notify_all()
         self._partial_recorded = partial is not None
         self._state = dataclasses.replace(self._state, lsn=max(self._state.lsn, lsn))
         self._pending_bytes = 0

@@ -100,12 +100,6 @@ def _array(items: tuple[str, ...] | None) -> str | None:
     )
 
 
-def logged_time(captured_at: float) -> float:
-    """`captured_at` as the log gives it back (whole microseconds, as `Chunk` writes it), so
-    an event served from memory carries the same time as the same event read from the log."""
-    return datetime.fromtimestamp(captured_at, UTC).timestamp()
-
-
 class Chunk:
     """Log rows encoded for COPY as they are made, so a chunk is held once, as bytes.
 
