@@ -291,14 +291,13 @@ class Sequencer:
     def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
         self._prepare(cur, limit)
         try:
-            cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
+            moved = self._move(cur, limit)
         except psycopg2.errors.CheckViolation:
             # No partition for a position: another instance moved events meanwhile (an
             # overlap during failover), so our head was behind. Catch up and retry.
             head, _ = self._read_state(cur)
             self._ensure_partitions(cur, head + 1, head + 1 + limit)
-            cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
-        moved = [event_from_row(row[:-1], row[-1]) for row in cur.fetchall()]
+            moved = self._move(cur, limit)
         if cur.connection.notifies or self._grew:
             cur.connection.notifies.clear()
             self._grew = False
