@@ -45,38 +45,52 @@ class Backends:
         self.dsn = dsn
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self._role: dict[int, str] = {}
 
-    def pids(self) -> list[int]:
+    def sessions(self) -> list[tuple[int, str]]:
+        """(pid, role): the role is the session's purpose in its application_name, or
+        "walsender", so that a run can say which of the bridge's sessions cost what."""
         conn = psycopg2.connect(self.dsn)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    "SELECT pid, backend_type, application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
                     " AND application_name LIKE 'skor-bridge%%'"
                 )
-                return [int(row[0]) for row in cur.fetchall()]
+                return [(int(pid), _role(kind, name)) for pid, kind, name in cur.fetchall()]
         finally:
             conn.close()
 
     def sample(self) -> None:
-        for pid in self.pids():
+        for pid, role in self.sessions():
             try:
                 used = cpu_seconds(pid)
             except OSError:
                 continue  # gone meanwhile, or another machine's process
             self._first.setdefault(pid, used)
             self._last[pid] = used
+            self._role[pid] = role
 
     def start(self) -> Backends:
         self._first.clear()
         self._last.clear()
+        self._role.clear()
         self.sample()
         return self
 
     def used(self) -> float:
         self.sample()
         return sum(self._last[pid] - first for pid, first in self._first.items())
+
+    def by_role(self) -> dict[str, float]:
+        """CPU seconds since start() per role, as last sampled."""
+        roles: dict[str, float] = {}
+        for pid, first in self._first.items():
+            role = self._role[pid]
+            roles[role] = roles.get(role, 0.0) + self._last[pid] - first
+        return roles
 
     def readable(self, timeout: float = 30.0) -> bool:
         """Whether the bridge's sessions can be read, once it has opened them (its outputs
@@ -87,6 +101,19 @@ class Backends:
             if len(self._first) >= 2 or time.monotonic() > deadline:
                 return bool(self._first)
             time.sleep(0.1)
+
+
+def _role(backend_type: str, application_name: str) -> str:
+    if backend_type == "walsender":
+        return "walsender"
+    # "skor-bridge [tag] purpose" or "skor-bridge purpose"
+    purpose = application_name.rpartition("]")[2] or application_name
+    return purpose.removeprefix("skor-bridge").strip() or "bridge"
+
+
+def _breakdown(roles: dict[str, float], events: int) -> str:
+    parts = sorted(roles.items(), key=lambda item: -item[1])
+    return ", ".join(f"{role} {used / max(events, 1) * 1e6:.0f}" for role, used in parts)
 
 
 def _log_bytes_per_event(ctx: Context) -> float:
@@ -116,7 +143,10 @@ def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) 
     p99 = percentile(latencies, 0.99)
     per_event = db_cpu / max(len(commits), 1) * 1e6
     ok = per_event <= DB_CPU_TARGET_US and p99 <= P99_TARGET_MS and lost == 0
-    ctx.progress(f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms")
+    ctx.progress(
+        f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms; by session (us per "
+        f"event): {_breakdown(backends.by_role(), len(commits))}"
+    )
     return [
         Row(
             f"PostgreSQL CPU of the bridge's sessions per event, {options.rate:,} events/s "
