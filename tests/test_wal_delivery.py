@@ -5,6 +5,7 @@ server. Only the capture differs; everything from skor.log on is shared."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import psycopg2
 import pytest
@@ -66,3 +67,43 @@ def test_delivery_test_passes_in_wal_mode(name, request, wal_dsn, wal_capture_ta
         for param in inspect.signature(test).parameters
     }
     test(**kwargs)
+
+
+def test_events_served_from_memory_equal_the_log(wal_dsn, wal_capture_table, bridge):
+    """While an output waits at the head, WAL mode hands the events it writes to it from
+    memory (as the trigger-mode sequencer does): what a receiver gets must equal what the
+    log holds, position by position, as if it had been read back (id, position, capture
+    time, body)."""
+    from skor_bridge.event import ChangeEvent
+    from skor_bridge.sinks.base import captured_at_text
+    from skor_bridge.tools.receiver import Receiver
+    from tests.helpers import execute
+
+    wal_capture_table("CREATE TABLE items (id int PRIMARY KEY, name text)", "items")
+    with Receiver() as receiver:
+        bridge("--dsn", wal_dsn, "--webhook", receiver.url).wait_active()
+        # Given changes in separate transactions, one with several rows, while it runs
+        for row in range(10):
+            execute(wal_dsn, f"INSERT INTO items VALUES ({row}, 'n{row}')")
+        execute(wal_dsn, "UPDATE items SET name = name || '!' WHERE id < 5")
+        assert receiver.wait_for(15)
+        got = {
+            int(r.headers["webhook-position"]): (
+                r.headers["webhook-id"],
+                r.headers["webhook-captured-at"],
+                json.loads(r.body)["data"],
+            )
+            for r in receiver.requests
+        }
+    with psycopg2.connect(wal_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pos, event_id::text, extract(epoch FROM captured_at)::float8, data"
+            " FROM skor.log ORDER BY pos"
+        )
+        logged = cur.fetchall()
+    conn.close()
+    # Then every event delivered is the log's event at that position
+    assert len(logged) == 15 and sorted(got) == [row[0] for row in logged]
+    for pos, event_id, captured_at, data in logged:
+        event = ChangeEvent(event_id, pos, "public", "items", "X", data, captured_at=captured_at)
+        assert got[pos] == (event_id, captured_at_text(event), json.loads(data))

@@ -9,7 +9,7 @@ import pytest
 
 from skor_bridge.capture.wal import protocol
 from skor_bridge.capture.wal.render import PgType, parse_array, quote, render, renderer
-from skor_bridge.capture.wal.writer import Chunk, _copy_field, event_id
+from skor_bridge.capture.wal.writer import Chunk, event_id
 from skor_bridge.options import size
 
 
@@ -129,16 +129,26 @@ def test_quote_is_json_dumps_without_ascii_escaping():
         assert quote(value) == json.dumps(value, ensure_ascii=False)
 
 
-def test_copy_fields_escape_what_copy_text_format_reads_specially():
-    assert _copy_field(None) == "\\N"
-    assert _copy_field("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
-    chunk = Chunk(10)
-    chunk.add("id-1", 0.0, "public", "t", "INSERT", None, '{"a":"\\n"}')
-    chunk.add("id-2", 0.0, "public", "t", "INSERT", '{"id":1}', "{}", ("hook",))
-    chunk.renumber(20)
-    lines = chunk._buffer.getvalue().decode().splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["20", "21"]
-    assert lines[0].endswith("\\N") and lines[1].endswith('{"hook"}')
+def test_a_chunk_travels_as_one_text_array_per_column_that_postgresql_reads_back(db):
+    # Given values with every character an array literal treats specially
+    hostile = ['{"a":"\\n"}', 'q"uote\\', "NULL", "", "a,b{c}", "tab\there\nnew", "é\U0001f600"]
+    chunk = Chunk()
+    for n, value in enumerate(hostile):
+        chunk.add(f"id-{n}", 0.0, "public", value, "INSERT", None, value, old=value)
+    chunk.add("id-x", 0.0, "public", "t", "INSERT", '{"id":1}', "{}", ("hook", 'o"dd,{x}'))
+    # When PostgreSQL parses the parameters as text[]
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT %s::text[], %s::text[], %s::text[], %s::text[]",
+            [chunk.parameters()[i] for i in (3, 5, 6, 8)],
+        )
+        tables, keys, data, outputs = cur.fetchone()
+        cur.execute("SELECT %s::text[]", (outputs[-1],))
+        last_outputs = cur.fetchone()[0]
+    # Then each value comes back as it was, NULL as NULL
+    assert tables == [*hostile, "t"] and data == [*hostile, "{}"]
+    assert keys == [None] * len(hostile) + ['{"id":1}']
+    assert outputs[:-1] == [None] * len(hostile) and last_outputs == ["hook", 'o"dd,{x}']
 
 
 def test_event_ids_are_stable_uuids_per_place_in_a_transaction():

@@ -126,7 +126,7 @@ class LogFeed(progress.OutputRecords):
     def fetch(self, after: int, limit: int, wait: float) -> list[ChangeEvent]:
         self.flush(due_only=True)
         writer = self.source.sequencer
-        if after >= writer.head:
+        if writer.caught_up(after):
             # Caught up: wait in memory for the sequencer rather than asking the database.
             if wait <= 0 or not self.wait_saving(
                 lambda seconds: writer.wait_beyond(after, seconds), wait

@@ -155,6 +155,9 @@ class Sequencer:
         #: (the log grew by a backfill's appends; see LOG_GREW).
         self._grew = False
         self._grown_to: int | None = None
+        #: Whether an output asked for events past the head since the last write: WAL
+        #: mode then keeps what it writes next in memory (see `WalReader._flush`).
+        self.output_at_head = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -181,6 +184,13 @@ class Sequencer:
     def head(self) -> int:
         """The newest log position this instance has moved."""
         return self._head
+
+    def caught_up(self, position: int) -> bool:
+        """Whether an output that has read up to `position` has nothing more to read."""
+        if position < self._head:
+            return False
+        self.output_at_head = True
+        return True
 
     def wait_beyond(self, position: int, timeout: float) -> bool:
         """Wait until the head passes `position`; False on timeout."""
