@@ -10,8 +10,12 @@ A round is about one round trip: as many completions as the limit allows in flig
 
 from __future__ import annotations
 
-#: Limit to start from; slow start reaches hundreds within a few round trips.
-INITIAL = 32
+#: Limit to start from; slow start doubles it per round trip. 128 (Hasura's default pool
+#: is 100) rather than a few: a bridge that has sent nothing yet and then meets 3,000
+#: changes/s into a 50 ms receiver needs ~150 in flight, and from 32 the three round trips
+#: of doubling queued the first half second's events (p50 100-190 ms there; from 128,
+#: one round trip). A receiver that cannot take it pushes back and the limit shrinks.
+INITIAL = 128
 #: Multiplicative decrease on backpressure, and on latency rising above the baseline.
 BACKOFF_FACTOR = 0.7
 LATENCY_FACTOR = 0.9
