@@ -138,6 +138,12 @@ def test_the_benchmark_reports_every_figure_and_leaves_nothing_behind(kafka_brok
         assert verdict in ("met", "not met", ""), verdict
     targets = [row for row in rows if row[3]]
     assert len(targets) >= 8
+    # And the database cost says which of the bridge's sessions it is: the sequencer in
+    # trigger mode, the walsender and the WAL writer in WAL mode
+    steady = [r[1] for r in rows if r[0].startswith("PostgreSQL CPU of the bridge's sessions")]
+    steady = [result for result in steady if "by session:" in result]
+    assert len(steady) == 2 and "sequencer" in steady[0], steady
+    assert "walsender" in steady[1] and "wal writer" in steady[1], steady
     assert not re.search(r"(RabbitMQ|Kafka|All three at once) skipped", stdout)
     # And it was written to the file and into the README's section, only there
     assert output.read_text() == stdout
@@ -209,3 +215,17 @@ def test_the_bench_receiver_answers_late_as_asked_and_goes_down_and_up():
             post(receiver.port)
         receiver.up()
         assert post(receiver.port) < 1 and receiver.count == 4
+
+
+def test_the_database_cost_is_told_by_session_role():
+    from skor_bridge.tools.bench.footprint import _breakdown, _role
+
+    assert _role("walsender", "skor-bridge [a1] wal") == "walsender"
+    assert _role("client backend", "skor-bridge [a1] wal writer") == "wal writer"
+    assert _role("client backend", "skor-bridge [a1] output hook-1") == "outputs"
+    assert _role("client backend", "skor-bridge sequencer") == "sequencer"
+    # per event, costliest first, what rounds to nothing left out
+    assert _breakdown({"sequencer": 0.002, "outputs": 0.00001, "leader": 0.0}, 20) == (
+        "sequencer 100 us"
+    )
+    assert _breakdown({}, 20) == "none"

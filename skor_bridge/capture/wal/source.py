@@ -376,7 +376,8 @@ class WalReader(Sequencer):
                     now = time.monotonic()
                     if now >= next_flush:
                         self._flush()
-                        next_flush = now + pace.after(1, now, time.monotonic())
+                        done = time.monotonic()
+                        next_flush = done + pace.after(1, now, done)
                         continue
                     timeout = next_flush - now
                 select.select([conn], [], [], timeout)

@@ -106,14 +106,19 @@ class Backends:
 def _role(backend_type: str, application_name: str) -> str:
     if backend_type == "walsender":
         return "walsender"
-    # "skor-bridge [tag] purpose" or "skor-bridge purpose"
+    # "skor-bridge [tag] purpose" or "skor-bridge purpose"; "output NAME" and "leader
+    # INSTANCE" are summed per kind
     purpose = application_name.rpartition("]")[2] or application_name
-    return purpose.removeprefix("skor-bridge").strip() or "bridge"
+    purpose = purpose.removeprefix("skor-bridge").strip() or "bridge"
+    kind = purpose.split(" ", 1)[0]
+    return {"output": "outputs", "leader": "leader"}.get(kind, purpose)
 
 
 def _breakdown(roles: dict[str, float], events: int) -> str:
+    """Microseconds per event by role, the costliest first; roles under 1 us left out."""
     parts = sorted(roles.items(), key=lambda item: -item[1])
-    return ", ".join(f"{role} {used / max(events, 1) * 1e6:.0f}" for role, used in parts)
+    shown = [(role, used / max(events, 1) * 1e6) for role, used in parts]
+    return ", ".join(f"{role} {us:.0f} us" for role, us in shown if us >= 1) or "none"
 
 
 def _log_bytes_per_event(ctx: Context) -> float:
@@ -143,16 +148,15 @@ def _steady(ctx: Context, bridge: BridgeProcess, backends: Backends, mode: str) 
     p99 = percentile(latencies, 0.99)
     per_event = db_cpu / max(len(commits), 1) * 1e6
     ok = per_event <= DB_CPU_TARGET_US and p99 <= P99_TARGET_MS and lost == 0
-    ctx.progress(
-        f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms; by session (us per "
-        f"event): {_breakdown(backends.by_role(), len(commits))}"
-    )
+    breakdown = _breakdown(backends.by_role(), len(commits))
+    ctx.progress(f"database cost: {per_event:.0f} us per event, p99 {p99:.1f} ms ({breakdown})")
     return [
         Row(
             f"PostgreSQL CPU of the bridge's sessions per event, {options.rate:,} events/s "
             f"({mode})",
-            f"{per_event:.0f} us ({db_cpu / options.seconds * 100:.1f} % of a core; bridge "
-            f"process {bridge_used / max(len(commits), 1) * 1e6:.0f} us per event); p99 "
+            f"{per_event:.0f} us ({db_cpu / options.seconds * 100:.1f} % of a core; by session: "
+            f"{breakdown}; bridge process {bridge_used / max(len(commits), 1) * 1e6:.0f} us "
+            f"per event); p99 "
             f"{p99:.1f} ms; {count(len(commits))} events, "
             f"{'none lost' if not lost else f'{count(lost)} LOST'}",
             f"<= {DB_CPU_TARGET_US:g} us, p99 <= {P99_TARGET_MS:g} ms",
