@@ -58,6 +58,7 @@ class WalScratch(ScratchDatabase):
         self.execute(f"TRUNCATE {TABLE}")
         self.capture(self.mode)
         self.execute("VACUUM ANALYZE")
+        self.checkpoint()
 
     def drop(self) -> None:
         if self.created:
