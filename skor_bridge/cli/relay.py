@@ -6,14 +6,12 @@ Its options are declared once: the relay's own in `skor_bridge.relay.config`, th
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from skor_bridge.cli.declared import config_parameter, option_parameter, sign, typed_on_command_line
 from skor_bridge.cli.errors import expected_errors
-from skor_bridge.cli.run import _parameter
 from skor_bridge.relay.config import relay_options
 
 EXAMPLE = """Example:
@@ -32,11 +30,7 @@ def relay(ctx: typer.Context, **given: Any) -> None:
     from skor_bridge.relay.service import Relay
 
     # Only what the command line gave: SKOR_* variables are read where the config is built.
-    cli = {
-        name: value
-        for name, value in given.items()
-        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    }
+    cli = typed_on_command_line(ctx, given)
     cli.pop("config", None)
     with expected_errors():
         cfg = build_relay_config(cli, given["config"], os.environ)
@@ -50,29 +44,13 @@ of a consumer group; run as many as there are partitions to share. Offsets are c
 only past delivered records.
 
 {EXAMPLE}"""
-_parameters = [
-    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    inspect.Parameter(
-        "config",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=(
-            Annotated[
-                Path | None,
-                typer.Option(
-                    "--config",
-                    envvar="SKOR_CONFIG",
-                    metavar="FILE",
-                    show_default=False,
-                    help="TOML file: webhook outputs, retry settings and a relay table.",
-                ),
-            ]
-        ),
-    ),
-    *(_parameter(o) for o in relay_options() if o.cli),
-]
-relay.__signature__ = inspect.Signature(_parameters)  # type: ignore[attr-defined]
-relay.__annotations__ = {p.name: p.annotation for p in _parameters}
+sign(
+    relay,
+    [
+        config_parameter("TOML file: webhook outputs, retry settings and a relay table."),
+        *(option_parameter(o) for o in relay_options() if o.cli),
+    ],
+)
 
 
 def register(app: typer.Typer) -> None:
