@@ -278,3 +278,41 @@ def test_after_a_restart_parked_events_are_neither_parked_again_nor_sent_twice(m
     # Then row 0's changes went out once each, in order, from the parked copies
     assert [e.position for e in sink.delivered if '"id":0' in e.key] == list(range(1, 11))
     assert len(sink.delivered) == 11
+
+
+def test_a_sink_that_raises_fails_those_attempts_only_and_the_output_goes_on(caplog):
+    """A bug or a library's surprise in a sink (not a SinkError) must not take the worker
+    down: a raising submit fails that attempt, a raising poll fails what was in flight;
+    each is retried and delivered, in order per row."""
+
+    class Surprising(ScriptedSink):
+        def __init__(self):
+            super().__init__(lambda e: (DELIVERED, 0.001))
+            self.submits = 0
+            self.polls = 0
+
+        def submit(self, ticket, event):
+            self.submits += 1
+            if self.submits == 3:
+                raise KeyError("submit surprise")
+            super().submit(ticket, event)
+
+        def poll(self, timeout):
+            self.polls += 1
+            if self.polls == 2:
+                self.due.clear()  # (what a sink that lost its state would do)
+                raise RuntimeError("poll surprise")
+            return super().poll(timeout)
+
+    events = [change(p, row=p % 3, version=p) for p in range(1, 21)]
+    sink = Surprising()
+    feed = MemoryFeed(events)
+    with caplog.at_level(logging.ERROR, logger="skor_bridge.dispatch"):
+        run_until(make_worker(sink, feed), lambda: feed.committed == 20)
+    # Then every event was delivered, each row's in order, and both surprises were logged
+    assert sorted(e.position for e in sink.delivered) == list(range(1, 21))
+    for row in range(3):
+        versions = [e.data for e in sink.delivered if e.key == f'{{"id":{row}}}']
+        assert versions == [e.data for e in events if e.key == f'{{"id":{row}}}']
+    assert "submit surprise" in caplog.text and "poll surprise" in caplog.text
+    assert not feed.dead

@@ -29,8 +29,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from skor_bridge.backoff import backoff_delay
-from skor_bridge.config import redact
 from skor_bridge.db import Stopped
+from skor_bridge.dispatch import guarded
 from skor_bridge.dispatch.concurrency import AdaptiveLimit
 from skor_bridge.dispatch.outage import Outage
 from skor_bridge.dispatch.parked import Redeliveries
@@ -376,26 +376,13 @@ class OutputWorker:
         self.in_flight[ticket] = (key, pending, probe)
         if self.limit is not None:
             self.limit.on_submit(len(self.in_flight))
-        try:
-            self.sink.submit(ticket, pending.event)
-        except SinkError:
-            raise
-        except Exception as exc:
-            # A sink that raises (a bug, or a library surprise) fails this attempt only.
-            log.exception("output %s: sink raised on submit; retrying the event", self.name)
-            self._settle(ticket, Result(Outcome.RETRY, _one_line(exc)))
+        failed = guarded.submit(self.sink, ticket, pending.event, self.name, "event")
+        if failed is not None:
+            self._settle(ticket, failed)
 
     def _poll(self, timeout: float) -> list[Completion]:
         self._last_poll = time.monotonic()
-        try:
-            return self.sink.poll(timeout)
-        except SinkError:
-            raise
-        except Exception as exc:
-            log.exception("output %s: sink raised; retrying what was in flight", self.name)
-            self.sink.close()
-            failed = Result(Outcome.RETRY, _one_line(exc))
-            return [(ticket, failed) for ticket in list(self.in_flight)]
+        return guarded.poll(self.sink, timeout, self.in_flight, self.name)
 
     def _poll_timeout(self) -> float:
         now = time.monotonic()
@@ -544,8 +531,3 @@ class OutputWorker:
             return
         self._last_commit = now
         self._delivered_since_commit, self._new_error = 0, None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {text}")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from skor_bridge.backoff import backoff_delay
 from skor_bridge.config import redact
+from skor_bridge.dispatch import guarded
 from skor_bridge.dispatch.concurrency import AdaptiveLimit
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import Outcome, Result
@@ -157,25 +158,13 @@ class Dispatcher:
         self.in_flight[ticket] = (work, time.monotonic())
         if self.limit is not None:
             self.limit.on_submit(len(self.in_flight))
-        try:
-            self.sink.submit(ticket, work.event)
-        except SinkError:
-            raise
-        except Exception as exc:
-            log.exception("output %s: sink raised on submit; retrying the record", self.name)
-            self._settle(ticket, Result(Outcome.RETRY, _one_line(exc)))
+        failed = guarded.submit(self.sink, ticket, work.event, self.name, "record")
+        if failed is not None:
+            self._settle(ticket, failed)
 
     def _poll(self, timeout: float) -> list[Completion]:
         self._last_poll = time.monotonic()
-        try:
-            return self.sink.poll(timeout)
-        except SinkError:
-            raise
-        except Exception as exc:
-            log.exception("output %s: sink raised; retrying what was in flight", self.name)
-            self.sink.close()
-            failed = Result(Outcome.RETRY, _one_line(exc))
-            return [(ticket, failed) for ticket in list(self.in_flight)]
+        return guarded.poll(self.sink, timeout, self.in_flight, self.name)
 
     def _settle(self, ticket: int, result: Result) -> None:
         entry = self.in_flight.pop(ticket, None)
@@ -257,8 +246,3 @@ class Dispatcher:
         # Not stored means the partition was revoked or the relay stops: the attempt ends
         # unfinished, and the record's next owner reads it again.
         self.partitions.settle(work, self.index, finished=stored)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {text}")
