@@ -147,9 +147,13 @@ def _outage(ctx: Context) -> Row:
             f"slow webhook: receiver down {OUTAGE_SECONDS:g} s while "
             f"{OUTAGE_RATE}/s changes arrive, then back"
         )
-        ctx.receiver.down()
         back = threading.Timer(OUTAGE_SECONDS, ctx.receiver.up)
-        commits = run_paced(ctx.db.dsn, TABLE, OUTAGE_RATE, OUTAGE_SECONDS - 1, on_start=back.start)
+
+        def go_down() -> None:  # as the writers' schedule starts: changes arrive throughout
+            ctx.receiver.down()
+            back.start()
+
+        commits = run_paced(ctx.db.dsn, TABLE, OUTAGE_RATE, OUTAGE_SECONDS, on_start=go_down)
         back.join()
         up = time.monotonic()
         deadline = up + 120

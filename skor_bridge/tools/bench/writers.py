@@ -207,7 +207,7 @@ def run_python_writers(
                 process.terminate()
 
 
-# -- the paced writer (latency) ----------------------------------------------------------------
+# -- paced writers (latency, database cost, the slow receiver, backfill) -------------------------
 
 
 def _paced(
@@ -215,20 +215,25 @@ def _paced(
     table: str,
     rate: float,
     offset: float,
-    start_at: float,
-    seconds: float,
+    seconds: float | None,
+    stop: Any,
     result: Connection,
 ) -> None:
+    """One writer process: single-row INSERTs at `rate`, from the start time it is sent once
+    connected, until `seconds` of its schedule have passed (None: until `stop` is set).
+    Sends back each row's id, when it was due and when its commit returned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     sql = PY_INSERT.format(table=table) + " RETURNING id"
-    ids, commits = array.array("q"), array.array("d")
+    result.send("ready")  # connected: the schedule starts when every writer is
+    start_at = float(result.recv())
+    ids, dues, commits = array.array("q"), array.array("d"), array.array("d")
     with conn.cursor() as cur:
         i = 0
-        while True:
+        while not stop.is_set():
             due = start_at + offset + i / rate
-            if due >= start_at + seconds:
+            if seconds is not None and due >= start_at + seconds:
                 break
             delay = due - time.time()
             if delay > 0:
@@ -239,92 +244,25 @@ def _paced(
             row = cur.fetchone()
             assert row is not None
             ids.append(int(row[0]))
+            dues.append(due)
             commits.append(committed)
             i += 1
     conn.close()
-    result.send((ids.tobytes(), commits.tobytes()))
-
-
-def run_paced(
-    dsn: str,
-    table: str,
-    rate: float,
-    seconds: float,
-    processes: int = 2,
-    on_start: Callable[[], None] | None = None,
-) -> dict[int, float]:
-    """Insert at `rate` rows per second in total for `seconds`; return row id -> the time
-    (epoch seconds) its commit returned. Several processes share the rate, staggered, so
-    one slow round trip does not delay the rows behind it."""
-    context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 1.0  # time for the spawned interpreters to connect
-    pipes, children = [], []
-    for n in range(processes):
-        parent, child = context.Pipe()
-        process = context.Process(
-            target=_paced,
-            daemon=True,
-            args=(dsn, table, rate / processes, n / rate, start_at, seconds, child),
-        )
-        process.start()
-        pipes.append(parent)
-        children.append(process)
-    if on_start is not None:
-        on_start()
-    commits: dict[int, float] = {}
-    try:
-        for pipe in pipes:
-            if not pipe.poll(seconds + 60):
-                raise RuntimeError("the paced writer did not finish")
-            raw_ids, raw_times = pipe.recv()
-            ids, times = array.array("q"), array.array("d")
-            ids.frombytes(raw_ids)
-            times.frombytes(raw_times)
-            commits.update(zip(ids, times, strict=True))
-        return commits
-    finally:
-        for process in children:
-            process.join(5)
-            if process.is_alive():
-                process.terminate()
-
-
-# -- paced writers that run until stopped (the backfill section) --------------------------------
-
-
-def _paced_until(
-    dsn: str, table: str, rate: float, offset: float, stop: Any, result: Connection
-) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    sql = PY_INSERT.format(table=table)
-    result.send("ready")  # connected: the schedule starts when every writer is
-    start_at = float(result.recv())
-    dues, commits = array.array("d"), array.array("d")
-    with conn.cursor() as cur:
-        i = 0
-        while not stop.is_set():
-            due = start_at + offset + i / rate
-            delay = due - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            cur.execute(sql, (i % 100_000, i % 100_000))
-            dues.append(due)
-            commits.append(time.time())
-            i += 1
-    conn.close()
-    result.send((dues.tobytes(), commits.tobytes()))
+    result.send((ids.tobytes(), dues.tobytes(), commits.tobytes()))
 
 
 @dataclass(frozen=True)
 class PacedRun:
-    """When each write was due (its schedule) and when its commit returned, epoch seconds.
-    Latency is counted from the due time, so a writer that falls behind its schedule shows
-    it (no coordinated omission)."""
+    """Each write's row id, when it was due (its schedule) and when its commit returned
+    (epoch seconds), in the order they were due. Latency counted from the due time shows a
+    writer that falls behind its schedule (no coordinated omission)."""
 
+    ids: list[int]
     dues: list[float]
     commits: list[float]
+
+    def commit_times(self) -> dict[int, float]:
+        return dict(zip(self.ids, self.commits, strict=True))
 
     def window(self, start: float, end: float) -> tuple[float, list[float]]:
         """(commits per second in [start, end), sorted latencies in ms of the writes due
@@ -337,11 +275,15 @@ class PacedRun:
 
 
 class PacedWriters:
-    """`processes` writers inserting `rate` rows per second in total, staggered, from
-    `start()` until `stop()`."""
+    """`processes` writers inserting `rate` rows per second in total, staggered so one slow
+    round trip does not delay the rows behind it, from `start()` for `seconds` (then
+    `finish()`), or until `stop()` when `seconds` is None."""
 
-    def __init__(self, dsn: str, table: str, rate: float, processes: int) -> None:
+    def __init__(
+        self, dsn: str, table: str, rate: float, processes: int, seconds: float | None = None
+    ) -> None:
         self.dsn, self.table, self.rate, self.processes = dsn, table, rate, processes
+        self.seconds = seconds
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
         self._context = context
@@ -354,13 +296,14 @@ class PacedWriters:
         for n in range(self.processes):
             parent, child = self._context.Pipe()
             process = self._context.Process(
-                target=_paced_until,
+                target=_paced,
                 daemon=True,
                 args=(
                     self.dsn,
                     self.table,
                     self.rate / self.processes,
                     n / self.rate,
+                    self.seconds,
                     self._stop,
                     child,
                 ),
@@ -378,21 +321,27 @@ class PacedWriters:
         return self.started_at
 
     def stop(self) -> PacedRun:
+        """Stop now and collect what was written."""
         self._stop.set()
-        runs: list[tuple[float, float]] = []
+        return self.finish()
+
+    def finish(self) -> PacedRun:
+        """Collect what was written once the writers end (their schedule, or `stop`)."""
+        rows: list[tuple[float, int, float]] = []
         try:
             for pipe in self._pipes:
-                if not pipe.poll(60):
+                if not pipe.poll((self.seconds or 0) + 60):
                     raise RuntimeError("a paced writer did not finish")
-                raw_dues, raw_commits = pipe.recv()
-                dues, commits = array.array("d"), array.array("d")
+                raw_ids, raw_dues, raw_commits = pipe.recv()
+                ids, dues, commits = array.array("q"), array.array("d"), array.array("d")
+                ids.frombytes(raw_ids)
                 dues.frombytes(raw_dues)
                 commits.frombytes(raw_commits)
-                runs.extend(zip(dues, commits, strict=True))
+                rows.extend(zip(dues, ids, commits, strict=True))
         finally:
             self.close()
-        runs.sort()
-        return PacedRun([d for d, _ in runs], [c for _, c in runs])
+        rows.sort()
+        return PacedRun([i for _, i, _ in rows], [d for d, _, _ in rows], [c for _, _, c in rows])
 
     def close(self) -> None:
         self._stop.set()
@@ -401,6 +350,26 @@ class PacedWriters:
             if process.is_alive():
                 process.terminate()
         self._pipes, self._children = [], []
+
+
+def run_paced(
+    dsn: str,
+    table: str,
+    rate: float,
+    seconds: float,
+    processes: int = 2,
+    on_start: Callable[[], None] | None = None,
+) -> dict[int, float]:
+    """Insert at `rate` rows per second in total for `seconds`; return row id -> the time
+    (epoch seconds) its commit returned. `on_start` is called as the schedule starts."""
+    writers = PacedWriters(dsn, table, rate, processes, seconds)
+    try:
+        writers.start()
+        if on_start is not None:
+            on_start()
+        return writers.finish().commit_times()
+    finally:
+        writers.close()
 
 
 # -- the backlog --------------------------------------------------------------------------------
