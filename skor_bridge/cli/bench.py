@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,16 @@ from skor_bridge.tools.bench.options import (
     WRITER_KINDS,
     BenchOptions,
 )
+
+#: The defaults, declared once in BenchOptions.
+_DEFAULTS = BenchOptions()
+
+
+def _positive(text: str, field: str) -> Any:
+    """A count or a length of at least 1, its help ending with its default."""
+    default = getattr(_DEFAULTS, field)
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return typer.Option(min=1, help=f"{text} \\[default: {shown}]", show_default=False)
 
 
 def bench(
@@ -29,21 +39,11 @@ def bench(
     ] = DEFAULT_DSN,
     seconds: Annotated[
         float,
-        typer.Option(
-            min=1,
-            help="Length of each timed run (write cost, flat-out writing, latency). "
-            "\\[default: 10]",
-            show_default=False,
-        ),
-    ] = 10.0,
+        _positive("Length of each timed run (write cost, flat-out writing, latency).", "seconds"),
+    ] = _DEFAULTS.seconds,
     backlog: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Events in the backlog each output drains. \\[default: 100000]",
-            show_default=False,
-        ),
-    ] = 100_000,
+        int, _positive("Events in the backlog each output drains.", "backlog")
+    ] = _DEFAULTS.backlog,
     big_backlog: Annotated[
         bool,
         typer.Option(
@@ -64,37 +64,20 @@ def bench(
         ),
     ] = None,
     writers: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Writers of the multi-writer write-cost figures. \\[default: 4]",
-            show_default=False,
-        ),
-    ] = 4,
+        int, _positive("Writers of the multi-writer write-cost figures.", "writers")
+    ] = _DEFAULTS.writers,
     flat_out_writers: Annotated[
         int,
-        typer.Option(
-            min=1,
-            help="Writers inserting while the end-to-end throughput is measured. \\[default: 8]",
-            show_default=False,
+        _positive(
+            "Writers inserting while the end-to-end throughput is measured.", "flat_out_writers"
         ),
-    ] = 8,
+    ] = _DEFAULTS.flat_out_writers,
     rounds: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Interleaved rounds of the write-cost runs. \\[default: 3]",
-            show_default=False,
-        ),
-    ] = 3,
+        int, _positive("Interleaved rounds of the write-cost runs.", "rounds")
+    ] = _DEFAULTS.rounds,
     rate: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Events per second of the latency run. \\[default: 1000]",
-            show_default=False,
-        ),
-    ] = 1000,
+        int, _positive("Events per second of the latency run.", "rate")
+    ] = _DEFAULTS.rate,
     amqp: Annotated[
         str,
         typer.Option(
