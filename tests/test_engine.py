@@ -316,3 +316,33 @@ def test_a_sink_that_raises_fails_those_attempts_only_and_the_output_goes_on(cap
         assert versions == [e.data for e in events if e.key == f'{{"id":{row}}}']
     assert "submit surprise" in caplog.text and "poll surprise" in caplog.text
     assert not feed.dead
+
+
+def test_a_sink_that_cannot_open_yet_is_retried_and_its_error_logged_without_secrets(
+    caplog, monkeypatch
+):
+    from skor_bridge.dispatch import guarded
+
+    monkeypatch.setattr(guarded, "backoff_delay", lambda attempt, base, cap: 0.01)
+
+    class Late(ScriptedSink):
+        def __init__(self):
+            super().__init__(lambda e: (DELIVERED, 0.0))
+            self.tries = 0
+
+        def open(self):
+            self.tries += 1
+            if self.tries < 3:
+                raise ConnectionError("amqp://bridge:s3cret@broker:5672/ refused the connection")
+
+    sink = Late()
+    feed = MemoryFeed([change(1, row=1)])
+    worker = make_worker(sink, feed)
+    with caplog.at_level(logging.WARNING, logger="skor_bridge.dispatch"):
+        worker._open_sink()
+        run_until(worker, lambda: feed.committed == 1)
+    # Then it opened on the third try, said so twice in one line each, and hid the password
+    assert sink.tries == 3
+    warnings = [r.getMessage() for r in caplog.records if "cannot open" in r.getMessage()]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings)
+    assert "s3cret" not in caplog.text and "ConnectionError" in warnings[0]

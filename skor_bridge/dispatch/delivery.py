@@ -232,24 +232,8 @@ class OutputWorker:
     # -- reading ----------------------------------------------------------------------------
 
     def _open_sink(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                self.sink.open()
-                return
-            except SinkError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning(
-                    "output %s: cannot open (%s); retrying in %.2fs",
-                    self.name,
-                    str(exc).splitlines()[0] if str(exc) else exc,
-                    delay,
-                )
-                if self.stopping.wait(delay):
-                    raise Stopped from None
+        if not guarded.open_sink(self.sink, self.name, self.stopping):
+            raise Stopped
 
     def _fill(self) -> bool:
         """Read new events into their lanes; True when it blocked waiting for the feed."""

@@ -1,9 +1,9 @@
 """Calls into a sink that cannot take its worker down.
 
-A sink that raises from `submit` or `poll` (a bug, or a library's surprise) fails the
-attempts concerned, which are retried like any failed delivery; only `SinkError` (the
-sink says it can never work, e.g. bad credentials) stops the output. Shared by the
-bridge's delivery workers and the relay's.
+A sink that raises from `open`, `submit` or `poll` (a receiver not up yet, a bug, a
+library's surprise) is retried: opening with backoff, failed attempts like any failed
+delivery; only `SinkError` (the sink says it can never work, e.g. bad credentials) stops
+the output. Shared by the bridge's delivery workers and the relay's.
 """
 
 from __future__ import annotations
@@ -11,17 +11,39 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from skor_bridge.backoff import backoff_delay
 from skor_bridge.config import redact
 from skor_bridge.errors import SinkError
 from skor_bridge.sinks.base import Outcome, Result
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Iterable
 
     from skor_bridge.event import ChangeEvent
     from skor_bridge.sinks.base import Completion, Sink
 
 log = logging.getLogger("skor_bridge.dispatch")
+
+
+def open_sink(sink: Sink, output: str, stopping: threading.Event) -> bool:
+    """Open the sink, retrying with backoff until it opens (True) or `stopping` is set
+    (False); one warning line per failed try, its error redacted."""
+    attempt = 0
+    while not stopping.is_set():
+        try:
+            sink.open()
+            return True
+        except SinkError:
+            raise
+        except Exception as exc:
+            attempt += 1
+            delay = backoff_delay(attempt, 0.5, 10.0)
+            log.warning(
+                "output %s: cannot open (%s); retrying in %.2fs", output, one_line(exc), delay
+            )
+            stopping.wait(delay)
+    return False
 
 
 def submit(sink: Sink, ticket: int, event: ChangeEvent, output: str, what: str) -> Result | None:

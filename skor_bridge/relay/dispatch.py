@@ -22,7 +22,6 @@ import time
 from typing import TYPE_CHECKING
 
 from skor_bridge.backoff import backoff_delay
-from skor_bridge.config import redact
 from skor_bridge.dispatch import guarded
 from skor_bridge.dispatch.concurrency import AdaptiveLimit
 from skor_bridge.errors import SinkError
@@ -110,23 +109,7 @@ class Dispatcher:
             self.sink.close()  # tickets still in flight are abandoned: not committed
 
     def _open_sink(self) -> None:
-        attempt = 0
-        while not self.stopping.is_set():
-            try:
-                self.sink.open()
-                return
-            except SinkError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                delay = backoff_delay(attempt, 0.5, 10.0)
-                log.warning(
-                    "output %s: cannot open (%s); retrying in %.2fs",
-                    self.name,
-                    redact(str(exc).splitlines()[0]) if str(exc) else exc,
-                    delay,
-                )
-                self.stopping.wait(delay)
+        guarded.open_sink(self.sink, self.name, self.stopping)
 
     def step(self) -> None:
         """One turn: start what may go, wait a little for completions, settle them."""
