@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg2.errors
 
@@ -49,12 +49,16 @@ from skor_bridge.capture.log_rows import event_from_row
 from skor_bridge.db import Reconnecting, Stopped
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from psycopg2.extensions import connection, cursor
 
     from skor_bridge.config import Config
     from skor_bridge.event import ChangeEvent
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Longest pause between two looks at an idle outbox.
 IDLE_POLL_MAX = 0.25
@@ -291,8 +295,26 @@ class Sequencer:
             cur.execute(f"LISTEN {LOG_GREW}")
             self._prepared = cur.connection
             self._grew = True  # a new session may have missed a notification: look once
-        if self._head + 1 + limit > self._covered_until:
-            self._ensure_partitions(cur, self._head + 1, self._head + 1 + limit)
+        self._ensure_ahead(cur, limit)
+
+    def _ensure_ahead(self, cur: cursor, count: int) -> None:
+        """Partitions for the `count` positions after the head as this instance knows it."""
+        if self._head + 1 + count > self._covered_until:
+            self._ensure_partitions(cur, self._head + 1, self._head + 1 + count)
+
+    def _into_log(self, cur: cursor, count: int, write: Callable[[], T]) -> T:
+        """Run `write`, one autocommit statement appending up to `count` events after the
+        log's head, with partitions made for them first."""
+        self._ensure_ahead(cur, count)
+        try:
+            return write()
+        except psycopg2.errors.CheckViolation:
+            # No partition for a position: another writer took positions meanwhile (an
+            # instance overlapping during a failover, a backfill's appends), so our head
+            # was behind. The statement wrote nothing: catch up and retry.
+            head, _ = self._read_state(cur)
+            self._ensure_partitions(cur, head + 1, head + 1 + count)
+            return write()
 
     def _move(self, cur: cursor, limit: int) -> list[ChangeEvent]:
         cur.execute("EXECUTE skor_move (%s, %s, %s)", (limit, self._install_id, RECENT_BYTES))
@@ -300,14 +322,7 @@ class Sequencer:
 
     def _round(self, cur: cursor, limit: int) -> list[ChangeEvent]:
         self._prepare(cur, limit)
-        try:
-            moved = self._move(cur, limit)
-        except psycopg2.errors.CheckViolation:
-            # No partition for a position: another instance moved events meanwhile (an
-            # overlap during failover), so our head was behind. Catch up and retry.
-            head, _ = self._read_state(cur)
-            self._ensure_partitions(cur, head + 1, head + 1 + limit)
-            moved = self._move(cur, limit)
+        moved = self._into_log(cur, limit, lambda: self._move(cur, limit))
         if cur.connection.notifies or self._grew:
             cur.connection.notifies.clear()
             self._grew = False

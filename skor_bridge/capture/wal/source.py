@@ -623,16 +623,7 @@ class WalReader(Sequencer):
         if cur.connection is not self._prepared_write:
             cur.execute(PREPARE_WRITE)
             self._prepared_write = cur.connection
-        if self._head + 1 + chunk.count > self._covered_until:
-            self._ensure_partitions(cur, self._head + 1, self._head + 1 + chunk.count)
-        try:
-            return write_chunk(cur, chunk, lsn, partial)
-        except psycopg2.errors.CheckViolation:
-            # No partition for a position: a backfill appended to the log meanwhile, so
-            # the head is further on than we knew. The statement wrote nothing: retry.
-            head, _ = self._read_state(cur)
-            self._ensure_partitions(cur, head + 1, head + 1 + chunk.count)
-            return write_chunk(cur, chunk, lsn, partial)
+        return self._into_log(cur, chunk.count, lambda: write_chunk(cur, chunk, lsn, partial))
 
     def _copy(self, cur: cursor, chunk: Chunk, lsn: int, partial: tuple[int, int] | None) -> int:
         try:
