@@ -36,6 +36,7 @@ import psycopg2.extras
 
 from skor_bridge.backoff import backoff_delay
 from skor_bridge.capture.durable import DurableSource
+from skor_bridge.capture.log_rows import event_from_row
 from skor_bridge.capture.sequencer import RECENT_BYTES, Pace, Sequencer
 from skor_bridge.capture.trigger_config import parse_config
 from skor_bridge.capture.wal import protocol
@@ -57,7 +58,6 @@ from skor_bridge.capture.wal.writer import (
 )
 from skor_bridge.db import CONNECT_TIMEOUT, Stopped, describe
 from skor_bridge.errors import DatabaseError, StartupError
-from skor_bridge.event import ChangeEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
     from skor_bridge.capture.trigger_config import TableSpec
     from skor_bridge.config import Config
+    from skor_bridge.event import ChangeEvent
 
 log = logging.getLogger(__name__)
 
@@ -680,18 +681,6 @@ def _events(kept: list[tuple[Any, ...]], base: int) -> list[ChangeEvent]:
         captured_at = logged.get(commit_time)
         if captured_at is None:
             captured_at = logged[commit_time] = logged_time(commit_time)
-        events.append(
-            ChangeEvent(
-                event_id,
-                base + i,
-                schema,
-                table,
-                op,
-                data,
-                key,
-                captured_at,
-                outputs=outputs,
-                old=old,
-            )
-        )
+        row = (base + i, event_id, captured_at, schema, table, op, key, data, old)
+        events.append(event_from_row(row, outputs))
     return events
