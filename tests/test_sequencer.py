@@ -16,6 +16,16 @@ from tests.helpers import execute
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, name text)"
 
 
+def prepare_move(cur, partition_size: int = 100_000, until: int = 1000) -> str:
+    """Log partitions for positions 1..until-1 and the sequencer's statement prepared as
+    `skor_move` in this session, as a round has them; returns the install id it takes."""
+    ensure_partitions(cur, 1, until, partition_size)
+    cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
+    install_id = cur.fetchone()[0]
+    cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+    return install_id
+
+
 def transactions(dsn: str) -> int:
     """Transactions the test database has committed so far (every look at the outbox is one)."""
     conn = psycopg2.connect(dsn)
@@ -93,10 +103,7 @@ def test_a_round_locks_only_the_log_partition_it_writes(dsn, capture_table):
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        ensure_partitions(cur, 1, 20 * 10, 10)
-        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
-        install_id = cur.fetchone()[0]
-        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        install_id = prepare_move(cur, partition_size=10, until=20 * 10)
         execute(dsn, "INSERT INTO items VALUES (1, 'one')")
         # When a round moves it (in a transaction here, so its locks can be seen)
         cur.execute("BEGIN")
@@ -123,10 +130,7 @@ def test_reads_an_older_backfill_left_in_the_outbox_are_still_dropped_when_super
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
-        install_id = cur.fetchone()[0]
-        ensure_partitions(cur, 1, 1000, 100_000)
-        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        install_id = prepare_move(cur)
         # Given a change of row 1 already in the log (after watermark 0)...
         execute(dsn, "INSERT INTO items VALUES (1, 'one')")
         cur.execute("EXECUTE skor_move (1000, %s, 1000000)", (install_id,))
@@ -159,10 +163,7 @@ def test_a_round_finds_the_outbox_by_its_index_never_by_a_sequential_scan(dsn, c
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT value FROM skor.meta WHERE key = 'install_id'")
-        install_id = cur.fetchone()[0]
-        ensure_partitions(cur, 1, 1000, 100_000)
-        cur.execute(f"PREPARE skor_move (int, text, bigint) AS {_MOVE}")
+        install_id = prepare_move(cur)
         # Given an outbox through which 5,000 changes went (its pages now mostly dead rows,
         # as between two VACUUMs under steady writes)
         cur.execute("INSERT INTO items SELECT -g, 'bulk' FROM generate_series(1, 5000) g")
